@@ -1,0 +1,131 @@
+"""Drop-in replacements for NVIDIA's `nv_cloud_function_helpers.nvcf_container` helpers.
+
+Same names and call signatures, so a function switches by changing one import; the difference is
+that values are validated and the progress file is written atomically and size-checked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from nvcf_worker import headers as h
+from nvcf_worker.context import InvocationContext
+from nvcf_worker.errors import InvalidHeader
+from nvcf_worker.logging import configure_logging
+from nvcf_worker.progress import write_progress
+from nvcf_worker.secrets import DEFAULT_SECRETS_PATH, read_secrets
+
+__all__ = [
+    "DEFAULT_MAX_NVCF_MSG_SIZE",
+    "get_asset_ids",
+    "get_function_id",
+    "get_function_name",
+    "get_input_path",
+    "get_logger",
+    "get_max_msg_size",
+    "get_nca_id",
+    "get_output_path",
+    "get_properties_sub",
+    "get_request_id",
+    "get_secrets",
+    "update_progress_file",
+]
+
+DEFAULT_MAX_NVCF_MSG_SIZE = h.DEFAULT_MAX_RESPONSE_BYTES
+#: Module-level like NVIDIA's; a test or a local run may point it elsewhere.
+SECRETS_PATH = str(DEFAULT_SECRETS_PATH)
+
+
+def _text(request_parameters: Mapping[str, Any], name: str) -> str:
+    value = h.normalize_headers(request_parameters).get(name)
+    return "" if value is None else str(value)
+
+
+def _request_id(values: Mapping[str, Any]) -> str:
+    raw = values.get(h.REQUEST_ID)
+    if raw is None or raw == "":
+        raise InvalidHeader(h.REQUEST_ID, raw, "missing; NVCF sends it with every call")
+    return h.parse_safe_component(h.REQUEST_ID, raw)
+
+
+def _directory(request_parameters: Mapping[str, Any], name: str, base: str) -> str:
+    values = h.normalize_headers(request_parameters)
+    value = values.get(name)
+    if value not in (None, ""):
+        return str(h.parse_absolute_dir(name, value))
+    return f"{base}/{_request_id(values)}"
+
+
+def get_logger() -> logging.Logger:
+    """A logger that writes in the NVCF container format (with the request id when bound)."""
+    configure_logging(logging.INFO)
+    return logging.getLogger("nvcf_worker.function")
+
+
+def get_request_id(request_parameters: Mapping[str, Any]) -> str:
+    """`NVCF-REQID`, or "" when absent; an unsafe id raises `InvalidHeader`."""
+    raw = h.normalize_headers(request_parameters).get(h.REQUEST_ID)
+    if raw is None or raw == "":
+        return ""
+    return h.parse_safe_component(h.REQUEST_ID, raw)
+
+
+def get_output_path(request_parameters: Mapping[str, Any]) -> str:
+    """`NVCF-LARGE-OUTPUT-DIR`, or `/var/inf/response/<reqid>`; must be absolute, no `..`."""
+    return _directory(request_parameters, h.LARGE_OUTPUT_DIR, str(h.DEFAULT_RESPONSE_BASE_DIR))
+
+
+def get_input_path(request_parameters: Mapping[str, Any]) -> str:
+    """`NVCF-ASSET-DIR`, or `/var/inf/inputAssets/<reqid>`; must be absolute, no `..`."""
+    return _directory(request_parameters, h.ASSET_DIR, str(h.DEFAULT_ASSET_BASE_DIR))
+
+
+def get_max_msg_size(request_parameters: Mapping[str, Any]) -> int:
+    """`NVCF-MAX-RESPONSE-SIZE-BYTES` as an int, 5 000 000 when absent; bad values raise."""
+    raw = h.normalize_headers(request_parameters).get(h.MAX_RESPONSE_SIZE_BYTES)
+    if raw is None:
+        return DEFAULT_MAX_NVCF_MSG_SIZE
+    return h.parse_int(h.MAX_RESPONSE_SIZE_BYTES, raw)
+
+
+def get_nca_id(request_parameters: Mapping[str, Any]) -> str:
+    """`NVCF-NCAID`, or ""."""
+    return _text(request_parameters, h.NCA_ID)
+
+
+def get_asset_ids(request_parameters: Mapping[str, Any]) -> list[str]:
+    """`NVCF-FUNCTION-ASSET-IDS` as a list; [] when absent (NVIDIA's helper returns [""])."""
+    raw = h.normalize_headers(request_parameters).get(h.FUNCTION_ASSET_IDS)
+    return [] if raw is None else list(h.parse_asset_ids(h.FUNCTION_ASSET_IDS, raw))
+
+
+def get_properties_sub(request_parameters: Mapping[str, Any]) -> str:
+    """`NVCF-SUB`, or ""."""
+    return _text(request_parameters, h.SUB)
+
+
+def get_function_id(request_parameters: Mapping[str, Any]) -> str:
+    """`NVCF-FUNCTION-ID`, or ""."""
+    return _text(request_parameters, h.FUNCTION_ID)
+
+
+def get_function_name(request_parameters: Mapping[str, Any]) -> str:
+    """`NVCF-FUNCTION-NAME`, or "" (NVIDIA's helper returns the function id here by mistake)."""
+    return _text(request_parameters, h.FUNCTION_NAME)
+
+
+def update_progress_file(
+    request_parameters: Mapping[str, Any],
+    progress_value: int,
+    partial_response: Mapping[str, Any] | None = None,
+) -> None:
+    """Write the progress file atomically, validated and size-checked (`ProgressTooLarge`)."""
+    context = InvocationContext.from_headers(request_parameters)
+    write_progress(context.output_dir, context.request_id, progress_value, partial_response)
+
+
+def get_secrets() -> dict[str, Any]:
+    """Read `/var/secrets/secrets.json`; raises `SecretsError` with a clear reason."""
+    return read_secrets(SECRETS_PATH)
