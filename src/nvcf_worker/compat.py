@@ -54,7 +54,7 @@ def _directory(request_parameters: Mapping[str, Any], name: str, base: str) -> s
     values = h.normalize_headers(request_parameters)
     value = values.get(name)
     if value not in (None, ""):
-        return str(h.parse_absolute_dir(name, value))
+        return h.parse_absolute_dir(name, value)
     return f"{base}/{_request_id(values)}"
 
 
@@ -74,12 +74,12 @@ def get_request_id(request_parameters: Mapping[str, Any]) -> str:
 
 def get_output_path(request_parameters: Mapping[str, Any]) -> str:
     """`NVCF-LARGE-OUTPUT-DIR`, or `/var/inf/response/<reqid>`; must be absolute, no `..`."""
-    return _directory(request_parameters, h.LARGE_OUTPUT_DIR, str(h.DEFAULT_RESPONSE_BASE_DIR))
+    return _directory(request_parameters, h.LARGE_OUTPUT_DIR, h.DEFAULT_RESPONSE_BASE_DIR)
 
 
 def get_input_path(request_parameters: Mapping[str, Any]) -> str:
     """`NVCF-ASSET-DIR`, or `/var/inf/inputAssets/<reqid>`; must be absolute, no `..`."""
-    return _directory(request_parameters, h.ASSET_DIR, str(h.DEFAULT_ASSET_BASE_DIR))
+    return _directory(request_parameters, h.ASSET_DIR, h.DEFAULT_ASSET_BASE_DIR)
 
 
 def get_max_msg_size(request_parameters: Mapping[str, Any]) -> int:

@@ -76,10 +76,10 @@ class InvocationContext:
                 return value.decode("latin-1")
             return str(value)
 
-        def directory(name: str, base: Path) -> Path:
+        def directory(name: str, base: str) -> Path:
             value = values.get(name)
             if value is None or value == "":
-                return base / request_id
+                return Path(f"{base}/{request_id}")
             return Path(h.parse_absolute_dir(name, value))
 
         raw_size = values.get(h.MAX_RESPONSE_SIZE_BYTES)
@@ -87,8 +87,8 @@ class InvocationContext:
         raw_poll = values.get(h.POLL_SECONDS)
         return cls(
             request_id=request_id,
-            asset_dir=directory(h.ASSET_DIR, Path(h.DEFAULT_ASSET_BASE_DIR)),
-            output_dir=directory(h.LARGE_OUTPUT_DIR, Path(h.DEFAULT_RESPONSE_BASE_DIR)),
+            asset_dir=directory(h.ASSET_DIR, h.DEFAULT_ASSET_BASE_DIR),
+            output_dir=directory(h.LARGE_OUTPUT_DIR, h.DEFAULT_RESPONSE_BASE_DIR),
             function_id=text(h.FUNCTION_ID),
             function_name=text(h.FUNCTION_NAME),
             function_version_id=text(h.FUNCTION_VERSION_ID),

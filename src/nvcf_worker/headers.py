@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from pathlib import PurePosixPath
 from typing import Any
 
 from nvcf_worker.errors import InvalidHeader
@@ -82,8 +81,8 @@ WORKER_OWNED_HEADERS: frozenset[str] = frozenset(
     }
 )
 
-DEFAULT_ASSET_BASE_DIR = PurePosixPath("/var/inf/inputAssets")
-DEFAULT_RESPONSE_BASE_DIR = PurePosixPath("/var/inf/response")
+DEFAULT_ASSET_BASE_DIR = "/var/inf/inputAssets"
+DEFAULT_RESPONSE_BASE_DIR = "/var/inf/response"
 #: NVIDIA's helper library assumes 5 MB (decimal) when the header is absent.
 DEFAULT_MAX_RESPONSE_BYTES = 5_000_000
 
@@ -154,17 +153,16 @@ def parse_int(header: str, value: Any, *, minimum: int | None = 0) -> int:
     return number
 
 
-def parse_absolute_dir(header: str, value: Any) -> PurePosixPath:
-    """Parse a directory header: absolute, no `..` segment, no NUL byte."""
+def parse_absolute_dir(header: str, value: Any) -> str:
+    """Parse a directory header: absolute, no `..` segment, no NUL byte; returns the text."""
     text = _as_text(header, value)
     if "\x00" in text:
         raise InvalidHeader(header, value, "contains a NUL byte")
-    path = PurePosixPath(text)
-    if not path.is_absolute():
+    if not text.startswith("/"):
         raise InvalidHeader(header, value, "must be an absolute directory")
-    if ".." in path.parts:
+    if ".." in text.split("/"):
         raise InvalidHeader(header, value, "must not contain a '..' segment")
-    return path
+    return text
 
 
 def parse_asset_ids(header: str, value: Any) -> tuple[str, ...]:
