@@ -139,7 +139,7 @@ class InvocationContext:
         other attribute (`asset_ids=("a1",)`, `function_name="demo"`, ...).
         """
         rid = h.parse_safe_component(h.REQUEST_ID, request_id or str(uuid.uuid4()))
-        base = Path(base_dir).absolute()
+        base = Path(os.path.abspath(base_dir))  # absolute and without '..' segments
         asset_dir = base / "inputAssets" / rid
         output_dir = base / "response" / rid
         asset_dir.mkdir(parents=True, exist_ok=True)
@@ -184,7 +184,7 @@ class InvocationContext:
         Raises `AssetNotFound` for a declared asset that is not a regular file in `asset_dir`.
         """
         for asset_id in self.asset_ids:
-            path = self.asset_dir / asset_id
+            path = self.asset_path(asset_id)
             if not path.is_file():
                 raise AssetNotFound(asset_id, self.asset_dir)
             yield path

@@ -98,12 +98,8 @@ def normalize_headers(headers: Mapping[str, Any] | Iterable[tuple[Any, Any]]) ->
     or an iterable of `(name, value)` pairs such as ASGI's raw header list; byte names and values
     are decoded as latin-1, as HTTP/1.1 defines them.
     """
-    items: Iterable[tuple[Any, Any]]
-    if isinstance(headers, Mapping):
-        multi_items = getattr(headers, "multi_items", None)  # Starlette keeps repeats here
-        items = multi_items() if callable(multi_items) else headers.items()
-    else:
-        items = headers
+    # Multi-dicts (aiohttp, Starlette) yield a repeated name once per value from items().
+    items: Iterable[tuple[Any, Any]] = headers.items() if isinstance(headers, Mapping) else headers
     result: dict[str, Any] = {}
     for name, value in items:
         key = name.decode("latin-1") if isinstance(name, bytes) else str(name)

@@ -52,9 +52,13 @@ def validate_output_name(name: str) -> PurePosixPath:
     for part in parts:
         if part in ("", ".", ".."):
             raise InvalidOutputName(name, "must not contain empty, '.' or '..' segments")
-        if len(part.encode()) + len(PARTIAL_SUFFIX) > _MAX_NAME_BYTES:
+        try:
+            size = len(part.encode())
+        except UnicodeEncodeError:
+            raise InvalidOutputName(name, "is not valid UTF-8") from None
+        if size + len(PARTIAL_SUFFIX) > _MAX_NAME_BYTES:
             raise InvalidOutputName(name, f"a segment is longer than {_MAX_NAME_BYTES} bytes")
-    if name == PROGRESS_FILE_NAME:
+    if parts[0] == PROGRESS_FILE_NAME:
         raise InvalidOutputName(name, "'progress' is reserved for progress reports")
     if parts[-1].endswith(PARTIAL_SUFFIX):
         raise InvalidOutputName(name, "names ending in '.partial' are never shipped")
@@ -63,14 +67,22 @@ def validate_output_name(name: str) -> PurePosixPath:
 
 def _prepare_target(output_dir: Path, name: str) -> Path:
     relative = validate_output_name(name)
-    target = output_dir / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A sub-directory that is a symlink could lead outside the output directory.
+    output_dir.mkdir(parents=True, exist_ok=True)
     root = output_dir.resolve()
-    parent = target.parent.resolve()
-    if parent != root and root not in parent.parents:
-        raise InvalidOutputName(name, "resolves outside the output directory")
-    return target
+    # Walk the sub-directories one at a time and create each only once its parent is known to be
+    # inside the output directory: a symlinked sub-directory must not lead us to mkdir outside.
+    current = output_dir
+    for part in relative.parts[:-1]:
+        current = current / part
+        if current.is_symlink() or current.exists():
+            resolved = current.resolve()
+            if resolved != root and root not in resolved.parents:
+                raise InvalidOutputName(name, "resolves outside the output directory")
+            if not resolved.is_dir():
+                raise InvalidOutputName(name, f"{part!r} exists and is not a directory")
+        else:
+            current.mkdir(exist_ok=True)
+    return output_dir / relative
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -94,7 +106,8 @@ def open_output(
 
     Writes go to `<name>.partial`; on a clean exit the file is flushed, fsynced and renamed to
     `<name>`; on an exception the partial file is removed and the exception propagates.
-    `mode` is `"wb"` (bytes) or `"w"` (text in `encoding`). Symlinks are never followed.
+    `mode` is `"wb"` (bytes) or `"w"` (text in `encoding`). Symlinks are never followed, and
+    the block must not close the stream itself.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"mode must be 'wb' or 'w', not {mode!r}")

@@ -67,8 +67,10 @@ def encode_progress(
     value = _check_percent(percent)
     if partial_response is None:
         partial: Mapping[str, Any] = {}
-    elif isinstance(partial_response, Mapping):
+    elif isinstance(partial_response, dict):
         partial = partial_response
+    elif isinstance(partial_response, Mapping):
+        partial = dict(partial_response)  # json only serialises dicts
     else:
         raise InvalidProgress(
             f"partial_response must be a JSON object (a mapping), not {type(partial_response).__name__}"
@@ -132,7 +134,7 @@ class ProgressReporter:
         min_interval: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if min_interval < 0:
+        if not min_interval >= 0:  # also refuses NaN
             raise ValueError(f"min_interval must not be negative, not {min_interval!r}")
         self._path = Path(output_dir) / PROGRESS_FILE_NAME
         self._request_id = request_id

@@ -35,6 +35,8 @@ def read_secrets(path: str | os.PathLike[str] = DEFAULT_SECRETS_PATH) -> dict[st
         raise SecretsError(f"secrets path {secrets_path} is a directory, not a JSON file") from None
     except PermissionError:
         raise SecretsError(f"secrets file {secrets_path} is not readable by this process") from None
+    except OSError as exc:
+        raise SecretsError(f"cannot read secrets file {secrets_path}: {exc.strerror}") from None
     try:
         document = json.loads(raw)
     except UnicodeDecodeError:

@@ -23,14 +23,12 @@ __all__ = [
     "PROGRESS_FILE_PATH_ENV",
     "RESULTS_DIR_ENV",
     "TASK_ID_ENV",
-    "TASK_NAME_ENV",
     "TaskProgressWriter",
 ]
 
 RESULTS_DIR_ENV = "NVCT_RESULTS_DIR"
 PROGRESS_FILE_PATH_ENV = "NVCT_PROGRESS_FILE_PATH"
 TASK_ID_ENV = "NVCT_TASK_ID"
-TASK_NAME_ENV = "NVCT_TASK_NAME"
 #: Where the task runtime mounts results when `NVCT_RESULTS_DIR` is not set.
 DEFAULT_RESULTS_DIR = Path("/var/task/results")
 
@@ -78,9 +76,11 @@ class TaskProgressWriter:
         if name is not None:
             document["name"] = name
         if metadata is not None:
-            document["metadata"] = metadata
+            document["metadata"] = metadata if isinstance(metadata, dict) else dict(metadata)
         try:
-            encoded = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+            encoded = json.dumps(
+                document, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode()
         except (TypeError, ValueError) as exc:
             raise InvalidProgress(f"metadata is not JSON-serialisable: {exc}") from None
         if len(encoded) >= MAX_PROGRESS_FILE_BYTES:

@@ -1,0 +1,265 @@
+"""Drop-ins for NVIDIA's `nvcf_container` helpers: same names and call shapes, validated values."""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from multidict import CIMultiDict
+
+from nvcf_worker import compat
+from nvcf_worker.errors import InvalidHeader, InvalidProgress, ProgressTooLarge, SecretsError
+from nvcf_worker.logging import bind_request_id
+from nvcf_worker.progress import MAX_PROGRESS_FILE_BYTES
+
+PARAMS = {
+    "NVCF-REQID": "req-1",
+    "NVCF-NCAID": "nca-1",
+    "NVCF-SUB": "sub-1",
+    "NVCF-FUNCTION-ID": "fid-1",
+    "NVCF-FUNCTION-NAME": "echo",
+    "NVCF-FUNCTION-ASSET-IDS": "a1,a2",
+    "NVCF-MAX-RESPONSE-SIZE-BYTES": "2048",
+    "NVCF-ASSET-DIR": "/mnt/in/req-1",
+    "NVCF-LARGE-OUTPUT-DIR": "/mnt/out/req-1",
+}
+
+PER_REQUEST_HELPERS = [
+    "get_request_id",
+    "get_output_path",
+    "get_input_path",
+    "get_max_msg_size",
+    "get_nca_id",
+    "get_asset_ids",
+    "get_properties_sub",
+    "get_function_id",
+    "get_function_name",
+]
+
+
+def lower(params: dict[str, Any]) -> dict[str, Any]:
+    return {name.lower(): value for name, value in params.items()}
+
+
+@pytest.fixture(params=["upper", "lower", "cimultidict"])
+def params(request: pytest.FixtureRequest) -> Any:
+    if request.param == "upper":
+        return dict(PARAMS)
+    if request.param == "lower":
+        return lower(PARAMS)
+    return CIMultiDict(lower(PARAMS))
+
+
+# -- call shapes ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", PER_REQUEST_HELPERS)
+def test_each_per_request_helper_takes_request_parameters_only(name: str) -> None:
+    helper: Callable[..., Any] = getattr(compat, name)
+    assert list(inspect.signature(helper).parameters) == ["request_parameters"]
+
+
+def test_update_progress_file_takes_parameters_value_and_optional_partial_response() -> None:
+    signature = inspect.signature(compat.update_progress_file)
+    assert list(signature.parameters) == [
+        "request_parameters",
+        "progress_value",
+        "partial_response",
+    ]
+    assert signature.parameters["partial_response"].default is None
+
+
+def test_get_secrets_and_get_logger_take_no_arguments() -> None:
+    assert list(inspect.signature(compat.get_secrets).parameters) == []
+    assert list(inspect.signature(compat.get_logger).parameters) == []
+
+
+def test_every_helper_in_all_exists() -> None:
+    for name in compat.__all__:
+        assert hasattr(compat, name), name
+
+
+# -- values from the parameters ---------------------------------------------------------------
+
+
+def test_helpers_read_each_value_whatever_the_case_of_the_names(params: Any) -> None:
+    assert compat.get_request_id(params) == "req-1"
+    assert compat.get_nca_id(params) == "nca-1"
+    assert compat.get_properties_sub(params) == "sub-1"
+    assert compat.get_function_id(params) == "fid-1"
+    assert compat.get_asset_ids(params) == ["a1", "a2"]
+    assert compat.get_max_msg_size(params) == 2048
+    assert compat.get_input_path(params) == "/mnt/in/req-1"
+    assert compat.get_output_path(params) == "/mnt/out/req-1"
+
+
+def test_get_function_name_returns_the_name_not_the_id(params: Any) -> None:
+    assert compat.get_function_name(params) == "echo"
+
+
+def test_helpers_return_nvidias_defaults_when_only_the_request_id_is_given() -> None:
+    params = {"nvcf-reqid": "r1"}
+    assert compat.get_nca_id(params) == ""
+    assert compat.get_properties_sub(params) == ""
+    assert compat.get_function_id(params) == ""
+    assert compat.get_function_name(params) == ""
+    assert compat.get_max_msg_size(params) == 5_000_000
+    assert compat.DEFAULT_MAX_NVCF_MSG_SIZE == 5_000_000
+    assert compat.get_input_path(params) == "/var/inf/inputAssets/r1"
+    assert compat.get_output_path(params) == "/var/inf/response/r1"
+
+
+def test_get_asset_ids_is_an_empty_list_when_absent_or_empty() -> None:
+    assert compat.get_asset_ids({"NVCF-REQID": "r1"}) == []
+    assert compat.get_asset_ids({"NVCF-FUNCTION-ASSET-IDS": ""}) == []
+
+
+def test_get_request_id_is_empty_when_absent() -> None:
+    assert compat.get_request_id({}) == ""
+    assert compat.get_request_id({"NVCF-REQID": ""}) == ""
+
+
+def test_empty_directory_headers_fall_back_to_the_defaults() -> None:
+    params = {"NVCF-REQID": "r1", "NVCF-ASSET-DIR": "", "NVCF-LARGE-OUTPUT-DIR": ""}
+    assert compat.get_input_path(params) == "/var/inf/inputAssets/r1"
+    assert compat.get_output_path(params) == "/var/inf/response/r1"
+
+
+def test_get_max_msg_size_accepts_an_int_parameter() -> None:
+    assert compat.get_max_msg_size({"NVCF-MAX-RESPONSE-SIZE-BYTES": 77}) == 77
+
+
+# -- invalid values ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("request_id", ["../x", "a/b", ".hidden", "x" * 129])
+def test_get_request_id_refuses_an_unsafe_id(request_id: str) -> None:
+    with pytest.raises(InvalidHeader) as info:
+        compat.get_request_id({"NVCF-REQID": request_id})
+    assert info.value.header == "NVCF-REQID"
+
+
+@pytest.mark.parametrize("size", ["5MB", "1e6", "5.0", "", "-1", True])
+def test_get_max_msg_size_refuses_a_non_integer_or_negative_size(size: object) -> None:
+    with pytest.raises(InvalidHeader) as info:
+        compat.get_max_msg_size({"NVCF-MAX-RESPONSE-SIZE-BYTES": size})
+    assert info.value.header == "NVCF-MAX-RESPONSE-SIZE-BYTES"
+
+
+@pytest.mark.parametrize(
+    ("helper", "header"),
+    [(compat.get_output_path, "NVCF-LARGE-OUTPUT-DIR"), (compat.get_input_path, "NVCF-ASSET-DIR")],
+)
+@pytest.mark.parametrize("value", ["relative", "/var/../etc", "/x\x00"])
+def test_directory_helpers_refuse_relative_or_escaping_directories(
+    helper: Callable[[dict[str, str]], str], header: str, value: str
+) -> None:
+    with pytest.raises(InvalidHeader) as info:
+        helper({"NVCF-REQID": "r1", header: value})
+    assert info.value.header == header
+
+
+@pytest.mark.parametrize("helper", [compat.get_output_path, compat.get_input_path])
+def test_directory_helpers_need_a_request_id_for_the_default(
+    helper: Callable[[dict[str, str]], str],
+) -> None:
+    with pytest.raises(InvalidHeader) as info:
+        helper({})
+    assert info.value.header == "NVCF-REQID"
+    with pytest.raises(InvalidHeader):
+        helper({"NVCF-REQID": "../x"})
+
+
+def test_get_asset_ids_refuses_an_unsafe_id() -> None:
+    with pytest.raises(InvalidHeader) as info:
+        compat.get_asset_ids({"NVCF-FUNCTION-ASSET-IDS": "a1,../etc"})
+    assert info.value.header == "NVCF-FUNCTION-ASSET-IDS"
+
+
+# -- update_progress_file ---------------------------------------------------------------------
+
+
+def test_update_progress_file_writes_atomically_into_the_large_output_dir(tmp_path: Path) -> None:
+    params = {"nvcf-reqid": "r1", "nvcf-large-output-dir": str(tmp_path)}
+    assert compat.update_progress_file(params, 30, {"partial": "text"}) is None
+    assert json.loads((tmp_path / "progress").read_bytes()) == {
+        "id": "r1",
+        "progress": 30,
+        "partialResponse": {"partial": "text"},
+    }
+    compat.update_progress_file(params, 60)
+    assert json.loads((tmp_path / "progress").read_bytes())["partialResponse"] == {}
+    assert os.listdir(tmp_path) == ["progress"]
+
+
+def test_update_progress_file_validates_value_size_and_parameters(tmp_path: Path) -> None:
+    params = {"NVCF-REQID": "r1", "NVCF-LARGE-OUTPUT-DIR": str(tmp_path)}
+    with pytest.raises(InvalidProgress):
+        compat.update_progress_file(params, 101)
+    with pytest.raises(ProgressTooLarge):
+        compat.update_progress_file(params, 50, {"blob": "x" * MAX_PROGRESS_FILE_BYTES})
+    with pytest.raises(InvalidHeader):
+        compat.update_progress_file({"NVCF-LARGE-OUTPUT-DIR": str(tmp_path)}, 50)
+    with pytest.raises(InvalidHeader):
+        compat.update_progress_file({"NVCF-REQID": "r1", "NVCF-LARGE-OUTPUT-DIR": "rel"}, 50)
+    assert os.listdir(tmp_path) == []
+
+
+# -- get_secrets ------------------------------------------------------------------------------
+
+
+def test_get_secrets_reads_the_module_level_secrets_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "secrets.json"
+    path.write_text('{"TOKEN": "t"}')
+    monkeypatch.setattr(compat, "SECRETS_PATH", str(path))
+    assert compat.get_secrets() == {"TOKEN": "t"}
+
+
+def test_get_secrets_of_a_missing_file_raises_secrets_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(compat, "SECRETS_PATH", str(tmp_path / "absent.json"))
+    with pytest.raises(SecretsError):
+        compat.get_secrets()
+
+
+def test_secrets_path_defaults_to_nvidias_mount() -> None:
+    assert compat.SECRETS_PATH == "/var/secrets/secrets.json"
+
+
+# -- get_logger -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def restored_root_logger() -> Iterator[logging.Logger]:
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield root
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def test_get_logger_logs_in_the_nvcf_format_with_the_request_id(
+    restored_root_logger: logging.Logger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", stream)
+    logger = compat.get_logger()
+    compat.get_logger()  # a second call must not duplicate lines
+    assert isinstance(logger, logging.Logger)
+    with bind_request_id("r1"):
+        logger.info("working")
+    [line] = stream.getvalue().splitlines()
+    assert line.endswith(" [INFO] [INFERENCE] [r1] working")
