@@ -1,0 +1,62 @@
+"""Blocking HTTP calls to loopback servers, with header names sent exactly as given.
+
+For readiness polling and simple checks; tests of async code use their own async clients.
+`urllib` is avoided on purpose: it rewrites `NVCF-REQID` as `Nvcf-reqid` and honours proxies.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["HttpResponse", "http_request"]
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    """A complete HTTP response; error statuses are returned, not raised."""
+
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.body)
+
+
+def http_request(
+    method: str,
+    url: str,
+    *,
+    body: bytes | None = None,
+    json_body: Any = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+) -> HttpResponse:
+    """Send one request over a fresh connection and return the whole response (any status).
+
+    `json_body` is encoded as JSON with `Content-Type: application/json`. Connection errors and
+    timeouts raise `OSError`.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or parts.hostname is None:
+        raise ValueError(f"http_request needs an http:// URL, not {url!r}")
+    all_headers = dict(headers or {})
+    if json_body is not None:
+        body = json.dumps(json_body).encode()
+        all_headers.setdefault("Content-Type", "application/json")
+    target = parts.path or "/"
+    if parts.query:
+        target += f"?{parts.query}"
+    connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    try:
+        connection.request(method, target, body=body, headers=all_headers)
+        response = connection.getresponse()
+        return HttpResponse(response.status, response.headers, response.read())
+    finally:
+        connection.close()

@@ -1,0 +1,1 @@
+"""Server scripts the harness runs as separate processes (never imported by tests)."""
