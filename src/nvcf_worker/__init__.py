@@ -15,6 +15,7 @@ from nvcf_worker.errors import (
     NVCFWorkerError,
     ProgressTooLarge,
     SecretsError,
+    SecretsNotFound,
 )
 from nvcf_worker.logging import bind_request_id, configure_logging, current_request_id
 from nvcf_worker.outputs import open_output, validate_output_name, write_output
@@ -41,6 +42,7 @@ __all__ = [
     "ProgressReporter",
     "ProgressTooLarge",
     "SecretsError",
+    "SecretsNotFound",
     "TaskProgressWriter",
     "bind_request_id",
     "configure_logging",

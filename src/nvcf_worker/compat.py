@@ -7,19 +7,21 @@ that values are validated and the progress file is written atomically and size-c
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
 from nvcf_worker import headers as h
 from nvcf_worker.context import InvocationContext
 from nvcf_worker.errors import InvalidHeader
-from nvcf_worker.logging import configure_logging
+from nvcf_worker.logging import configure_logging, is_configured
 from nvcf_worker.progress import write_progress
 from nvcf_worker.secrets import DEFAULT_SECRETS_PATH, read_secrets
 
 __all__ = [
     "DEFAULT_MAX_NVCF_MSG_SIZE",
     "get_asset_ids",
+    "get_config_value",
     "get_function_id",
     "get_function_name",
     "get_input_path",
@@ -29,6 +31,7 @@ __all__ = [
     "get_output_path",
     "get_properties_sub",
     "get_request_id",
+    "get_scalar_inputs",
     "get_secrets",
     "update_progress_file",
 ]
@@ -60,7 +63,8 @@ def _directory(request_parameters: Mapping[str, Any], name: str, base: str) -> s
 
 def get_logger() -> logging.Logger:
     """A logger that writes in the NVCF container format (with the request id when bound)."""
-    configure_logging(logging.INFO)
+    if not is_configured():  # never reset a level or handler the function set up itself
+        configure_logging(logging.INFO)
     return logging.getLogger("nvcf_worker.function")
 
 
@@ -124,6 +128,62 @@ def update_progress_file(
     """Write the progress file atomically, validated and size-checked (`ProgressTooLarge`)."""
     context = InvocationContext.from_headers(request_parameters)
     write_progress(context.output_dir, context.request_id, progress_value, partial_response)
+
+
+def get_config_value(value_name: str, model_config: Mapping[str, Any] | None = None) -> str:
+    """An environment variable, else the Triton model config's string parameter of that name."""
+    if model_config is None:
+        return os.environ[value_name]
+    default = str(model_config["parameters"][value_name]["string_value"])
+    return os.environ.get(value_name, default)
+
+
+def get_scalar_inputs(request: Any, pairs: list[Any]) -> list[Any]:
+    """Scalar inputs of a Triton python-backend request, or defaults (inside Triton only).
+
+    `pairs` holds `(name, default)` tuples or `(name,)`; bytes are decoded as UTF-8.
+    """
+    import triton_python_backend_utils as pb_utils  # only importable inside Triton
+
+    values: list[Any] = []
+    for pair in pairs:
+        if len(pair) == 2:
+            name, default = pair
+        elif len(pair) == 1:
+            name, default = pair[0], None
+        else:
+            raise ValueError(f"expected (name, default) or (name,), not {pair!r}")
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        value = default if tensor is None else tensor.as_numpy().item()
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "ignore")
+        values.append(value)
+    return values
+
+
+_NOT_PROVIDED = frozenset(
+    {
+        "upload",
+        "upload_file",
+        "load_npz",
+        "load_image",
+        "encode_bytes_base64_to_str",
+        "encode_image_to_base64",
+        "decode_base64_str_to_bytes",
+        "decode_base64_to_image",
+        "save_image_with_directory",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NOT_PROVIDED:
+        raise AttributeError(
+            f"nvcf_worker.compat does not provide {name!r}: it needs requests, NumPy or Pillow, "
+            "which the library does not depend on; keep importing it from "
+            "nv_cloud_function_helpers.nvcf_container"
+        )
+    raise AttributeError(f"module 'nvcf_worker.compat' has no attribute {name!r}")
 
 
 def get_secrets() -> dict[str, Any]:

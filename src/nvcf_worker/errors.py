@@ -14,6 +14,7 @@ __all__ = [
     "NVCFWorkerError",
     "ProgressTooLarge",
     "SecretsError",
+    "SecretsNotFound",
 ]
 
 
@@ -54,6 +55,10 @@ class ProgressTooLarge(NVCFWorkerError, ValueError):
 
 class SecretsError(NVCFWorkerError):
     """The NVCF secrets file is missing, unreadable or not a JSON object."""
+
+
+class SecretsNotFound(SecretsError, FileNotFoundError):
+    """There is no secrets file (also a `FileNotFoundError`, as NVIDIA's helper raises)."""
 
 
 class InvalidProgress(NVCFWorkerError, ValueError):

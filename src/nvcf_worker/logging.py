@@ -19,6 +19,7 @@ __all__ = [
     "bind_request_id",
     "configure_logging",
     "current_request_id",
+    "is_configured",
 ]
 
 #: NVIDIA's helper format (`<time> [LEVEL] [INFERENCE] message`) with the request id added.
@@ -53,6 +54,12 @@ class RequestIdFilter(logging.Filter):
 
 
 _HANDLER_NAME = "nvcf_worker"
+
+
+def is_configured(logger: logging.Logger | None = None) -> bool:
+    """True when `configure_logging` installed its handler on `logger` (default: the root)."""
+    target = logger if logger is not None else logging.getLogger()
+    return any(handler.get_name() == _HANDLER_NAME for handler in target.handlers)
 
 
 def configure_logging(

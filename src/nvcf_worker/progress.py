@@ -11,7 +11,6 @@ import operator
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -92,9 +91,12 @@ def write_file_atomically(path: Path, data: bytes) -> None:
     The temporary file ends in `.partial`, so the worker never ships it as an output. No fsync:
     progress must be visible whole, not survive a power cut.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f"{path.name}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
-    fd = os.open(temp, _TEMP_FLAGS, 0o644)
+    temp = path.with_name(f"{path.name}.{os.urandom(8).hex()}{PARTIAL_SUFFIX}")
+    try:
+        fd = os.open(temp, _TEMP_FLAGS, 0o644)
+    except FileNotFoundError:  # first report: create the directory only when it is missing
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(temp, _TEMP_FLAGS, 0o644)
     try:
         with os.fdopen(fd, "wb") as stream:
             stream.write(data)
@@ -159,7 +161,7 @@ class ProgressReporter:
     def update(self, percent: int, partial_response: Mapping[str, Any] | None = None) -> bool:
         """Record a report; returns True when it was written now, False when it was coalesced."""
         data = encode_progress(self._request_id, percent, partial_response)
-        value = _check_percent(percent)
+        value = operator.index(percent)  # already validated by encode_progress
         with self._lock:
             now = self._clock()
             due = self._last_write is None or now - self._last_write >= self._min_interval

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nvcf_worker.errors import SecretsError
+from nvcf_worker.errors import SecretsError, SecretsNotFound
 
 __all__ = ["DEFAULT_SECRETS_PATH", "read_secrets"]
 
@@ -27,7 +27,7 @@ def read_secrets(path: str | os.PathLike[str] = DEFAULT_SECRETS_PATH) -> dict[st
     try:
         raw = secrets_path.read_bytes()
     except FileNotFoundError:
-        raise SecretsError(
+        raise SecretsNotFound(
             f"no secrets file at {secrets_path}: NVCF mounts it only for functions created with "
             "secrets (or pass the path of a local file)"
         ) from None

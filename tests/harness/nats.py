@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+
 from nvcf_sidecar.platform.nats_server import EmbeddedNatsServer
 
 __all__ = ["StartNatsServer", "nats_server", "start_nats_server"]

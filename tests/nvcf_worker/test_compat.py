@@ -263,3 +263,53 @@ def test_get_logger_logs_in_the_nvcf_format_with_the_request_id(
         logger.info("working")
     [line] = stream.getvalue().splitlines()
     assert line.endswith(" [INFO] [INFERENCE] [r1] working")
+
+
+def test_get_logger_keeps_a_level_the_function_configured() -> None:
+    import logging
+
+    from nvcf_worker import compat
+    from nvcf_worker.logging import configure_logging
+
+    root = logging.getLogger()
+    saved_level, saved_handlers = root.level, list(root.handlers)
+    try:
+        configure_logging(logging.DEBUG)
+        compat.get_logger()
+        assert root.level == logging.DEBUG
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+
+
+def test_get_config_value_prefers_the_environment_over_the_model_config(monkeypatch) -> None:
+    from nvcf_worker import compat
+
+    config = {"parameters": {"MODEL_NAME": {"string_value": "from-config"}}}
+    monkeypatch.delenv("MODEL_NAME", raising=False)
+    assert compat.get_config_value("MODEL_NAME", config) == "from-config"
+    monkeypatch.setenv("MODEL_NAME", "from-env")
+    assert compat.get_config_value("MODEL_NAME", config) == "from-env"
+
+
+def test_helpers_that_need_heavy_dependencies_explain_where_to_find_them() -> None:
+    import pytest
+
+    from nvcf_worker import compat
+
+    with pytest.raises(AttributeError, match="nv_cloud_function_helpers"):
+        compat.load_image  # noqa: B018
+    with pytest.raises(AttributeError, match="no attribute"):
+        compat.no_such_helper  # noqa: B018
+
+
+def test_missing_secrets_file_is_also_a_file_not_found_error(tmp_path, monkeypatch) -> None:
+    import pytest
+
+    from nvcf_worker import SecretsNotFound, compat
+
+    monkeypatch.setattr(compat, "SECRETS_PATH", str(tmp_path / "absent.json"))
+    with pytest.raises(FileNotFoundError):
+        compat.get_secrets()
+    with pytest.raises(SecretsNotFound):
+        compat.get_secrets()

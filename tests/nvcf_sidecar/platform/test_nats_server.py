@@ -11,10 +11,11 @@ from typing import Any
 
 import nats
 import pytest
+from nats.aio.client import Client
+
 from harness.http import http_request
 from harness.nats import StartNatsServer
 from harness.ports import free_ports
-from nats.aio.client import Client
 from nvcf_sidecar.platform.nats_server import (
     DEFAULT_MAX_PAYLOAD,
     EmbeddedNatsServer,

@@ -12,10 +12,10 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+
 from harness.http import HttpResponse, http_request
 from harness.processes import ProcessExited
 from harness.triton import SERVERS_DIR, StartPyTriton, StartTritonServer, TritonServer
-
 from nvcf_worker.integrations import tritonserver
 from nvcf_worker.integrations.tritonserver import (
     NVCF_HEADER_FORWARD_PATTERN,

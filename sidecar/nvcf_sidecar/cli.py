@@ -1,0 +1,57 @@
+"""`nvcf-sidecar`: one command line for the sidecar and the local platform.
+
+Each subcommand's module owns its own flags (`add_arguments`) and its entry (`run_command`);
+this module only dispatches, so importing it stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+# subcommand -> (module, one-line help). Modules are imported only when their command runs.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "run": (
+        "nvcf_sidecar.worker.main",
+        "run the utils sidecar next to a function's inference server",
+    ),
+    "platform": (
+        "nvcf_sidecar.platform.main",
+        "run the local invocation service and the nvcf.Worker gRPC stand-in",
+    ),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and run the chosen subcommand; returns the exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("command", nargs="?")
+    known, _ = parser.parse_known_args(args_list[:1])
+    full = _full_parser(known.command)
+    args = full.parse_args(args_list)
+    module = importlib.import_module(args._module)
+    status: int = module.run_command(args)
+    return status
+
+
+def _full_parser(command: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nvcf-sidecar",
+        description="NVCF utils sidecar and local platform, wire-compatible with NVIDIA's NVCF.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, summary) in _COMMANDS.items():
+        sub = commands.add_parser(name, help=summary, description=summary)
+        sub.set_defaults(_module=module_name)
+        if name == command:
+            importlib.import_module(module_name).add_arguments(sub)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
