@@ -35,9 +35,11 @@ __all__ = [
     "tritonserver_environment",
 ]
 
-NVCF_HEADER_FORWARD_PATTERN = "NVCF-.*"
-"""Triton forwards HTTP headers matching this pattern into the request parameters; NVCF uses it
-so a python-backend model sees `NVCF-REQID` and friends."""
+NVCF_HEADER_FORWARD_PATTERN = "(?i)NVCF-.*"
+"""Triton forwards HTTP headers matching this pattern into the request parameters, so a model
+sees `NVCF-REQID` and friends. Triton matches names case-sensitively and keeps the casing they
+arrived in; `(?i)` also catches `Nvcf-Poll-Seconds` (Go's canonical form, which NVIDIA's worker
+sends) and the lower-case names of HTTP/2 hops. The library reads names in any case."""
 
 _PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 _STUB_NAME = "triton_python_backend_stub"

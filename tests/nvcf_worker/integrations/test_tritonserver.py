@@ -281,9 +281,10 @@ def test_tritonserver_forwards_nvcf_headers_into_request_parameters(
             "NVCF-REQID": "0b2c1a9e-request",
             "NVCF-FUNCTION-ID": "fn-1",
             "X-Not-Forwarded": "nope",
-            # Triton matches the pattern case-sensitively: the sidecar must send NVCF-* in
-            # upper case, as NVIDIA's worker does.
-            "nvcf-lower-case": "dropped",
+            # Triton matches names case-sensitively; the launcher's `(?i)` pattern forwards
+            # Go's canonical casing and lower-case names too, keeping the casing they came in.
+            "Nvcf-Poll-Seconds": "57",
+            "nvcf-lower-case": "kept",
         },
     )
     outputs = outputs_of(response)
@@ -291,6 +292,8 @@ def test_tritonserver_forwards_nvcf_headers_into_request_parameters(
     assert json.loads(str(outputs["PARAMETERS"][0])) == {
         "NVCF-REQID": "0b2c1a9e-request",
         "NVCF-FUNCTION-ID": "fn-1",
+        "Nvcf-Poll-Seconds": "57",
+        "nvcf-lower-case": "kept",
     }
     # The launcher put this Python's libpython first, so the backend stub runs this Python
     # (not a system libpython of the same minor version).
