@@ -117,7 +117,7 @@ class InvocationContext:
     def from_triton_request(cls, request: Any) -> InvocationContext:
         """Parse a Triton python-backend request, whose `parameters()` is a JSON object string.
 
-        Start `tritonserver` with `--http-header-forward-pattern NVCF-.*` (the `nvcf-tritonserver`
+        Start `tritonserver` with `--http-header-forward-pattern (?i)NVCF-.*` (the `nvcf-tritonserver`
         launcher does) so the HTTP headers arrive as request parameters.
         """
         raw = request.parameters()

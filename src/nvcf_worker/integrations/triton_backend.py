@@ -27,7 +27,7 @@ def context_from_request(request: Any) -> InvocationContext:
     """Parse the `InvocationContext` of one `pb_utils.InferenceRequest`.
 
     The `NVCF-*` headers arrive as request parameters when the server forwards them
-    (`nvcf-tritonserver` does: `--http-header-forward-pattern NVCF-.*`). Raises `InvalidHeader`
+    (`nvcf-tritonserver` does: `--http-header-forward-pattern (?i)NVCF-.*`). Raises `InvalidHeader`
     when `NVCF-REQID` is missing or a header is invalid.
     """
     return InvocationContext.from_triton_request(request)
