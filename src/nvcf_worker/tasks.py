@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -67,7 +67,7 @@ class TaskProgressWriter:
         value = _check_percent(percent)
         if metadata is not None and not isinstance(metadata, Mapping):
             raise InvalidProgress(f"metadata must be a JSON object, not {type(metadata).__name__}")
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         document: dict[str, Any] = {
             "taskId": self.task_id,
             "percentComplete": value,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -127,9 +127,9 @@ def test_encode_is_compact_json(writer: TaskProgressWriter) -> None:
 def test_last_updated_at_is_now_in_rfc3339_utc_with_nine_fractional_digits(
     writer: TaskProgressWriter,
 ) -> None:
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     stamp = decode(writer.encode(10))["lastUpdatedAt"]
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     assert RFC3339_NANOS.fullmatch(stamp), stamp
     parsed = datetime.fromisoformat(stamp[:26] + "+00:00")
     assert before.replace(microsecond=0) <= parsed <= after
