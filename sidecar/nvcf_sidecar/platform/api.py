@@ -1,0 +1,126 @@
+"""A stand-in for the NVCF API's `nvcf.Worker` gRPC service, enough for a worker to start (§3.3, §12).
+
+ConnectOnce and ProvisionRegionalWorker create the queue stream and durable consumer, as NVIDIA's
+API does; the URL and credential RPCs arrive with assets and large responses.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any, Final, NoReturn
+
+import grpc
+from nats.errors import Error as NatsError
+
+from nvcf_sidecar.platform.errors import FunctionNotFound, FunctionVersionNotFound
+from nvcf_sidecar.platform.registry import FunctionVersion, Registry
+from nvcf_sidecar.platform.workqueue import WorkQueue
+from nvcf_sidecar.protocol import (
+    InvalidSubjectToken,
+    LargeResponseDownloadCredentialsRequest,
+    LargeResponseDownloadCredentialsResponse,
+    ProvisionWorkerRequest,
+    ProvisionWorkerResponse,
+    RefreshLargeUploadCredentialsRequest,
+    RefreshLargeUploadCredentialsResponse,
+    WorkerConnect,
+    WorkerConnectOnceResponse,
+    WorkerServicer,
+    parse_bearer,
+)
+
+__all__ = ["WORKER_TOKEN_LIFETIME_SECONDS", "WorkerApi"]
+
+WORKER_TOKEN_LIFETIME_SECONDS: Final = 3 * 3600
+"""Validity of the worker token ConnectOnce issues (NVIDIA's API issues 3 h tokens)."""
+
+_Context = grpc.aio.ServicerContext[Any, Any]
+_log = logging.getLogger(__name__)
+
+
+async def _abort(context: _Context, code: grpc.StatusCode, message: str) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("context.abort returned")  # grpc raises; this keeps mypy honest
+
+
+class WorkerApi(WorkerServicer):
+    """The `nvcf.Worker` RPCs a worker calls at start-up; every call needs a bearer in metadata.
+
+    Any bearer is accepted (the platform issues the tokens it would check); a call without one
+    is UNAUTHENTICATED. Unknown functions or versions are NOT_FOUND.
+    """
+
+    def __init__(self, registry: Registry, queue: WorkQueue) -> None:
+        self._registry = registry
+        self._queue = queue
+
+    async def ConnectOnce(
+        self, request: WorkerConnect, context: _Context
+    ) -> WorkerConnectOnceResponse:
+        """Provision the queue in the platform's region and hand out a fresh 3 h token."""
+        await _require_bearer(context)
+        version = await self._version(request.functionId, request.functionVersionId, context)
+        await self._provision(version, self._queue.region, context)
+        response = WorkerConnectOnceResponse(
+            connectedRegion=self._queue.region, nvcfWorkerToken=secrets.token_urlsafe(32)
+        )
+        response.expiration.FromSeconds(int(time.time()) + WORKER_TOKEN_LIFETIME_SECONDS)
+        _log.info(
+            "worker connected",
+            extra={
+                "instance_id": request.instanceId,
+                "function_version_id": version.function_version_id,
+            },
+        )
+        return response
+
+    async def ProvisionRegionalWorker(
+        self, request: ProvisionWorkerRequest, context: _Context
+    ) -> ProvisionWorkerResponse:
+        """Create the stream and durable consumer of one more region (idempotent)."""
+        await _require_bearer(context)
+        version = await self._version(request.functionId, request.functionVersionId, context)
+        if not request.regionToProvision:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "regionToProvision is empty")
+        await self._provision(version, request.regionToProvision, context)
+        return ProvisionWorkerResponse()
+
+    async def RequestLargeResponseDownloadCredentials(
+        self, request: LargeResponseDownloadCredentialsRequest, context: _Context
+    ) -> LargeResponseDownloadCredentialsResponse:
+        """Not served yet: large responses come with the object store."""
+        await _abort(context, grpc.StatusCode.UNIMPLEMENTED, "large responses are not served yet")
+
+    async def RefreshLargeUploadCredentials(
+        self, request: RefreshLargeUploadCredentialsRequest, context: _Context
+    ) -> RefreshLargeUploadCredentialsResponse:
+        """Not served yet: large responses come with the object store."""
+        await _abort(context, grpc.StatusCode.UNIMPLEMENTED, "large responses are not served yet")
+
+    async def _version(
+        self, function_id: str, function_version_id: str, context: _Context
+    ) -> FunctionVersion:
+        try:
+            return self._registry.version(function_id, function_version_id)
+        except (FunctionNotFound, FunctionVersionNotFound) as error:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, str(error))
+
+    async def _provision(self, version: FunctionVersion, region: str, context: _Context) -> None:
+        try:
+            await self._queue.provision(version.function_version_id, region)
+        except InvalidSubjectToken as error:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except (NatsError, TimeoutError) as error:
+            _log.error("queue provisioning failed", extra={"error": repr(error)})
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"JetStream unavailable: {error!r}")
+
+
+async def _require_bearer(context: _Context) -> None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str) and parse_bearer(value):
+            return
+    await _abort(
+        context, grpc.StatusCode.UNAUTHENTICATED, "metadata `authorization: Bearer <token>` missing"
+    )

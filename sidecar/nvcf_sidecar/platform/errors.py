@@ -1,0 +1,74 @@
+"""The exception hierarchy of the local platform.
+
+Everything the platform raises on purpose derives from `PlatformError`; at the HTTP and gRPC edges
+these become problem+json answers and status codes, never silent failures.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "FunctionNotFound",
+    "FunctionVersionNotFound",
+    "PlatformError",
+    "PublishFailed",
+    "QueueFull",
+    "WorkerResponseFailed",
+]
+
+
+class PlatformError(Exception):
+    """Base class of every error the platform raises on purpose."""
+
+
+class ConfigError(PlatformError, ValueError):
+    """A setting, flag, environment variable or function-registry entry is invalid.
+
+    The message names the input (file and key, flag or variable) and the offending value.
+    """
+
+
+class FunctionNotFound(PlatformError, LookupError):
+    """No function with this id is configured."""
+
+    def __init__(self, function_id: str) -> None:
+        self.function_id = function_id
+        super().__init__(f"function {function_id!r} is not configured")
+
+
+class FunctionVersionNotFound(PlatformError, LookupError):
+    """The function exists but has no version with this id."""
+
+    def __init__(self, function_id: str, function_version_id: str) -> None:
+        self.function_id = function_id
+        self.function_version_id = function_version_id
+        super().__init__(
+            f"function {function_id!r} has no version {function_version_id!r} configured"
+        )
+
+
+class QueueFull(PlatformError):
+    """The work-queue stream refused a publish because it holds its maximum number of messages."""
+
+    def __init__(self, stream: str, description: str) -> None:
+        self.stream = stream
+        self.description = description
+        super().__init__(f"work queue {stream!r} is full: {description}")
+
+
+class PublishFailed(PlatformError):
+    """A work item could not be published after every retry."""
+
+    def __init__(self, subject: str, reason: str) -> None:
+        self.subject = subject
+        self.reason = reason
+        super().__init__(f"failed to publish the work item on {subject!r}: {reason}")
+
+
+class WorkerResponseFailed(PlatformError):
+    """The worker claimed the response token but its POST attach could not be read."""
+
+    def __init__(self, request_id: str, detail: str) -> None:
+        self.request_id = request_id
+        self.detail = detail
+        super().__init__(f"response of request {request_id} could not be read: {detail}")

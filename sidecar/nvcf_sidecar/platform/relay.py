@@ -1,0 +1,72 @@
+"""Relaying a worker's response to the caller, with the headers the invocation service adds (§11.2).
+
+Shared by every route that waits for a worker (pexec today; status polls and exec next).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from nvcf_sidecar.platform.attach import STREAM_ERRORS
+from nvcf_sidecar.platform.problems import abort_response
+from nvcf_sidecar.platform.tokens import WorkerResponse
+from nvcf_sidecar.protocol import (
+    ACCESS_CONTROL_EXPOSE_HEADERS,
+    NVCF_REQID,
+    NVCF_STATUS,
+    nvcf_status,
+    strip_hop_by_hop,
+)
+
+__all__ = ["gateway_timeout", "relay_response"]
+
+_log = logging.getLogger(__name__)
+
+
+def _add_nvcf_headers(response: web.StreamResponse, request_id: str) -> None:
+    headers = response.headers
+    headers.add(NVCF_STATUS, nvcf_status(response.status))
+    headers.add(NVCF_REQID, request_id)
+    # Appended: the container's own expose-headers values stay.
+    headers.add(ACCESS_CONTROL_EXPOSE_HEADERS, NVCF_REQID)
+
+
+def gateway_timeout(request_id: str) -> web.Response:
+    """The 504 for a worker that did not answer in time: empty body, `nvcf-status: errored`."""
+    response = web.Response(status=504)
+    _add_nvcf_headers(response, request_id)
+    return response
+
+
+async def relay_response(
+    request: web.Request, worker: WorkerResponse, request_id: str
+) -> web.StreamResponse:
+    """Send the worker's status, headers and body to the caller as they arrive.
+
+    Content-Length is relayed when the worker's framing gave one; otherwise the body is chunked
+    and every piece is written as soon as it arrives (SSE flushes event by event). A body that
+    breaks off aborts the caller's connection. `worker.finished` is set in every outcome, which
+    lets the worker's POST attach complete.
+    """
+    response = web.StreamResponse(status=worker.status)
+    for name, value in strip_hop_by_hop(worker.headers):
+        if name.lower() != "content-length":
+            response.headers.add(name, value)
+    _add_nvcf_headers(response, request_id)
+    if worker.content_length is not None:
+        response.content_length = worker.content_length
+    try:
+        await response.prepare(request)
+        async for chunk in worker.body():
+            await response.write(chunk)
+        await response.write_eof()
+    except STREAM_ERRORS as error:
+        _log.warning(
+            "response relay broke off", extra={"request_id": request_id, "error": repr(error)}
+        )
+        abort_response(request)
+    finally:
+        worker.finished.set()
+    return response

@@ -1,0 +1,291 @@
+"""`PlatformService`: the local invocation service and `nvcf.Worker` stand-in as one async resource.
+
+Owns the NATS connection, the HTTP listener (pexec, attach, health) and the gRPC listener; opened
+in that order by `async with`, closed in reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Final
+
+import grpc
+import nats
+from aiohttp import web
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+
+from nvcf_sidecar.platform.api import WorkerApi
+from nvcf_sidecar.platform.app import build_application
+from nvcf_sidecar.platform.attach import AttachEndpoints
+from nvcf_sidecar.platform.background import BackgroundTasks
+from nvcf_sidecar.platform.errors import ConfigError, PlatformError
+from nvcf_sidecar.platform.invocation import CallerIdentity, PexecEndpoint
+from nvcf_sidecar.platform.registry import Registry
+from nvcf_sidecar.platform.settings import PlatformSettings
+from nvcf_sidecar.platform.tokens import AttachTokens
+from nvcf_sidecar.platform.workqueue import WorkQueue
+from nvcf_sidecar.protocol import add_worker_servicer
+
+__all__ = ["PlatformService"]
+
+NATS_CONNECT_TIMEOUT: Final = 15.0
+"""How long start-up waits for the first NATS connection (later outages reconnect forever)."""
+GRPC_STOP_GRACE: Final = 5.0
+BACKGROUND_CLOSE_TIMEOUT: Final = 15.0
+"""Room for pending cancel broadcasts and purges (each bounded by 10 s) at shutdown."""
+
+_log = logging.getLogger(__name__)
+
+
+class PlatformService:
+    """The platform process in one object: `async with PlatformService(settings) as platform:`.
+
+    On entry it connects to NATS, provisions the queue stream and consumer of every configured
+    version, starts the HTTP listener and then the gRPC listener; `http_port`, `grpc_port`,
+    `base_url` and `grpc_url` are valid inside the block. Ports given as 0 are picked free.
+    """
+
+    def __init__(self, settings: PlatformSettings, registry: Registry | None = None) -> None:
+        if registry is None:
+            if settings.config_path is None:
+                raise ConfigError("no function registry: set config_path (--config)")
+            registry = Registry.from_toml(settings.config_path)
+        self._settings = settings
+        self._registry = registry
+        self._tokens = AttachTokens()
+        self._stack: AsyncExitStack | None = None
+        self._nats: Client | None = None
+        self._queue: WorkQueue | None = None
+        self._http_port = 0
+        self._grpc_port = 0
+
+    def __repr__(self) -> str:
+        return f"<PlatformService http={self._http_port or '-'} grpc={self._grpc_port or '-'}>"
+
+    # -- what is running ------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> PlatformSettings:
+        return self._settings
+
+    @property
+    def registry(self) -> Registry:
+        return self._registry
+
+    @property
+    def tokens(self) -> AttachTokens:
+        """The attach-token table (outstanding tokens; empty when no invocation is in flight)."""
+        return self._tokens
+
+    @property
+    def nats(self) -> Client:
+        """The platform's NATS connection."""
+        if self._nats is None:
+            raise PlatformError("the platform is not running")
+        return self._nats
+
+    @property
+    def queue(self) -> WorkQueue:
+        """Stream provisioning, publish and withdrawal for the platform's region."""
+        if self._queue is None:
+            raise PlatformError("the platform is not running")
+        return self._queue
+
+    @property
+    def http_port(self) -> int:
+        """The bound HTTP port (pexec, attach, health)."""
+        return self._running_port(self._http_port)
+
+    @property
+    def grpc_port(self) -> int:
+        """The bound port of the `nvcf.Worker` gRPC stand-in."""
+        return self._running_port(self._grpc_port)
+
+    @property
+    def base_url(self) -> str:
+        """Where callers and workers reach the HTTP routes (`targetURI` of work items)."""
+        return (
+            self._settings.public_url or f"http://{_url_host(self._settings.host)}:{self.http_port}"
+        )
+
+    @property
+    def grpc_url(self) -> str:
+        """The gRPC stand-in as a worker's `NVCF_FQDN_GRPC` names it (`http://` = plaintext)."""
+        return f"http://{_url_host(self._settings.host)}:{self.grpc_port}"
+
+    def endpoints(self) -> dict[str, Any]:
+        """What a ready file or a dev stack needs to reach this platform, JSON-ready."""
+        return {
+            "http_port": self.http_port,
+            "grpc_port": self.grpc_port,
+            "base_url": self.base_url,
+            "grpc_url": self.grpc_url,
+            "nats_url": self._settings.nats_url,
+            "region": self._settings.region,
+        }
+
+    def _running_port(self, port: int) -> int:
+        if not port:
+            raise PlatformError("the platform is not running")
+        return port
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> PlatformService:
+        if self._stack is not None:
+            raise PlatformError("the platform is already running")
+        stack = AsyncExitStack()
+        try:
+            await self._start(stack)
+        except BaseException:
+            await stack.aclose()
+            self._reset()
+            raise
+        self._stack = stack
+        _log.info("platform listening", extra=self.endpoints())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        try:
+            if stack is not None:
+                await stack.aclose()
+        finally:
+            self._reset()
+        _log.info("platform stopped")
+
+    async def _start(self, stack: AsyncExitStack) -> None:
+        settings = self._settings
+        nc = await asyncio.wait_for(_connect_nats(settings.nats_url), NATS_CONNECT_TIMEOUT)
+        stack.push_async_callback(_close_nats, nc)
+        self._nats = nc
+        queue = WorkQueue(
+            nc,
+            region=settings.region,
+            max_messages=settings.stream_max_messages,
+            ack_wait=settings.consumer_ack_wait,
+            storage=settings.storage_type,
+        )
+        self._queue = queue
+        for version in self._registry.versions:
+            try:
+                await queue.provision(version.function_version_id)
+            except (NatsError, TimeoutError) as error:
+                raise PlatformError(
+                    f"cannot create the work queue of version {version.function_version_id} "
+                    f"on {settings.nats_url} (is JetStream enabled?): {error!r}"
+                ) from error
+        background = BackgroundTasks()
+        stack.push_async_callback(background.aclose, BACKGROUND_CLOSE_TIMEOUT)
+        if not settings.api_keys:
+            _log.warning("no API keys configured: any bearer token may invoke functions")
+
+        # Both ports are bound before either listener serves, so work items never name port 0.
+        http_socket = _bind(settings.host, settings.port)
+        stack.callback(http_socket.close)
+        self._http_port = http_socket.getsockname()[1]
+        grpc_server = grpc.aio.server()
+        add_worker_servicer(WorkerApi(self._registry, queue), grpc_server)
+        grpc_address = f"{_bracketed(settings.host)}:{settings.grpc_port}"
+        try:
+            self._grpc_port = grpc_server.add_insecure_port(grpc_address)
+        except RuntimeError as error:
+            raise PlatformError(f"cannot listen on {grpc_address}: {error}") from None
+        if not self._grpc_port:
+            raise PlatformError(f"cannot listen on {grpc_address}")
+
+        pexec = PexecEndpoint(
+            registry=self._registry,
+            callers=CallerIdentity(settings.api_keys, settings.nca_id, settings.client_subject),
+            tokens=self._tokens,
+            queue=queue,
+            background=background,
+            base_url=self.base_url,
+            grpc_url=self.grpc_url,
+        )
+        app = build_application(pexec, AttachEndpoints(self._tokens), nc)
+        # Handlers are cancelled when their client disconnects: a caller that leaves while
+        # waiting gets its request withdrawn, as NVIDIA's service does.
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        try:
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            await web.SockSite(runner, http_socket).start()
+            await grpc_server.start()
+        except BaseException:
+            await grpc_server.stop(None)  # releases the bound port
+            raise
+        stack.push_async_callback(grpc_server.stop, GRPC_STOP_GRACE)
+
+    def _reset(self) -> None:
+        self._nats = None
+        self._queue = None
+        self._http_port = 0
+        self._grpc_port = 0
+
+
+async def _connect_nats(url: str) -> Client:
+    connection: list[Client] = []  # filled once connected; the callbacks need the client
+
+    async def error(exception: Exception) -> None:
+        _log.warning("NATS error", extra={"error": repr(exception)})
+
+    async def disconnected() -> None:
+        if not (connection and connection[0].is_closed):  # our own close is no news
+            _log.warning("NATS disconnected", extra={"nats_url": url})
+
+    async def reconnected() -> None:
+        _log.info("NATS reconnected", extra={"nats_url": url})
+
+    client = await nats.connect(
+        url,
+        name="nvcf-platform",
+        connect_timeout=5,
+        reconnect_time_wait=1,
+        max_reconnect_attempts=-1,
+        error_cb=error,
+        disconnected_cb=disconnected,
+        reconnected_cb=reconnected,
+    )
+    connection.append(client)
+    return client
+
+
+async def _close_nats(nc: Client) -> None:
+    try:
+        await asyncio.wait_for(nc.close(), 10.0)
+    except TimeoutError:
+        _log.warning("NATS connection did not close within 10 s")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (0 = a free port), address reuse on."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=1024)
+    except OSError as error:
+        raise PlatformError(f"cannot listen on {host}:{port}: {error}") from None
+
+
+def _bracketed(host: str) -> str:
+    """An IPv6 literal in brackets, as URLs and gRPC addresses write it."""
+    return f"[{host}]" if ":" in host else host
+
+
+def _url_host(host: str) -> str:
+    """`host` as a URL that reaches it names it; wildcard addresses become loopback."""
+    if host in {"", "0.0.0.0"}:
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return _bracketed(host)
