@@ -1,0 +1,124 @@
+"""Passthrough mode: the container's response relayed to the platform as it streams (§5.2 step 6).
+
+Any status and any length, SSE and full duplex included: the head is re-encoded without hop-by-hop
+headers, the body bytes go out unchanged, chunk by chunk, as they arrive from the container.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from nvcf_sidecar.protocol import encode_response_head
+from nvcf_sidecar.worker.attach import AttachClient, AttachError
+from nvcf_sidecar.worker.forward import ContainerCall, open_container
+from nvcf_sidecar.worker.metrics import Outcome, WorkerMetrics
+
+__all__ = ["ContainerBodyBroken", "relay_response", "serve_passthrough"]
+
+
+class ContainerBodyBroken(Exception):
+    """The container's response body broke off after its head had been relayed."""
+
+    def __init__(self, relayed: int, cause: BaseException) -> None:
+        self.relayed = relayed
+        self.cause = cause
+        super().__init__(
+            f"the container's response body broke off after {relayed} bytes: "
+            f"{type(cause).__name__}: {cause}"
+        )
+
+
+async def serve_passthrough(
+    call: ContainerCall,
+    *,
+    container: aiohttp.ClientSession,
+    attach: AttachClient,
+    metrics: WorkerMetrics,
+    log: logging.LoggerAdapter[Any],
+) -> Outcome:
+    """Call the container and stream whatever it answers to POST attach.
+
+    Raises `ContainerCallError` when no response head arrives (the caller answers with a
+    problem); every later failure is an `Outcome`. The container connection is closed on the
+    way out unless its response was read to the end.
+    """
+    started = time.monotonic()
+    response = await open_container(container, call)
+    try:
+        metrics.container_latency.observe(time.monotonic() - started)
+        log.info(
+            "container answered",
+            extra={"status": response.status, "content_length": response.content_length},
+        )
+        return await relay_response(response, call.method, attach=attach, metrics=metrics, log=log)
+    finally:
+        response.close()
+
+
+async def relay_response(
+    response: aiohttp.ClientResponse,
+    method: str,
+    *,
+    attach: AttachClient,
+    metrics: WorkerMetrics,
+    log: logging.LoggerAdapter[Any],
+) -> Outcome:
+    """POST `response` to the platform as HTTP/1.1 bytes: its head, then its body as it arrives.
+
+    The inner head carries Content-Length when the container declared one (the outer POST then
+    has head + body length), never a Transfer-Encoding. A body that breaks off aborts the POST,
+    so the platform sees a truncated response rather than a short one that looks complete.
+    """
+    declared = response.content_length
+    headers = list(response.headers.items())
+    body: bytes | _ContainerBody
+    if method == "HEAD" or response.status in (204, 304) or response.status < 200:
+        # No body follows, whatever the head says; a HEAD or 304 keeps its declared length.
+        keep = declared if method == "HEAD" or response.status == 304 else None
+        head = encode_response_head(
+            response.status, headers, content_length=keep, reason=response.reason
+        )
+        body = b""
+    else:
+        head = encode_response_head(
+            response.status, headers, content_length=declared, reason=response.reason
+        )
+        body = _ContainerBody(response)
+    try:
+        await attach.send_response(head, body, body_length=declared)
+    except AttachError as error:
+        if isinstance(body, _ContainerBody) and body.error is not None:
+            log.warning("relay cut short: %s", body.error)
+            return Outcome.CONTAINER_ERROR
+        metrics.attach_errors.labels("post").inc()
+        log.error("response not delivered: %s", error)
+        return Outcome.ATTACH_ERROR
+    log.info("response delivered", extra={"status": response.status})
+    return Outcome.DELIVERED
+
+
+class _ContainerBody:
+    """The container's response body as an async iterable; remembers how it broke off."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.relayed = 0
+        self.error: ContainerBodyBroken | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        try:
+            # iter_any hands over whatever arrived, so SSE events are not held back.
+            async for chunk in self._response.content.iter_any():
+                self.relayed += len(chunk)
+                yield chunk
+        except (aiohttp.ClientError, OSError) as error:
+            self.error = ContainerBodyBroken(self.relayed, error)
+            raise self.error from error

@@ -1,0 +1,274 @@
+"""One invocation's lifecycle in the sidecar: prepare, call the container, answer, clean up (§5.2).
+
+`RequestRunner.run` serves one decoded work item and says how it ended; the consumer owns the
+slot, keepalives, cancellation and the ack around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+from nvcf_sidecar.protocol import (
+    INFERENCE_REQUEST_FAILED,
+    NVCF_POLL_SECONDS,
+    PREPARE_FAILED,
+    WORKER_SERVICE,
+    H1Error,
+    Header,
+    MissingAttachConfig,
+    WorkerInvokeFunctionRequest,
+    content_length,
+    first_http1_config,
+    get_attach_accept,
+    shift_poll_budget,
+)
+from nvcf_sidecar.worker.attach import AttachClient, AttachError, RequestBodyStream
+from nvcf_sidecar.worker.config import WorkerConfig
+from nvcf_sidecar.worker.forward import (
+    ContainerCall,
+    ContainerCallError,
+    ForwardedBody,
+    container_failure_problem,
+    container_headers,
+    container_url,
+    first_header,
+    request_target_path,
+    worker_headers,
+)
+from nvcf_sidecar.worker.metrics import Outcome, WorkerMetrics
+from nvcf_sidecar.worker.passthrough import serve_passthrough
+from nvcf_sidecar.worker.sessions import HttpSessions
+from nvcf_worker.headers import is_safe_component
+
+__all__ = ["RequestLog", "RequestRunner"]
+
+_logger = logging.getLogger(__name__)
+
+_DIRECTORY_MODE = 0o777
+"""Like NVIDIA's worker: the container may run as any user and must write its outputs here."""
+
+
+class RequestLog(logging.LoggerAdapter[logging.Logger]):
+    """A logger bound to one request: every record carries `request_id` (and per-call extras)."""
+
+    def __init__(self, logger: logging.Logger, request_id: str) -> None:
+        super().__init__(logger, {"request_id": request_id})
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
+class RequestRunner:
+    """Serves work items end to end: attach, response directory, container call, answer.
+
+    One instance per sidecar process, shared by all concurrent requests; it holds no
+    per-request state.
+    """
+
+    def __init__(
+        self, config: WorkerConfig, metrics: WorkerMetrics, sessions: HttpSessions
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._sessions = sessions
+
+    async def run(self, request: WorkerInvokeFunctionRequest) -> Outcome:
+        """Serve one decoded request end to end and return how it ended.
+
+        Never raises, except `asyncio.CancelledError` when the caller cancels the task (upstream
+        cancel or shutdown): the container call and any attach transfer are stopped, the
+        response directory is removed, and the cancellation propagates. Every log record carries
+        the request id (`extra={"request_id": ...}`).
+        """
+        log = RequestLog(_logger, request.requestId)
+        received = time.time()
+        request_time = _request_time(request)
+        if request_time is not None:
+            self._metrics.queue_wait.observe(max(0.0, received - request_time))
+        try:
+            connection = first_http1_config(request)
+        except MissingAttachConfig as error:
+            log.error("no answer possible: %s", error)
+            return Outcome.WORKER_ERROR
+        attach = AttachClient(self._sessions.attach, connection)
+        try:
+            outcome = await self._serve(request, attach, log)
+        except asyncio.CancelledError:
+            log.info("request cancelled; container call and attach transfers stopped")
+            raise
+        except Exception:
+            log.exception("unexpected failure while serving the request")
+            outcome = Outcome.WORKER_ERROR
+            if not attach.response_started:
+                outcome = await self._answer_problem(
+                    attach, log, WORKER_SERVICE, INFERENCE_REQUEST_FAILED, Outcome.WORKER_ERROR
+                )
+        log.info("request finished", extra={"outcome": outcome.value})
+        return outcome
+
+    async def _serve(
+        self, request: WorkerInvokeFunctionRequest, attach: AttachClient, log: RequestLog
+    ) -> Outcome:
+        request_id = request.requestId
+        if not is_safe_component(request_id):
+            # It names directories that are removed afterwards; never let it leave the base.
+            log.error("request id %r cannot name a directory", request_id)
+            return await self._answer_problem(
+                attach, log, WORKER_SERVICE, PREPARE_FAILED, Outcome.WORKER_ERROR
+            )
+        response_dir = self._config.base_response_dir / request_id
+        async with contextlib.AsyncExitStack() as cleanup:
+            rest: RequestBodyStream | None = None
+            if attach.has_request_body:
+                # Started now, read when the container call needs it (NVIDIA starts it eagerly).
+                accept = get_attach_accept(request.requestMethod)
+                rest = await cleanup.enter_async_context(attach.request_body(accept))
+            if not self._config.compatibility_disabled:
+                cleanup.callback(_remove_directory, response_dir, log)
+                try:
+                    _create_directory(response_dir)
+                except OSError as error:
+                    log.error("cannot create the response directory: %s", error)
+                    return await self._answer_problem(
+                        attach, log, WORKER_SERVICE, PREPARE_FAILED, Outcome.WORKER_ERROR
+                    )
+            try:
+                return await self._forward(request, attach, rest, response_dir, log)
+            finally:
+                if rest is not None and rest.error is not None:
+                    self._metrics.attach_errors.labels("get").inc()
+
+    async def _forward(
+        self,
+        request: WorkerInvokeFunctionRequest,
+        attach: AttachClient,
+        rest: RequestBodyStream | None,
+        response_dir: Path,
+        log: RequestLog,
+    ) -> Outcome:
+        method, path = request.requestMethod, request.requestPath
+        caller: list[Header] = [(header.key, header.value) for header in request.requestHeaders]
+        if not method:
+            # Stream-full mode: method, target and headers come from the head of GET attach.
+            if rest is None:
+                log.error("the work item has neither a method nor a request token")
+                return await self._answer_problem(
+                    attach, log, WORKER_SERVICE, INFERENCE_REQUEST_FAILED, Outcome.WORKER_ERROR
+                )
+            try:
+                head = await rest.read_request_head()
+            except AttachError as error:
+                log.error("cannot read the streamed request: %s", error)
+                return await self._answer_problem(
+                    attach, log, WORKER_SERVICE, INFERENCE_REQUEST_FAILED, Outcome.WORKER_ERROR
+                )
+            method, path = head.method, request_target_path(head.target)
+            caller.extend(head.headers)
+
+        now = time.time()
+        poll = shift_poll_budget(
+            first_header(caller, NVCF_POLL_SECONDS), _request_time(request) or now, now
+        )
+        worker = worker_headers(
+            self._config,
+            request,
+            asset_dir=str(self._config.base_asset_dir / request.requestId),
+            response_dir=str(response_dir),
+        )
+        body, body_length = _request_body(request, rest, caller)
+        call = ContainerCall(
+            method=method,
+            url=container_url(self._config.inference_url, path),
+            headers=container_headers(worker, caller, poll),
+            body=body,
+            body_length=body_length,
+        )
+        log.info("calling the container", extra={"method": method, "path": path or "/"})
+        try:
+            # The answering mode is chosen here. Compatibility mode (§5.2 step 6: buffered final
+            # response, progress 202s, generated 202s, large responses) is not built yet, so
+            # every request is served in passthrough for now.
+            return await serve_passthrough(
+                call,
+                container=self._sessions.container,
+                attach=attach,
+                metrics=self._metrics,
+                log=log,
+            )
+        except ContainerCallError as error:
+            if isinstance(body, ForwardedBody) and body.error is not None:
+                log.error("the request body could not be forwarded: %s", body.error)
+                return await self._answer_problem(
+                    attach, log, WORKER_SERVICE, INFERENCE_REQUEST_FAILED, Outcome.WORKER_ERROR
+                )
+            log.error("no response from the container: %s", error)
+            source, detail = container_failure_problem(error.cause)
+            return await self._answer_problem(attach, log, source, detail, Outcome.CONTAINER_ERROR)
+
+    async def _answer_problem(
+        self, attach: AttachClient, log: RequestLog, source: str, detail: str, outcome: Outcome
+    ) -> Outcome:
+        """Deliver a worker-generated 500 problem; `outcome` if it arrives, else ATTACH_ERROR."""
+        try:
+            await attach.send_problem(source, 500, detail)
+        except Exception as error:  # AttachError, or anything unforeseen: run() never raises
+            self._metrics.attach_errors.labels("post").inc()
+            log.error(
+                "problem response not delivered: %s",
+                error,
+                exc_info=not isinstance(error, AttachError),
+            )
+            return Outcome.ATTACH_ERROR
+        log.info("problem response delivered", extra={"detail": detail})
+        return outcome
+
+
+def _request_time(request: WorkerInvokeFunctionRequest) -> float | None:
+    """When the platform accepted the request (Unix seconds), if the work item says."""
+    if not request.HasField("requestTime"):
+        return None
+    return request.requestTime.seconds + request.requestTime.nanos / 1e9
+
+
+def _request_body(
+    request: WorkerInvokeFunctionRequest, rest: RequestBodyStream | None, caller: list[Header]
+) -> tuple[bytes | ForwardedBody | None, int | None]:
+    """The body for the container and its Content-Length (None: chunked or computed by aiohttp).
+
+    Without a request token the whole body is inline and sent with its exact length. Otherwise
+    the inline part is followed by the GET attach stream, with the caller's Content-Length when
+    it declared a valid one (an invalid one is ignored, as NVIDIA's worker does).
+    """
+    inline = request.requestBody
+    if rest is None:
+        return (inline or None), None
+    try:
+        declared = content_length(caller)
+    except H1Error:
+        declared = None
+    return ForwardedBody(inline, rest, declared), declared
+
+
+def _create_directory(path: Path) -> None:
+    os.makedirs(path, mode=_DIRECTORY_MODE, exist_ok=True)
+    os.chmod(path, _DIRECTORY_MODE)  # makedirs' mode is narrowed by the umask
+
+
+def _remove_directory(path: Path, log: RequestLog) -> None:
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        log.warning("cannot remove %s: %s", path, error)

@@ -1,0 +1,101 @@
+"""The HTTP client sessions of one sidecar: one to the inference container, one to the platform.
+
+Both are opened once at start-up by `async with HttpSessions(config)` and shared by every request.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import aiohttp
+
+from nvcf_sidecar.protocol import MAX_HEAD_BYTES
+from nvcf_sidecar.worker.config import WorkerConfig
+
+__all__ = ["ATTACH_IDLE_SECONDS", "HttpSessions"]
+
+ATTACH_IDLE_SECONDS = 300.0
+"""Idle keep-alive connections to an IS pod are closed after this long (NVIDIA: 5 min, so the
+sidecar gives up a connection before the platform's proxy does and never writes on a dead one)."""
+
+# The worker sets every header it means to send; aiohttp must not add its own User-Agent, Accept,
+# Accept-Encoding (which would invite compression the caller never asked for) or Content-Type.
+_NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
+_NO_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None, sock_read=None)
+
+
+class HttpSessions:
+    """The aiohttp client sessions of one sidecar.
+
+    `container` talks to the inference server: no timeout of any kind (only cancellation ends a
+    call), no automatic decompression (bytes are relayed as the container sent them, so lengths
+    stay true), no connection limit, no cookie jar (a cookie must never leak between callers), and
+    heads up to the size the platform accepts. `attach` talks to the platform's attach endpoint:
+    HTTP/1.1 keep-alive with connections idle for up to 300 s reused, no timeout (GET attach
+    bounds its own wait for a head), no decompression, no cookie jar.
+
+    NVIDIA's attach pool keeps up to 256 idle connections per host and does not cap busy ones;
+    aiohttp cannot cap idle connections separately, so neither pool has a cap: a cap on busy
+    connections would queue GET attaches behind long-running POSTs and eat their 5 s deadline.
+    """
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self._config = config
+        self._container: aiohttp.ClientSession | None = None
+        self._attach: aiohttp.ClientSession | None = None
+
+    @property
+    def container(self) -> aiohttp.ClientSession:
+        """The session for calls to the inference container."""
+        if self._container is None:
+            raise RuntimeError("HttpSessions is not open; use `async with HttpSessions(config)`")
+        return self._container
+
+    @property
+    def attach(self) -> aiohttp.ClientSession:
+        """The session for GET and POST attach calls to the platform."""
+        if self._attach is None:
+            raise RuntimeError("HttpSessions is not open; use `async with HttpSessions(config)`")
+        return self._attach
+
+    async def __aenter__(self) -> HttpSessions:
+        if self._container is not None:
+            raise RuntimeError("HttpSessions is already open")
+        self._container = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
+            timeout=_NO_TIMEOUT,
+            auto_decompress=False,
+            skip_auto_headers=_NO_AUTO_HEADERS,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            max_line_size=MAX_HEAD_BYTES,
+            max_field_size=MAX_HEAD_BYTES,
+        )
+        self._attach = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=0, limit_per_host=0, keepalive_timeout=ATTACH_IDLE_SECONDS
+            ),
+            timeout=_NO_TIMEOUT,
+            auto_decompress=False,
+            skip_auto_headers=_NO_AUTO_HEADERS,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            max_line_size=MAX_HEAD_BYTES,
+            max_field_size=MAX_HEAD_BYTES,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # Reverse order of opening; the container session goes last as it was opened first.
+        attach, container = self._attach, self._container
+        self._attach = self._container = None
+        try:
+            if attach is not None:
+                await attach.close()
+        finally:
+            if container is not None:
+                await container.close()
