@@ -1,0 +1,377 @@
+"""The work-queue consumer on a real nats-server: binding, slots, NAK, term, keepalive, acks."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import nats
+import pytest
+
+from nvcf_sidecar.protocol import consumer_name, request_stream_name
+from nvcf_sidecar.worker.consumer import (
+    MAX_KEEPALIVE_FAILURES,
+    BindFailed,
+    RequestConsumer,
+    bind_consumer,
+    parse_max_request_batch,
+)
+from nvcf_sidecar.worker.metrics import Outcome, WorkerMetrics
+
+pytestmark = pytest.mark.nats
+
+
+def load_shell_helpers() -> ModuleType:
+    """The shared stand-ins in servers/shell_fake_api.py (loaded by path, once)."""
+    name = "shell_fake_api"
+    if name not in sys.modules:
+        path = Path(__file__).parent / "servers" / "shell_fake_api.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+shell = load_shell_helpers()
+REGION: str = shell.REGION
+FVID: str = shell.FUNCTION_VERSION_ID
+
+
+# --- binding ---------------------------------------------------------------------------------------
+
+
+async def test_bind_provisions_a_missing_queue_then_binds(nats_server: Any) -> None:
+    provisioned: list[str] = []
+
+    async def provision(region: str) -> None:
+        provisioned.append(region)
+        await shell.provision_queue(nats_server.url, region)
+
+    nc = await nats.connect(nats_server.url)
+    try:
+        info = await bind_consumer(nc, REGION, FVID, provision)
+        assert info.name == consumer_name(REGION, FVID)
+        assert info.stream_name == request_stream_name(REGION, FVID)
+        assert provisioned == [REGION]
+        await bind_consumer(nc, REGION, FVID, provision)  # exists now: no second provisioning
+        assert provisioned == [REGION]
+    finally:
+        await nc.close()
+
+
+async def test_bind_never_creates_a_stream_or_consumer(nats_server: Any) -> None:
+    provisioned: list[str] = []
+
+    async def provision_nothing(region: str) -> None:
+        provisioned.append(region)
+
+    nc = await nats.connect(nats_server.url)
+    try:
+        started = time.monotonic()
+        with pytest.raises(BindFailed, match="rq_test-region_"):
+            await bind_consumer(nc, REGION, FVID, provision_nothing, max_elapsed=1.5)
+        assert time.monotonic() - started < 5
+        assert provisioned
+        assert set(provisioned) == {REGION}
+        js = nc.jetstream()
+        assert [stream async for stream in _stream_names(js)] == []
+
+        # A stream without its consumer: still only looked up, never created.
+        await shell.provision_queue(nats_server.url, REGION, with_consumer=False)
+        with pytest.raises(BindFailed):
+            await bind_consumer(nc, REGION, FVID, provision_nothing, max_elapsed=1.0)
+        consumers = await js.consumers_info(request_stream_name(REGION, FVID))
+        assert consumers == []
+    finally:
+        await nc.close()
+
+
+async def _stream_names(js: Any) -> AsyncIterator[str]:
+    for info in await js.streams_info():
+        yield info.config.name
+
+
+async def test_secondary_region_is_best_effort_and_served(nats_server: Any) -> None:
+    await shell.provision_queue(nats_server.url, REGION)
+    await shell.provision_queue(nats_server.url, "second-region")
+    runner = shell.StandInRunner()
+    async with shell.serving(
+        nats_server.url,
+        runner,
+        regions=(REGION, "second-region", "gone-region"),
+        refuse=frozenset({"gone-region"}),
+    ) as state:
+        assert state.consumer.regions == (REGION, "second-region")
+        ids = await shell.publish_work(nats_server.url, [shell.work_item()], region="second-region")
+        await runner.wait_finished(1)
+        assert runner.finished == ids
+
+
+# --- slots -----------------------------------------------------------------------------------------
+
+
+async def test_fetch_never_exceeds_the_free_slots(nats_server: Any) -> None:
+    await shell.provision_queue(nats_server.url, REGION)
+    runner = shell.StandInRunner(delay=0.15)
+    items = [shell.work_item() for _ in range(20)]
+    ids = await shell.publish_work(nats_server.url, items)
+    ack_pending_seen: list[int] = []
+
+    async with shell.serving(nats_server.url, runner, max_request_concurrency=3) as state:
+
+        async def sample() -> None:
+            while True:
+                _, ack_pending, _ = await shell.queue_state(nats_server.url)
+                ack_pending_seen.append(ack_pending)
+                assert state.consumer.in_flight <= 3
+                await asyncio.sleep(0.02)
+
+        sampler = asyncio.create_task(sample())
+        try:
+            await runner.wait_finished(20, within=30)
+        finally:
+            sampler.cancel()
+            await asyncio.gather(sampler, return_exceptions=True)
+    assert runner.max_active == 3
+    assert sorted(runner.started) == sorted(ids)  # each exactly once
+    assert max(ack_pending_seen) <= 3
+    assert shell.naks(state.metrics, "capacity") == 0
+    assert shell.outcomes(state.metrics, Outcome.DELIVERED) == 20
+    await shell.wait_for_state(nats_server.url, (0, 0, 0))
+
+
+async def test_a_message_without_a_free_slot_is_naked_for_redelivery(nats_server: Any) -> None:
+    await shell.provision_queue(nats_server.url, REGION)
+    runner = shell.StandInRunner()
+    runner.hold = True
+    [request_id] = await shell.publish_work(nats_server.url, [shell.work_item()])
+    config = shell.make_config()
+    metrics = WorkerMetrics()
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        puller = await js.pull_subscribe_bind(
+            consumer_name(REGION, FVID), stream=request_stream_name(REGION, FVID)
+        )
+
+        async def no_provisioning(region: str) -> None:
+            raise AssertionError("not expected")
+
+        async with RequestConsumer(nc, config, metrics, runner, no_provisioning) as consumer:
+            assert consumer.slots.try_acquire()  # every slot busy
+            [msg] = await puller.fetch(1, timeout=5)
+            await consumer.handle_delivery(msg, REGION)
+            assert shell.naks(metrics, "capacity") == 1
+            assert runner.started == []
+            started = time.monotonic()
+            [again] = await puller.fetch(1, timeout=5)
+            assert time.monotonic() - started < 2  # NAK: redelivered now, not after the ack wait
+            assert again.metadata.num_delivered == 2
+            assert again.metadata.sequence.stream == msg.metadata.sequence.stream
+            await again.ack()
+            consumer.slots.release()
+        assert request_id not in runner.started
+    finally:
+        await nc.close()
+
+
+# --- messages --------------------------------------------------------------------------------------
+
+
+async def test_malformed_messages_are_terminated_and_never_redelivered(
+    nats_server: Any,
+) -> None:
+    await shell.provision_queue(nats_server.url, REGION, ack_wait=1.0)
+    runner = shell.StandInRunner()
+    truncated = b"\x0a\xff\x01"  # field 1 claims 255 bytes, 1 follows
+    no_request_id = b""  # decodes, but names no request
+    good = shell.work_item()
+    async with shell.serving(nats_server.url, runner) as state:
+        await shell.publish_work(nats_server.url, [truncated, no_request_id, good])
+        await runner.wait_finished(1)
+        await asyncio.sleep(2.5)  # well past the 1 s ack wait: a redelivery would show now
+        assert runner.started == [good.requestId]
+        assert shell.outcomes(state.metrics, Outcome.MALFORMED) == 2
+        _, ack_pending, pending = await shell.queue_state(nats_server.url)
+        assert (ack_pending, pending) == (0, 0)
+        info = await state.nc.jetstream().consumer_info(
+            request_stream_name(REGION, FVID), consumer_name(REGION, FVID)
+        )
+        assert info.num_redelivered == 0
+
+
+async def test_keepalive_keeps_a_long_request_from_being_redelivered(nats_server: Any) -> None:
+    await shell.provision_queue(nats_server.url, REGION, ack_wait=2.0)
+    runner = shell.StandInRunner(delay=5.0)
+    async with shell.serving(
+        nats_server.url, runner, max_request_concurrency=2, keepalive_interval=0.5
+    ) as state:
+        [request_id] = await shell.publish_work(nats_server.url, [shell.work_item()])
+        await runner.wait_finished(1, within=15)
+        assert runner.started == [request_id]  # the free second slot never saw a redelivery
+    assert shell.outcomes(state.metrics, Outcome.DELIVERED) == 1
+    await shell.wait_for_state(nats_server.url, (0, 0, 0))
+
+
+async def test_without_keepalive_in_time_the_request_is_redelivered(nats_server: Any) -> None:
+    # The control for the test above: the same request, keepalive slower than the ack wait.
+    await shell.provision_queue(nats_server.url, REGION, ack_wait=1.0)
+    runner = shell.StandInRunner(delay=2.5)
+    async with shell.serving(
+        nats_server.url, runner, max_request_concurrency=2, keepalive_interval=30.0
+    ):
+        [request_id] = await shell.publish_work(nats_server.url, [shell.work_item()])
+        await runner.wait_started(2, within=10)
+        assert runner.started == [request_id, request_id]
+        await runner.wait_finished(2, within=10)
+
+
+async def test_every_outcome_is_acked_at_the_end(nats_server: Any) -> None:
+    await shell.provision_queue(nats_server.url, REGION, ack_wait=1.0)
+    runner = shell.StandInRunner(outcome=Outcome.CONTAINER_ERROR)
+    runner.hold = True
+    async with shell.serving(nats_server.url, runner, max_request_concurrency=2) as state:
+        await shell.publish_work(nats_server.url, [shell.work_item(), shell.work_item()])
+        await runner.wait_started(2)
+        await shell.wait_for_state(nats_server.url, (2, 2, 0))  # delivered, not acked while running
+        runner.release()
+        await runner.wait_finished(2)
+        await shell.wait_for_state(nats_server.url, (0, 0, 0))
+        await asyncio.sleep(1.5)  # past the ack wait: nothing comes back
+        assert len(runner.started) == 2
+    assert shell.outcomes(state.metrics, Outcome.CONTAINER_ERROR) == 2
+    assert state.metrics.in_flight._value.get() == 0
+
+
+async def test_the_server_batch_limit_lowers_the_pull_batch(nats_server: Any) -> None:
+    await shell.provision_queue(nats_server.url, REGION, max_batch=2)
+    runner = shell.StandInRunner()
+    runner.hold = True
+    ids = await shell.publish_work(nats_server.url, [shell.work_item() for _ in range(6)])
+    async with shell.serving(nats_server.url, runner, max_request_concurrency=3) as state:
+        await runner.wait_started(3)
+        assert state.consumer.max_batch == 2
+        runner.release()
+        await runner.wait_finished(6)
+        assert sorted(runner.finished) == sorted(ids)
+        assert state.metrics.fetch_errors.labels(REGION)._value.get() == 0
+    await shell.wait_for_state(nats_server.url, (0, 0, 0))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Exceeded MaxRequestBatch of 5", 5),
+        ("nats: Exceeded MaxRequestBatch of 128", 128),
+        ("Exceeded MaxRequestBatch of invalid", None),
+        ("Exceeded MaxWaiting", None),
+        ("Exceeded MaxRequestBatch of 0", None),
+    ],
+)
+def test_parse_max_request_batch(text: str, expected: int | None) -> None:
+    assert parse_max_request_batch(text) == expected
+
+
+class _FailingKeepaliveMsg:
+    """A delivered message whose +WPI always fails; records the acks it gets."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.subject = "rq.test-region.x.y"
+        self.headers = None
+        self.acks: list[str] = []
+
+    async def in_progress(self) -> None:
+        raise ConnectionError("no route to the server")
+
+    async def ack(self) -> None:
+        self.acks.append("ack")
+
+    async def nak(self) -> None:
+        self.acks.append("nak")
+
+    async def term(self) -> None:
+        self.acks.append("term")
+
+
+async def test_ten_failed_keepalives_cancel_the_request(nats_server: Any) -> None:
+    runner = shell.StandInRunner()
+    runner.hold = True
+    metrics = WorkerMetrics()
+    nc = await nats.connect(nats_server.url)
+    try:
+
+        async def no_provisioning(region: str) -> None:
+            raise AssertionError("not expected")
+
+        config = shell.make_config(keepalive_interval=0.02)
+        async with RequestConsumer(nc, config, metrics, runner, no_provisioning) as consumer:
+            item = shell.work_item()
+            msg = _FailingKeepaliveMsg(item.SerializeToString())
+            await consumer.handle_delivery(msg, REGION)  # type: ignore[arg-type]
+            await runner.wait_finished(1)
+        assert runner.cancelled == [item.requestId]
+        assert metrics.keepalive_failures._value.get() == MAX_KEEPALIVE_FAILURES
+        assert shell.outcomes(metrics, Outcome.CANCELLED) == 1
+        assert msg.acks == ["ack"]
+    finally:
+        await nc.close()
+
+
+# --- pausing and stopping ----------------------------------------------------------------------
+
+
+async def test_an_abandoned_pull_takes_nothing_from_the_queue(nats_server: Any) -> None:
+    await shell.provision_queue(nats_server.url, REGION)
+    runner = shell.StandInRunner()
+    async with shell.serving(nats_server.url, runner) as state:
+        await asyncio.sleep(0.3)  # a pull is waiting on the server now
+        state.consumer.stop_fetching()
+        await asyncio.sleep(0.2)
+        await shell.publish_work(nats_server.url, [shell.work_item() for _ in range(3)])
+        await asyncio.sleep(0.5)
+        assert runner.started == []
+        assert await shell.queue_state(nats_server.url) == (3, 0, 3)
+        assert shell.naks(state.metrics, "stopped") == 0
+
+
+async def test_fetching_pauses_while_the_container_is_unhealthy(nats_server: Any) -> None:
+    await shell.provision_queue(nats_server.url, REGION)
+    runner = shell.StandInRunner()
+    async with shell.serving(nats_server.url, runner) as state:
+        await shell.publish_work(nats_server.url, [shell.work_item()])
+        await runner.wait_finished(1)
+
+        state.healthy = False
+        state.consumer.health_changed(False)
+        await asyncio.sleep(0.2)
+        second = await shell.publish_work(nats_server.url, [shell.work_item()])
+        await asyncio.sleep(0.5)
+        assert len(runner.started) == 1
+        assert await shell.queue_state(nats_server.url) == (1, 0, 1)
+
+        state.healthy = True
+        state.consumer.health_changed(True)
+        await runner.wait_finished(2)
+        assert runner.finished[1:] == second
+
+
+async def test_region_change_rebinds_and_serves_the_new_region(nats_server: Any) -> None:
+    await shell.provision_queue(nats_server.url, REGION)
+    await shell.provision_queue(nats_server.url, "new-region")
+    runner = shell.StandInRunner()
+    async with shell.serving(nats_server.url, runner) as state:
+        state.consumer.update_regions([REGION, "new-region"])
+        ids = await shell.publish_work(nats_server.url, [shell.work_item()], region="new-region")
+        await runner.wait_finished(1)
+        assert runner.finished == ids
+        assert state.consumer.regions == (REGION, "new-region")
