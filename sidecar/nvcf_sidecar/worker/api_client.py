@@ -26,6 +26,7 @@ import orjson
 
 from nvcf_sidecar.protocol import ProvisionWorkerRequest, WorkerConnect, WorkerStub, bearer
 from nvcf_sidecar.worker.config import WorkerConfig
+from nvcf_sidecar.worker.errors import WorkerError
 
 if TYPE_CHECKING:
     from nvcf_sidecar.protocol.gen.nvcf_pb2_grpc import WorkerAsyncStub
@@ -57,7 +58,7 @@ _REFRESH_LIFE_FRACTION: Final = 0.9
 _MAX_MESSAGE_BYTES: Final = 10 * 1024 * 1024
 
 
-class ApiError(Exception):
+class ApiError(WorkerError):
     """Base class of errors talking to the NVCF API."""
 
 

@@ -25,6 +25,7 @@ from nvcf_sidecar.protocol import (
     post_attach_content_length,
     worker_problem,
 )
+from nvcf_sidecar.worker.errors import WorkerError
 
 __all__ = [
     "GET_HEAD_TIMEOUT_SECONDS",
@@ -43,7 +44,7 @@ GET_HEAD_TIMEOUT_SECONDS: Final = 5.0
 _ERROR_BODY_LIMIT: Final = 1024
 
 
-class AttachError(Exception):
+class AttachError(WorkerError):
     """An attach call to the platform failed; `direction` is `get` (request) or `post` (response)."""
 
     def __init__(self, direction: str, message: str) -> None:

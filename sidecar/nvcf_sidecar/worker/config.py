@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nvcf_sidecar.worker.errors import WorkerError
+
 __all__ = ["ConfigError", "WorkerConfig", "parse_duration"]
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -23,7 +25,7 @@ DEFAULT_HEALTH_TIMEOUT = 31.0
 DEFAULT_READY_TIMEOUT = 30 * 60.0
 
 
-class ConfigError(ValueError):
+class ConfigError(WorkerError, ValueError):
     """A configuration value is missing or malformed; the message names the variable."""
 
 

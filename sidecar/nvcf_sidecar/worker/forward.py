@@ -27,6 +27,7 @@ from nvcf_sidecar.protocol import (
     strip_hop_by_hop,
 )
 from nvcf_sidecar.worker.config import WorkerConfig
+from nvcf_sidecar.worker.errors import WorkerError
 from nvcf_worker import headers as nvcf_headers
 
 __all__ = [
@@ -57,7 +58,7 @@ _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _NOT_VISIBLE_ASCII: Final = re.compile(r"[^\x21-\x7e]")
 
 
-class ContainerCallError(Exception):
+class ContainerCallError(WorkerError):
     """The container call failed before a response head arrived; `cause` says how."""
 
     def __init__(self, cause: Exception) -> None:
@@ -65,7 +66,7 @@ class ContainerCallError(Exception):
         super().__init__(f"the container call failed: {type(cause).__name__}: {cause}")
 
 
-class RequestBodyTooShort(Exception):
+class RequestBodyTooShort(WorkerError):
     """The request body ended before the Content-Length the caller declared."""
 
     def __init__(self, declared: int, received: int) -> None:

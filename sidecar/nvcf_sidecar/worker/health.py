@@ -23,6 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from nvcf_sidecar.worker.config import WorkerConfig
+from nvcf_sidecar.worker.errors import WorkerError
 from nvcf_sidecar.worker.metrics import WorkerMetrics
 
 __all__ = [
@@ -51,7 +52,7 @@ _GRPC_HEALTH_CHECK: Final = "/grpc.health.v1.Health/Check"
 _GRPC_SERVING: Final = 1
 
 
-class HealthError(Exception):
+class HealthError(WorkerError):
     """Base class of the health module's errors."""
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib.util
+import importlib
 import logging
 import random
 from collections.abc import Callable
@@ -22,6 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.client import Server
 
 from nvcf_sidecar.worker.config import ConfigError, WorkerConfig
+from nvcf_sidecar.worker.errors import WorkerError
 
 __all__ = [
     "NATS_ACCOUNT",
@@ -29,6 +30,7 @@ __all__ = [
     "NatsConnection",
     "NatsUnavailable",
     "nats_auth_token",
+    "nkey_public_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ _GO_JSON_ESCAPES = (
 )
 
 
-class NatsUnavailable(Exception):
+class NatsUnavailable(WorkerError):
     """No NATS server accepted the connection (after NVIDIA's 12 attempts)."""
 
     def __init__(self, url: str, reason: str) -> None:
@@ -78,6 +80,33 @@ def nats_auth_token(worker_token: str) -> str:
     for raw, escaped in _GO_JSON_ESCAPES:
         document = document.replace(raw, escaped)
     return base64.urlsafe_b64encode(document).rstrip(b"=").decode("ascii")
+
+
+def nkey_public_key(seed: str) -> str:
+    """The public key (`U...`) of the nkey seed `seed`; the nkey the server must list.
+
+    Raises ConfigError when the `nkeys` package is missing or `seed` is not an nkey seed (the
+    message never quotes the seed: it is a secret).
+    """
+    try:
+        # Imported here because it is needed only with NKEY_SEED; it ships no type hints.
+        nkeys: Any = importlib.import_module("nkeys")
+    except ModuleNotFoundError:
+        raise ConfigError(
+            "NKEY_SEED is set but the `nkeys` package is not installed: "
+            "pip install nkeys, or unset NKEY_SEED to authenticate with the worker token"
+        ) from None
+    try:
+        key_pair = nkeys.from_seed(bytearray(seed.strip().encode()))
+    except Exception as error:  # nkeys, binascii or nacl, depending on how the seed is broken
+        raise ConfigError(
+            f"NKEY_SEED: not a valid nkey seed ({type(error).__name__}; {len(seed)} characters)"
+        ) from None
+    try:
+        public_key: bytes = key_pair.public_key
+        return public_key.decode("ascii")
+    finally:
+        key_pair.wipe()
 
 
 def _reconnect_delay(attempt: int) -> float:
@@ -125,19 +154,21 @@ class NatsConnection:
         """True while the client is connected (not reconnecting, not closed)."""
         return self._client is not None and self._client.is_connected
 
-    def _auth_options(self) -> dict[str, Any]:
+    def _auth_options(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """nats-py's auth options, and the log fields that say which auth is used.
+
+        With `NKEY_SEED` nats-py signs the server's nonce with the seed and sends no token;
+        otherwise the token is the worker token wrapped for the auth callout, recomputed by
+        nats-py on every (re)connect.
+        """
         seed = self._config.nkey_seed
         if seed is None:
-            return {"token": lambda: nats_auth_token(self._token())}
-        if importlib.util.find_spec("nkeys") is None:
-            raise ConfigError(
-                "NKEY_SEED is set but the `nkeys` package is not installed: "
-                "pip install nkeys, or unset NKEY_SEED to authenticate with the worker token"
-            )
-        return {"nkeys_seed_str": seed}
+            return {"token": lambda: nats_auth_token(self._token())}, {"auth": "token"}
+        public_key = nkey_public_key(seed)
+        return {"nkeys_seed_str": seed.strip()}, {"auth": "nkey", "nkey": public_key}
 
     async def __aenter__(self) -> NatsConnection:
-        options = self._auth_options()
+        options, auth_fields = self._auth_options()
         try:
             self._client = await self._connect(options)
         except (TimeoutError, nats.errors.Error, OSError) as error:
@@ -149,7 +180,7 @@ class NatsConnection:
             extra={
                 "nats_url": self._config.nats_url,
                 "connection_name": self._config.nats_connection_name,
-                "auth": "nkey" if self._config.nkey_seed else "token",
+                **auth_fields,
             },
         )
         return self

@@ -15,13 +15,14 @@ import aiohttp
 
 from nvcf_sidecar.protocol import encode_response_head
 from nvcf_sidecar.worker.attach import AttachClient, AttachError
+from nvcf_sidecar.worker.errors import WorkerError
 from nvcf_sidecar.worker.forward import ContainerCall, open_container
 from nvcf_sidecar.worker.metrics import Outcome, WorkerMetrics
 
 __all__ = ["ContainerBodyBroken", "relay_response", "serve_passthrough"]
 
 
-class ContainerBodyBroken(Exception):
+class ContainerBodyBroken(WorkerError):
     """The container's response body broke off after its head had been relayed."""
 
     def __init__(self, relayed: int, cause: BaseException) -> None:

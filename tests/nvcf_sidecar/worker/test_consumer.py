@@ -1,4 +1,4 @@
-"""The work-queue consumer on a real nats-server: binding, slots, NAK, term, keepalive, acks."""
+"""The work-queue consumer on a real nats-server: regions, slots, NAK, term, keepalive, acks."""
 
 from __future__ import annotations
 
@@ -6,22 +6,17 @@ import asyncio
 import importlib.util
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import nats
 import pytest
+from nats.aio.msg import Msg
 
 from nvcf_sidecar.protocol import consumer_name, request_stream_name
-from nvcf_sidecar.worker.consumer import (
-    MAX_KEEPALIVE_FAILURES,
-    BindFailed,
-    RequestConsumer,
-    bind_consumer,
-    parse_max_request_batch,
-)
+from nvcf_sidecar.worker.consumer import RequestConsumer
+from nvcf_sidecar.worker.inflight import MAX_KEEPALIVE_FAILURES
 from nvcf_sidecar.worker.metrics import Outcome, WorkerMetrics
 
 pytestmark = pytest.mark.nats
@@ -46,58 +41,7 @@ REGION: str = shell.REGION
 FVID: str = shell.FUNCTION_VERSION_ID
 
 
-# --- binding ---------------------------------------------------------------------------------------
-
-
-async def test_bind_provisions_a_missing_queue_then_binds(nats_server: Any) -> None:
-    provisioned: list[str] = []
-
-    async def provision(region: str) -> None:
-        provisioned.append(region)
-        await shell.provision_queue(nats_server.url, region)
-
-    nc = await nats.connect(nats_server.url)
-    try:
-        info = await bind_consumer(nc, REGION, FVID, provision)
-        assert info.name == consumer_name(REGION, FVID)
-        assert info.stream_name == request_stream_name(REGION, FVID)
-        assert provisioned == [REGION]
-        await bind_consumer(nc, REGION, FVID, provision)  # exists now: no second provisioning
-        assert provisioned == [REGION]
-    finally:
-        await nc.close()
-
-
-async def test_bind_never_creates_a_stream_or_consumer(nats_server: Any) -> None:
-    provisioned: list[str] = []
-
-    async def provision_nothing(region: str) -> None:
-        provisioned.append(region)
-
-    nc = await nats.connect(nats_server.url)
-    try:
-        started = time.monotonic()
-        with pytest.raises(BindFailed, match="rq_test-region_"):
-            await bind_consumer(nc, REGION, FVID, provision_nothing, max_elapsed=1.5)
-        assert time.monotonic() - started < 5
-        assert provisioned
-        assert set(provisioned) == {REGION}
-        js = nc.jetstream()
-        assert [stream async for stream in _stream_names(js)] == []
-
-        # A stream without its consumer: still only looked up, never created.
-        await shell.provision_queue(nats_server.url, REGION, with_consumer=False)
-        with pytest.raises(BindFailed):
-            await bind_consumer(nc, REGION, FVID, provision_nothing, max_elapsed=1.0)
-        consumers = await js.consumers_info(request_stream_name(REGION, FVID))
-        assert consumers == []
-    finally:
-        await nc.close()
-
-
-async def _stream_names(js: Any) -> AsyncIterator[str]:
-    for info in await js.streams_info():
-        yield info.config.name
+# --- serving regions -------------------------------------------------------------------------------
 
 
 async def test_secondary_region_is_best_effort_and_served(nats_server: Any) -> None:
@@ -222,12 +166,41 @@ async def test_keepalive_keeps_a_long_request_from_being_redelivered(nats_server
     await shell.wait_for_state(nats_server.url, (0, 0, 0))
 
 
-async def test_without_keepalive_in_time_the_request_is_redelivered(nats_server: Any) -> None:
-    # The control for the test above: the same request, keepalive slower than the ack wait.
+async def test_a_short_ack_wait_shortens_the_keepalive_and_the_request_is_not_redelivered(
+    nats_server: Any,
+) -> None:
+    # NVIDIA's +WPI period (10 s) against a 1.5 s ack wait: without the rule, redelivered at 1.5 s.
+    await shell.provision_queue(nats_server.url, REGION, ack_wait=1.5)
+    runner = shell.StandInRunner(delay=5.0)
+    async with shell.serving(
+        nats_server.url, runner, max_request_concurrency=2, keepalive_interval=10.0
+    ) as state:
+        assert state.consumer.keepalive_interval(REGION) == pytest.approx(0.5)
+        [request_id] = await shell.publish_work(nats_server.url, [shell.work_item()])
+        await runner.wait_started(1)
+        assert await shell.queue_state(nats_server.url) == (1, 1, 0)  # running, not acked yet
+        await runner.wait_finished(1, within=15)
+        assert runner.started == [request_id]  # the free second slot never saw a redelivery
+        await shell.wait_for_state(nats_server.url, (0, 0, 0))  # acked at the end
+        info = await state.nc.jetstream().consumer_info(
+            request_stream_name(REGION, FVID), consumer_name(REGION, FVID)
+        )
+        assert info.num_redelivered == 0
+    assert shell.outcomes(state.metrics, Outcome.DELIVERED) == 1
+
+
+async def test_without_keepalives_reaching_the_server_the_request_is_redelivered(
+    nats_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The control for the tests above: the same kind of request, its +WPI never sent.
+    async def keepalive_lost(msg: Msg) -> None:
+        return None
+
+    monkeypatch.setattr(Msg, "in_progress", keepalive_lost)
     await shell.provision_queue(nats_server.url, REGION, ack_wait=1.0)
     runner = shell.StandInRunner(delay=2.5)
     async with shell.serving(
-        nats_server.url, runner, max_request_concurrency=2, keepalive_interval=30.0
+        nats_server.url, runner, max_request_concurrency=2, keepalive_interval=0.2
     ):
         [request_id] = await shell.publish_work(nats_server.url, [shell.work_item()])
         await runner.wait_started(2, within=10)
@@ -265,20 +238,6 @@ async def test_the_server_batch_limit_lowers_the_pull_batch(nats_server: Any) ->
         assert sorted(runner.finished) == sorted(ids)
         assert state.metrics.fetch_errors.labels(REGION)._value.get() == 0
     await shell.wait_for_state(nats_server.url, (0, 0, 0))
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("Exceeded MaxRequestBatch of 5", 5),
-        ("nats: Exceeded MaxRequestBatch of 128", 128),
-        ("Exceeded MaxRequestBatch of invalid", None),
-        ("Exceeded MaxWaiting", None),
-        ("Exceeded MaxRequestBatch of 0", None),
-    ],
-)
-def test_parse_max_request_batch(text: str, expected: int | None) -> None:
-    assert parse_max_request_batch(text) == expected
 
 
 class _FailingKeepaliveMsg:

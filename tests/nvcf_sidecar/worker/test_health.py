@@ -22,8 +22,8 @@ from nvcf_sidecar.worker.health import (
     ContainerNotReady,
     SidecarHealthServer,
 )
-from nvcf_sidecar.worker.main import Sidecar
 from nvcf_sidecar.worker.metrics import WorkerMetrics
+from nvcf_sidecar.worker.sidecar import Sidecar
 
 CONTAINER = Path(__file__).parent / "servers" / "shell_container.py"
 

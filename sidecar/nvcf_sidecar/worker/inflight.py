@@ -1,0 +1,120 @@
+"""One delivered request while it holds a slot: its handler, its keepalives, its cancellation (§9, §10).
+
+`InFlightRequest.run` runs the data path with `+WPI` beside it and says how it ended; the consumer
+owns the slot and the ack around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from nats.aio.msg import Msg
+
+from nvcf_sidecar.protocol import WorkerInvokeFunctionRequest
+from nvcf_sidecar.worker.metrics import Outcome, WorkerMetrics
+
+__all__ = ["MAX_KEEPALIVE_FAILURES", "InFlightRequest", "RequestHandler"]
+
+logger = logging.getLogger(__name__)
+
+MAX_KEEPALIVE_FAILURES: Final = 10
+"""Consecutive `+WPI` failures after which a request is cancelled (the platform lost it)."""
+
+
+class RequestHandler(Protocol):
+    """Runs one invocation to its end (the data path's `RequestRunner`)."""
+
+    async def run(self, request: WorkerInvokeFunctionRequest) -> Outcome:
+        """Never raises except asyncio.CancelledError (then it has cleaned up)."""
+        ...
+
+
+@dataclass
+class InFlightRequest:
+    """One delivered request from receipt to ack; `cancel()` may come at any time."""
+
+    request_id: str
+    msg: Msg
+    task: asyncio.Task[object] | None = None
+    """The task running the handler, once it started."""
+    cancel_reason: str | None = None
+    keepalives: int = 0
+    """`+WPI` sent so far."""
+
+    def cancelled(self) -> bool:
+        """Whether `cancel()` took effect."""
+        return self.cancel_reason is not None
+
+    def cancel(self, reason: str) -> bool:
+        """Cancel the request; one not started yet will not start. False if already over."""
+        if self.cancel_reason is not None or (self.task is not None and self.task.done()):
+            return False
+        self.cancel_reason = reason
+        if self.task is not None:
+            self.task.cancel()
+        return True
+
+    async def run(
+        self,
+        handler: RequestHandler,
+        request: WorkerInvokeFunctionRequest,
+        *,
+        keepalive_interval: float,
+        metrics: WorkerMetrics,
+    ) -> Outcome:
+        """Run `handler` on `request`, with `+WPI` every `keepalive_interval` seconds beside it.
+
+        Returns the handler's outcome; CANCELLED after `cancel()`, WORKER_ERROR if the handler
+        raised. Raises only asyncio.CancelledError when the caller itself is cancelled.
+        """
+        async with asyncio.TaskGroup() as tasks:
+            handling = tasks.create_task(self._handle(handler, request))
+            keepalive = tasks.create_task(self._keep_alive(keepalive_interval, metrics))
+            try:
+                return await handling
+            finally:
+                keepalive.cancel()
+
+    async def _handle(
+        self, handler: RequestHandler, request: WorkerInvokeFunctionRequest
+    ) -> Outcome:
+        # Cancellable only from here on: a cancel that came earlier is seen by the check below.
+        task = self.task = asyncio.current_task()
+        if self.cancel_reason is not None:
+            logger.info("request cancelled before it started", extra={"reason": self.cancel_reason})
+            return Outcome.CANCELLED
+        try:
+            return await handler.run(request)
+        except asyncio.CancelledError:
+            if not self.cancelled():
+                raise
+            if task is not None:
+                task.uncancel()
+            logger.info("request cancelled", extra={"reason": self.cancel_reason})
+            return Outcome.CANCELLED
+        except Exception:
+            logger.exception("request handler raised; counted as a worker error")
+            return Outcome.WORKER_ERROR
+
+    async def _keep_alive(self, interval: float, metrics: WorkerMetrics) -> None:
+        """`+WPI` every `interval` seconds; cancels the request after 10 failures in a row."""
+        failures = 0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.msg.in_progress()
+            except Exception as error:
+                failures += 1
+                metrics.keepalive_failures.inc()
+                logger.warning(
+                    "keepalive failed", extra={"error": str(error), "failures": failures}
+                )
+                if failures >= MAX_KEEPALIVE_FAILURES:
+                    self.cancel(f"keepalive failed {failures} times: {error}")
+                    return
+            else:
+                failures = 0
+                self.keepalives += 1

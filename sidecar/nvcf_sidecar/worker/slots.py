@@ -1,0 +1,75 @@
+"""The `MAX_REQUEST_CONCURRENCY` request slots, and the signal that wakes whoever waits on them.
+
+A request holds a slot from receipt to ack; the fetch loops never ask for more messages than there
+are free slots (§2.3, §10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from nvcf_sidecar.worker.metrics import WorkerMetrics
+
+__all__ = ["RequestSlots", "StateSignal"]
+
+
+class StateSignal:
+    """Wakes every waiter whose condition may have changed (single event loop, no lock).
+
+    Whoever changes shared state calls `notify()`; waiters re-check their own predicate, so one
+    signal serves any number of conditions.
+    """
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        """Wake every `wait_for` so it re-checks its predicate."""
+        self._event.set()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Return once `predicate()` is true (at once if it already is)."""
+        while not predicate():
+            self._event.clear()
+            await self._event.wait()
+
+
+class RequestSlots:
+    """`MAX_REQUEST_CONCURRENCY` slots: a request holds one from receipt to ack.
+
+    Never more than `limit` are held; `metrics.in_flight` follows the held count, and every
+    release notifies `changed`.
+    """
+
+    def __init__(self, limit: int, metrics: WorkerMetrics, changed: StateSignal) -> None:
+        self.limit = limit
+        self._held = 0
+        self._metrics = metrics
+        self._changed = changed
+
+    @property
+    def held(self) -> int:
+        """Slots taken by requests now."""
+        return self._held
+
+    @property
+    def free(self) -> int:
+        """Slots a fetch may ask for now."""
+        return self.limit - self._held
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free."""
+        if self._held >= self.limit:
+            return False
+        self._held += 1
+        self._metrics.in_flight.set(self._held)
+        return True
+
+    def release(self) -> None:
+        """Give a slot back and wake the fetch loops."""
+        if self._held <= 0:
+            raise RuntimeError("released a request slot that was not held")
+        self._held -= 1
+        self._metrics.in_flight.set(self._held)
+        self._changed.notify()
