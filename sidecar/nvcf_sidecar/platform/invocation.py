@@ -193,7 +193,7 @@ class PexecEndpoint:
             except (MessageTooLarge, PublishFailed, NatsError) as error:
                 _log.error("work item not queued", extra={**extra, "error": str(error)})
                 return problem_response(500, f"failed to send nats request; cause: {error}")
-            _log.info("invocation queued", extra={**extra, "poll_seconds": poll_seconds})
+            _log.debug("invocation queued", extra={**extra, "poll_seconds": poll_seconds})
             try:
                 async with asyncio.timeout(poll_seconds + POLL_GRACE_SECONDS):
                     worker = await slot.wait()

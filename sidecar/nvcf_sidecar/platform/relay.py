@@ -20,7 +20,10 @@ from nvcf_sidecar.protocol import (
     strip_hop_by_hop,
 )
 
-__all__ = ["gateway_timeout", "relay_response"]
+__all__ = ["SMALL_BODY_BYTES", "gateway_timeout", "relay_response"]
+
+#: Bodies up to this declared length are gathered and sent with the head in one write.
+SMALL_BODY_BYTES = 64 * 1024
 
 _log = logging.getLogger(__name__)
 
@@ -40,6 +43,14 @@ def gateway_timeout(request_id: str) -> web.Response:
     return response
 
 
+def _response(kind: type[web.StreamResponse], worker: WorkerResponse) -> web.StreamResponse:
+    response = kind(status=worker.status)
+    for name, value in strip_hop_by_hop(worker.headers):
+        if name.lower() != "content-length":
+            response.headers.add(name, value)
+    return response
+
+
 async def relay_response(
     request: web.Request, worker: WorkerResponse, request_id: str
 ) -> web.StreamResponse:
@@ -50,14 +61,36 @@ async def relay_response(
     breaks off aborts the caller's connection. `worker.finished` is set in every outcome, which
     lets the worker's POST attach complete.
     """
-    response = web.StreamResponse(status=worker.status)
-    for name, value in strip_hop_by_hop(worker.headers):
-        if name.lower() != "content-length":
-            response.headers.add(name, value)
+    small = worker.content_length is not None and worker.content_length <= SMALL_BODY_BYTES
+    response: web.StreamResponse = _response(web.Response if small else web.StreamResponse, worker)
     _add_nvcf_headers(response, request_id)
-    if worker.content_length is not None:
-        response.content_length = worker.content_length
     try:
+        if isinstance(response, web.Response):
+            # A small body is gathered and sent with the head in one write.
+            chunks: list[bytes] = []
+            broken: BaseException | None = None
+            try:
+                async for chunk in worker.body():
+                    chunks.append(chunk)
+            except STREAM_ERRORS as error:
+                broken = error
+            body = b"".join(chunks)
+            if broken is None and len(body) == worker.content_length:
+                response.body = body
+                await response.prepare(request)
+                await response.write_eof()
+                return response
+            # Short or broken: relay what came, as a streamed answer would have, then break off.
+            response = _response(web.StreamResponse, worker)
+            _add_nvcf_headers(response, request_id)
+            response.content_length = worker.content_length
+            await response.prepare(request)
+            await response.write(body)
+            raise broken or ConnectionResetError(
+                f"worker body ended after {len(body)} of {worker.content_length} bytes"
+            )
+        if worker.content_length is not None:
+            response.content_length = worker.content_length
         await response.prepare(request)
         async for chunk in worker.body():
             await response.write(chunk)

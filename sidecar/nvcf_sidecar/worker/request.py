@@ -56,6 +56,15 @@ _DIRECTORY_MODE = 0o777
 """Like NVIDIA's worker: the container may run as any user and must write its outputs here."""
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once at import, before any request thread exists
+
+
 class RequestLog(logging.LoggerAdapter[logging.Logger]):
     """A logger bound to one request: every record carries `request_id` (and per-call extras)."""
 
@@ -194,7 +203,7 @@ class RequestRunner:
             body=body,
             body_length=body_length,
         )
-        log.info("calling the container", extra={"method": method, "path": path or "/"})
+        log.debug("calling the container", extra={"method": method, "path": path or "/"})
         try:
             # The answering mode is chosen here. Compatibility mode (§5.2 step 6: buffered final
             # response, progress 202s, generated 202s, large responses) is not built yet, so
@@ -261,11 +270,26 @@ def _request_body(
 
 
 def _create_directory(path: Path) -> None:
-    os.makedirs(path, mode=_DIRECTORY_MODE, exist_ok=True)
-    os.chmod(path, _DIRECTORY_MODE)  # makedirs' mode is narrowed by the umask
+    # One mkdir in the common case (the base exists); makedirs only for a missing base.
+    try:
+        os.mkdir(path, _DIRECTORY_MODE)
+    except FileNotFoundError:
+        os.makedirs(path, mode=_DIRECTORY_MODE, exist_ok=True)
+    except FileExistsError:
+        pass
+    if _UMASK & _DIRECTORY_MODE:
+        os.chmod(path, _DIRECTORY_MODE)  # mkdir's mode is narrowed by the umask
 
 
 def _remove_directory(path: Path, log: RequestLog) -> None:
+    # Most containers write nothing: one rmdir, and the tree walk only when files are left.
+    try:
+        os.rmdir(path)
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass
     try:
         shutil.rmtree(path)
     except FileNotFoundError:

@@ -71,7 +71,7 @@ async def test_platform_command_serves_until_sigterm_and_exits_0(
     assert process.stop() == 0
     assert not ready.exists()
     log = process.log_text()
-    assert "invocation queued" in log
+    assert "worker responded" in log
     assert f"request_id={worker.items[0].requestId}" in log
 
 
