@@ -19,6 +19,7 @@ from bench.harness import RunSettings, SuiteReport, format_table, write_report
 #: Suite name -> (module, one-line description). A new suite adds a line here.
 SUITES: dict[str, tuple[str, str]] = {
     "library": ("bench.library", "nvcf_worker: header parsing, progress reports, output files"),
+    "sidecar": ("bench.sidecar", "echo model: direct HTTP vs platform + NATS + sidecar (pexec)"),
 }
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
