@@ -61,9 +61,12 @@ def nvcf_triton_config(**overrides: Any) -> TritonConfig:
     """Return the `TritonConfig` for serving PyTriton models under NVCF, and prepare the process.
 
     Defaults: HTTP on port 8000 (NVCF's default `inferencePort`), `NVCF-*` headers forwarded
-    into request parameters (`HEADER_FORWARD_PATTERN`), `/v2/health/ready` answering 200 only
-    once every bound model is loaded (`strict_readiness`, which the NVCF health check needs),
-    and `exit_on_error`. `overrides` are any `TritonConfig` fields and win over these.
+    into request parameters (`HEADER_FORWARD_PATTERN`), `strict_readiness` and `exit_on_error`.
+    `overrides` are any `TritonConfig` fields and win over these.
+
+    Health check: PyTriton starts `tritonserver` before `bind()` loads a model, so
+    `/v2/health/ready` can answer 200 while no model is loaded yet; point the function's health
+    endpoint (`INFERENCE_HEALTH_ENDPOINT`, NVCF's `healthUri`) at `/v2/models/<name>/ready`.
 
     Also calls `prepare_pytriton_environment()`, so the `tritonserver` PyTriton starts later
     finds the running Python's libpython; call this before creating `Triton(...)`.
