@@ -117,7 +117,9 @@ class MockWorker:
     async def close(self) -> None:
         if self._loop is not None:
             self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # nats-py's fetch can turn a cancellation that races its own expiry into a
+            # TimeoutError; either way the loop has ended.
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await self._loop
         for task in list(self._tasks):
             task.cancel()
