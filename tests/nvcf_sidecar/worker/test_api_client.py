@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import stat
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import grpc
 import pytest
 
+from harness.modules import load_module
 from harness.ports import free_port
 from nvcf_sidecar.worker.api_client import (
     TOKEN_CACHE_NAME,
@@ -27,22 +25,8 @@ from nvcf_sidecar.worker.api_client import (
     refresh_delay,
 )
 
-
-def load_shell_helpers() -> ModuleType:
-    """The shared stand-ins in servers/shell_fake_api.py (loaded by path, once)."""
-    name = "shell_fake_api"
-    if name not in sys.modules:
-        path = Path(__file__).parent / "servers" / "shell_fake_api.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-shell = load_shell_helpers()
+SERVERS = Path(__file__).parent / "servers"
+shell = load_module(SERVERS / "shell_fake_api.py")
 
 
 def client_config(api_url: str, tmp_path: Path, **changes: Any) -> Any:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from harness.modules import load_module
 from harness.ports import free_port
 from nvcf_sidecar.protocol import (
     H1_CONTENT_TYPE,
@@ -28,21 +26,8 @@ from nvcf_sidecar.worker.attach import (
 from nvcf_sidecar.worker.config import WorkerConfig
 from nvcf_sidecar.worker.sessions import HttpSessions
 
-
-def _load(name: str) -> ModuleType:
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).parent / "servers" / f"{name}.py"
-        )
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-attach_helpers = _load("data_path_attach")
+SERVERS = Path(__file__).parent / "servers"
+attach_helpers = load_module(SERVERS / "data_path_attach.py")
 AttachServer = attach_helpers.AttachServer
 ServedBody = attach_helpers.ServedBody
 

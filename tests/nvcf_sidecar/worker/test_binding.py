@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import nats
 import pytest
 
+from harness.modules import load_module
 from nvcf_sidecar.protocol import consumer_name, request_stream_name
 from nvcf_sidecar.worker.binding import BindFailed, bind_consumer, keepalive_interval_for
 
-
-def load_shell_helpers() -> ModuleType:
-    """The shared stand-ins in servers/shell_fake_api.py (loaded by path, once)."""
-    name = "shell_fake_api"
-    if name not in sys.modules:
-        path = Path(__file__).parent / "servers" / "shell_fake_api.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-shell = load_shell_helpers()
+SERVERS = Path(__file__).parent / "servers"
+shell = load_module(SERVERS / "shell_fake_api.py")
 REGION: str = shell.REGION
 FVID: str = shell.FUNCTION_VERSION_ID
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import nats
 import pytest
 
+from harness.modules import load_module
 from nvcf_sidecar.protocol import cancel_subject
 from nvcf_sidecar.worker.cancel import CancelListener
 from nvcf_sidecar.worker.metrics import Outcome, WorkerMetrics
@@ -19,21 +17,8 @@ from nvcf_sidecar.worker.metrics import Outcome, WorkerMetrics
 pytestmark = pytest.mark.nats
 
 
-def load_shell_helpers() -> ModuleType:
-    """The shared stand-ins in servers/shell_fake_api.py (loaded by path, once)."""
-    name = "shell_fake_api"
-    if name not in sys.modules:
-        path = Path(__file__).parent / "servers" / "shell_fake_api.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-shell = load_shell_helpers()
+SERVERS = Path(__file__).parent / "servers"
+shell = load_module(SERVERS / "shell_fake_api.py")
 FVID: str = shell.FUNCTION_VERSION_ID
 
 

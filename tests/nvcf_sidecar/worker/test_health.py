@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -16,6 +14,7 @@ import grpc
 import grpc.aio
 import pytest
 
+from harness.modules import load_module
 from harness.ports import LOOPBACK, free_port
 from nvcf_sidecar.worker.health import (
     ContainerHealth,
@@ -28,21 +27,8 @@ from nvcf_sidecar.worker.sidecar import Sidecar
 CONTAINER = Path(__file__).parent / "servers" / "shell_container.py"
 
 
-def load_shell_helpers() -> ModuleType:
-    """The shared stand-ins in servers/shell_fake_api.py (loaded by path, once)."""
-    name = "shell_fake_api"
-    if name not in sys.modules:
-        path = Path(__file__).parent / "servers" / "shell_fake_api.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-shell = load_shell_helpers()
+SERVERS = Path(__file__).parent / "servers"
+shell = load_module(SERVERS / "shell_fake_api.py")
 
 
 class Container:

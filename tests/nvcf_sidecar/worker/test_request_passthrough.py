@@ -7,41 +7,26 @@ attach endpoint runs in the test's event loop (`servers/data_path_attach.py`).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import orjson
 import pytest
 
+from harness.modules import load_module
 from nvcf_sidecar.protocol import H1_CONTENT_TYPE, OCTET_STREAM_CONTENT_TYPE, encode_request_head
 from nvcf_sidecar.worker.config import WorkerConfig
 from nvcf_sidecar.worker.metrics import Outcome, WorkerMetrics
 from nvcf_sidecar.worker.request import RequestRunner
 from nvcf_sidecar.worker.sessions import HttpSessions
 
-
-def _load(name: str) -> ModuleType:
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).parent / "servers" / f"{name}.py"
-        )
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-attach_helpers = _load("data_path_attach")
-container_server = _load("data_path_container")
+SERVERS = Path(__file__).parent / "servers"
+attach_helpers = load_module(SERVERS / "data_path_attach.py")
+container_server = load_module(SERVERS / "data_path_container.py")
 AttachServer = attach_helpers.AttachServer
 ServedBody = attach_helpers.ServedBody
 invoke_request = attach_helpers.invoke_request

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aiohttp
 import pytest
 
+from harness.modules import load_module
 from harness.ports import LOOPBACK, free_port
 from nvcf_sidecar.worker.api_client import TOKEN_CACHE_NAME
 from nvcf_sidecar.worker.config import WorkerConfig
@@ -24,21 +22,8 @@ from nvcf_sidecar.worker.sidecar import RunnerContext, Sidecar, StartupError
 pytestmark = pytest.mark.nats
 
 
-def load_shell_helpers() -> ModuleType:
-    """The shared stand-ins in servers/shell_fake_api.py (loaded by path, once)."""
-    name = "shell_fake_api"
-    if name not in sys.modules:
-        path = Path(__file__).parent / "servers" / "shell_fake_api.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-shell = load_shell_helpers()
+SERVERS = Path(__file__).parent / "servers"
+shell = load_module(SERVERS / "shell_fake_api.py")
 
 
 async def _container_app(status: dict[str, int]) -> tuple[aiohttp.web.AppRunner, int]:

@@ -8,20 +8,19 @@ the process exits 0.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import signal
 import sys
 import time
 import uuid
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from harness.modules import load_module
 from harness.ports import LOOPBACK, free_port
 from nvcf_sidecar.protocol import ATTACH_PATH, parse_bearer, parse_response_head
 
@@ -30,21 +29,8 @@ pytestmark = pytest.mark.nats
 CONTAINER = Path(__file__).parent / "servers" / "shell_container.py"
 
 
-def load_shell_helpers() -> ModuleType:
-    """The shared stand-ins in servers/shell_fake_api.py (loaded by path, once)."""
-    name = "shell_fake_api"
-    if name not in sys.modules:
-        path = Path(__file__).parent / "servers" / "shell_fake_api.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-shell = load_shell_helpers()
+SERVERS = Path(__file__).parent / "servers"
+shell = load_module(SERVERS / "shell_fake_api.py")
 
 
 class ResponseSink:
