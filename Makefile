@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv lint typecheck test bench proto clean
+.PHONY: venv lint typecheck test demo bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ typecheck: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/pytest
+
+# The local NVCF stack around examples/byoc/hello; prints the endpoint and curl lines. Ctrl-C stops.
+demo: $(STAMP)
+	$(BIN)/nvcf-sidecar dev --inference-port 8000 -- $(BIN)/python examples/byoc/hello/server.py --port 8000
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

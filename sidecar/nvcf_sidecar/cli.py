@@ -23,6 +23,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "nvcf_sidecar.platform.main",
         "run the local invocation service and the nvcf.Worker gRPC stand-in",
     ),
+    "dev": (
+        "nvcf_sidecar.platform.dev",
+        "run the whole local stack around one function: dev [OPTIONS] -- COMMAND",
+    ),
 }
 
 

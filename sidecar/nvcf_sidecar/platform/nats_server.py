@@ -200,8 +200,14 @@ class EmbeddedNatsServer:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_file.open("ab")
         try:
+            # A session of its own: a terminal's Ctrl-C reaches the supervisor (which stops the
+            # clients first), never NATS directly.
             self._process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         except OSError as error:
             self._close_log()
