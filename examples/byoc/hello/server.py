@@ -18,15 +18,18 @@ import logging
 from aiohttp import web
 
 from nvcf_worker import InvalidHeader, InvocationContext, configure_logging
+from nvcf_worker.integrations.aiohttp import get_context, nvcf_context_middleware
 
 log = logging.getLogger("hello")
 EVENTS = 5
 
 
 def _context(request: web.Request) -> InvocationContext:
+    # The middleware parsed the NVCF-* headers (invalid ones already got a 400 problem) and
+    # bound the request id to every log line of this call.
     try:
-        return InvocationContext.from_headers(request.headers)
-    except InvalidHeader as error:
+        return get_context(request)
+    except InvalidHeader as error:  # called without NVCF-REQID, i.e. not through NVCF
         raise web.HTTPBadRequest(text=str(error)) from error
 
 
@@ -43,7 +46,7 @@ async def infer(request: web.Request) -> web.StreamResponse:
         body = json.loads(raw) if raw else None
     except ValueError:
         raise web.HTTPBadRequest(text="the body is not JSON") from None
-    log.info("request %s: %d bytes", ctx.request_id, len(raw))
+    log.info("echoing %d bytes", len(raw))
     return web.json_response({"request_id": ctx.request_id, "echo": body})
 
 
@@ -62,12 +65,12 @@ async def _stream(request: web.Request, ctx: InvocationContext) -> web.StreamRes
         if index < EVENTS:
             await asyncio.sleep(0.2)
     await response.write_eof()
-    log.info("request %s: streamed %d events", ctx.request_id, EVENTS)
+    log.info("streamed %d events", EVENTS)
     return response
 
 
 def make_app() -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[nvcf_context_middleware])
     app.router.add_get("/v2/health/ready", health)
     app.router.add_post("/", infer)
     app.router.add_route("GET", "/stream", stream)
