@@ -18,6 +18,7 @@ from typing import IO, Protocol
 import pytest
 
 from harness.http import http_request
+from nvcf_sidecar.platform.stack_process import signal_group, wait_group_gone
 
 __all__ = [
     "HarnessError",
@@ -196,11 +197,11 @@ class ManagedProcess:
             return process.returncode
         group = process.pid
         try:
-            _signal_group(group, signal.SIGTERM)
+            signal_group(group, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            if not _wait_group_gone(process, group, deadline):
-                _signal_group(group, signal.SIGKILL)
-                if not _wait_group_gone(process, group, time.monotonic() + 5.0):
+            if not wait_group_gone(process, deadline):
+                signal_group(group, signal.SIGKILL)
+                if not wait_group_gone(process, time.monotonic() + 5.0):
                     raise HarnessError(
                         self._failure(f"process group {group} survived SIGKILL for 5 s")
                     )
@@ -210,48 +211,6 @@ class ManagedProcess:
                 self._log.close()
                 self._log = None
         return process.returncode
-
-
-def _signal_group(group: int, signum: signal.Signals) -> None:
-    try:
-        os.killpg(group, signum)
-    except ProcessLookupError:
-        pass
-
-
-def _wait_group_gone(process: subprocess.Popen[bytes], group: int, deadline: float) -> bool:
-    """Reap the main process and wait for the rest of its group; False at the deadline."""
-    while True:
-        process.poll()
-        if process.returncode is not None and not _live_group_members(group):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-
-
-def _live_group_members(group: int) -> list[int]:
-    """Pids of non-zombie processes in process group `group` (zombies cannot be killed)."""
-    proc = Path("/proc")
-    if not proc.is_dir():  # not Linux: fall back to "does the group exist at all"
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return []
-        return [group]
-    members = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the parenthesised command: state ppid pgrp ...
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) >= 3 and fields[2] == str(group) and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
 
 
 class StartProcess(Protocol):

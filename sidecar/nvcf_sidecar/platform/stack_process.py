@@ -19,7 +19,15 @@ from typing import IO, Final, TextIO
 
 from nvcf_sidecar.platform.errors import PlatformError
 
-__all__ = ["ChildExited", "StackError", "StackProcess"]
+__all__ = [
+    "ChildExited",
+    "StackError",
+    "StackProcess",
+    "http_status",
+    "live_group_members",
+    "signal_group",
+    "wait_group_gone",
+]
 
 _POLL_INTERVAL: Final = 0.05
 _LOG_TAIL_LINES: Final = 40
@@ -150,12 +158,9 @@ class StackProcess:
         self._signal(signal.SIGKILL)
 
     def _signal(self, signum: signal.Signals) -> None:
-        if self.returncode is not None and not _live_group_members(self.pid):
+        if self.returncode is not None and not live_group_members(self.pid):
             return  # reaped and empty: the id may already belong to another group
-        try:
-            os.killpg(self.pid, signum)
-        except ProcessLookupError:
-            pass
+        signal_group(self.pid, signum)
 
     def wait(self, timeout: float) -> int | None:
         """Wait up to `timeout` seconds for the main process to exit; its status, or None."""
@@ -191,13 +196,7 @@ class StackProcess:
 
     def _wait_group_gone(self, deadline: float) -> bool:
         assert self._process is not None
-        while True:
-            self._process.poll()
-            if self._process.returncode is not None and not _live_group_members(self.pid):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.02)
+        return wait_group_gone(self._process, deadline)
 
     # -- readiness and logs -------------------------------------------------------------------
 
@@ -252,7 +251,7 @@ def http_status(url: str, timeout: float = 1.0) -> int | None:
         connection.close()
 
 
-def _live_group_members(group: int) -> list[int]:
+def live_group_members(group: int) -> list[int]:
     """Pids of processes in process group `group` that are not zombies."""
     proc = Path("/proc")
     if not proc.is_dir():  # not Linux: "does the group exist at all"
@@ -276,3 +275,22 @@ def _live_group_members(group: int) -> list[int]:
         if len(fields) >= 3 and fields[2] == str(group) and fields[0] != "Z":
             members.append(int(entry.name))
     return members
+
+
+def signal_group(group: int, signum: signal.Signals) -> None:
+    """Send `signum` to process group `group`; a group that is already gone is not an error."""
+    try:
+        os.killpg(group, signum)
+    except ProcessLookupError:
+        pass
+
+
+def wait_group_gone(process: subprocess.Popen[bytes], deadline: float) -> bool:
+    """Reap `process` (a group leader) and wait for the rest of its group; False at `deadline`."""
+    while True:
+        process.poll()
+        if process.returncode is not None and not live_group_members(process.pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)

@@ -39,12 +39,6 @@ CONFIG = WorkerConfig(
 
 
 @pytest.fixture
-async def attach_server() -> AsyncIterator[object]:
-    async with AttachServer() as server:
-        yield server
-
-
-@pytest.fixture
 async def sessions() -> AsyncIterator[HttpSessions]:
     async with HttpSessions(CONFIG) as opened:
         yield opened

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,18 +46,6 @@ class Sidecar:
     def sample(self, name: str, **labels: str) -> float:
         value = self.metrics.registry.get_sample_value(name, labels)
         return 0.0 if value is None else value
-
-
-@pytest.fixture(scope="module")
-def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with container_server.launch(tmp_path_factory.mktemp("logs") / "container.log") as process:
-        yield process
-
-
-@pytest.fixture
-async def attach_server() -> AsyncIterator[Any]:
-    async with AttachServer() as server:
-        yield server
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,18 +42,6 @@ class Sidecar:
     config: WorkerConfig
     metrics: WorkerMetrics
     runner: RequestRunner
-
-
-@pytest.fixture(scope="module")
-def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with container_server.launch(tmp_path_factory.mktemp("logs") / "container.log") as process:
-        yield process
-
-
-@pytest.fixture
-async def attach_server() -> AsyncIterator[Any]:
-    async with AttachServer() as server:
-        yield server
 
 
 @pytest.fixture
