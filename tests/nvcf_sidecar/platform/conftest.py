@@ -104,6 +104,7 @@ class MockWorker:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> MockWorker:
         self._nc = await nats.connect(self.nats_url, connect_timeout=2, allow_reconnect=False)
@@ -116,9 +117,11 @@ class MockWorker:
 
     async def close(self) -> None:
         if self._loop is not None:
+            # A flag, not only a cancel: nats-py's fetch can turn a cancellation that races its
+            # own expiry into a timeout, which the loop would take for an empty pull.
+            self._stopping = True
+            await asyncio.wait({self._loop}, timeout=5)
             self._loop.cancel()
-            # nats-py's fetch can turn a cancellation that races its own expiry into a
-            # TimeoutError; either way the loop has ended.
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await self._loop
         for task in list(self._tasks):
@@ -131,7 +134,7 @@ class MockWorker:
             await self._nc.close()
 
     async def _fetch_loop(self, subscription: Any) -> None:
-        while True:
+        while not self._stopping:
             try:
                 messages: list[Msg] = await subscription.fetch(batch=32, timeout=0.5)
             except NatsTimeoutError:
