@@ -7,6 +7,7 @@ these become problem+json answers and status codes, never silent failures.
 from __future__ import annotations
 
 __all__ = [
+    "AssetNotFound",
     "ConfigError",
     "FunctionNotFound",
     "FunctionVersionNotFound",
@@ -72,3 +73,11 @@ class WorkerResponseFailed(PlatformError):
         self.request_id = request_id
         self.detail = detail
         super().__init__(f"response of request {request_id} could not be read: {detail}")
+
+
+class AssetNotFound(PlatformError, LookupError):
+    """An invocation named an input asset that does not exist (or belongs to another caller)."""
+
+    def __init__(self, asset_id: str) -> None:
+        self.asset_id = asset_id
+        super().__init__(f"NotFound error: failed to find asset {asset_id}")

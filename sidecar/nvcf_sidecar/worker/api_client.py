@@ -24,7 +24,14 @@ import grpc
 import grpc.aio
 import orjson
 
-from nvcf_sidecar.protocol import ProvisionWorkerRequest, WorkerConnect, WorkerStub, bearer
+from nvcf_sidecar.protocol import (
+    LargeResponseDownloadCredentialsRequest,
+    ProvisionWorkerRequest,
+    RefreshLargeUploadCredentialsRequest,
+    WorkerConnect,
+    WorkerStub,
+    bearer,
+)
 from nvcf_sidecar.worker.config import WorkerConfig
 from nvcf_sidecar.worker.errors import WorkerError
 
@@ -300,6 +307,55 @@ class WorkerApiClient:
                 "ProvisionRegionalWorker", error.code(), error.details() or ""
             ) from None
         logger.info("provisioned regional worker", extra={"region": region})
+
+    async def large_response_download_url(self, request_id: str, nca_id: str) -> str:
+        """RequestLargeResponseDownloadCredentials: the URL the caller's 302 points to (§8).
+
+        `nca_id` is the caller's (the work item's `ncaId`). Raises ApiCallFailed, or
+        ConnectRejected for an answer without a URL.
+        """
+        stub = self._require_stub()
+        request = LargeResponseDownloadCredentialsRequest(
+            functionId=self._config.function_id,
+            functionVersionId=self._config.function_version_id,
+            requestId=request_id,
+            ncaId=nca_id,
+        )
+        try:
+            response = await stub.RequestLargeResponseDownloadCredentials(
+                request, metadata=self._metadata(), timeout=self._call_timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            raise ApiCallFailed(
+                "RequestLargeResponseDownloadCredentials", error.code(), error.details() or ""
+            ) from None
+        if not response.largeResponseDownloadUrl:
+            raise ConnectRejected("RequestLargeResponseDownloadCredentials answered without a URL")
+        return response.largeResponseDownloadUrl
+
+    async def refresh_large_upload_url(self, request_id: str) -> str:
+        """RefreshLargeUploadCredentials: a fresh presigned PUT URL for a large response (§8).
+
+        Used when the work item's `largeResponseUrl` is empty, older than 30 min, or was refused
+        with 400. Raises ApiCallFailed, or ConnectRejected for an answer without a URL.
+        """
+        stub = self._require_stub()
+        request = RefreshLargeUploadCredentialsRequest(
+            requestId=request_id,
+            functionId=self._config.function_id,
+            functionVersionId=self._config.function_version_id,
+        )
+        try:
+            response = await stub.RefreshLargeUploadCredentials(
+                request, metadata=self._metadata(), timeout=self._call_timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            raise ApiCallFailed(
+                "RefreshLargeUploadCredentials", error.code(), error.details() or ""
+            ) from None
+        if not response.largeResponseUrl:
+            raise ConnectRejected("RefreshLargeUploadCredentials answered without a URL")
+        return response.largeResponseUrl
 
     async def keep_connected(
         self, on_connected: Callable[[WorkerConnection], None] | None = None

@@ -122,6 +122,60 @@ class WorkerMetrics:
             registry=self.registry,
         )
 
+        # Compatibility mode: progress, polls, large responses, input assets.
+        self.progress_updates = Counter(
+            "nvcf_worker_progress_updates",
+            "Progress files relayed to the platform as 202 answers.",
+            registry=self.registry,
+        )
+        self.progress_rejected = Counter(
+            "nvcf_worker_progress_rejected",
+            "Progress files not relayed, by reason (too_large, malformed, unreadable, unknown_request).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.polls = Counter(
+            "nvcf_worker_polls",
+            "Status polls received on rq_polling.<reqid>, by result (taken, malformed).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.accepted = Counter(
+            "nvcf_worker_accepted_answers",
+            "202 answers sent to the platform, by source (progress, generated, container).",
+            ["source"],
+            registry=self.registry,
+        )
+        self.large_responses = Counter(
+            "nvcf_worker_large_responses",
+            "Large responses (zip + 302), by result (uploaded, failed).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.large_response_bytes = Counter(
+            "nvcf_worker_large_response_bytes",
+            "Bytes of zip archives uploaded for large responses.",
+            registry=self.registry,
+        )
+        self.artifacts_refused = Counter(
+            "nvcf_worker_artifacts_refused",
+            "Files in an output directory left out of a large response, by reason "
+            "(partial, symlink, special, outside, unreadable).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.asset_downloads = Counter(
+            "nvcf_worker_asset_downloads",
+            "Input asset downloads, by result (success, failure).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.asset_bytes = Counter(
+            "nvcf_worker_asset_bytes",
+            "Bytes of input assets downloaded.",
+            registry=self.registry,
+        )
+
     def count(self, outcome: Outcome) -> None:
         """Record the end of one invocation."""
         self.requests.labels(outcome.value).inc()

@@ -1,6 +1,6 @@
-"""The HTTP client sessions of one sidecar: one to the inference container, one to the platform.
+"""The HTTP client sessions of one sidecar: the inference container, attach, presigned transfers.
 
-Both are opened once at start-up by `async with HttpSessions(config)` and shared by every request.
+All are opened once at start-up by `async with HttpSessions(config)` and shared by every request.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ sidecar gives up a connection before the platform's proxy does and never writes 
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None, sock_read=None)
+_TRANSFER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=30.0, sock_read=300.0)
 
 
 class HttpSessions:
@@ -38,12 +39,17 @@ class HttpSessions:
     NVIDIA's attach pool keeps up to 256 idle connections per host and does not cap busy ones;
     aiohttp cannot cap idle connections separately, so neither pool has a cap: a cap on busy
     connections would queue GET attaches behind long-running POSTs and eat their 5 s deadline.
+
+    `transfer` fetches input assets and uploads large responses over presigned URLs (the object
+    store: S3, or the local platform): no overall timeout (objects may be large), 30 s to connect
+    and 300 s of silence at most, no decompression, no cookie jar.
     """
 
     def __init__(self, config: WorkerConfig) -> None:
         self._config = config
         self._container: aiohttp.ClientSession | None = None
         self._attach: aiohttp.ClientSession | None = None
+        self._transfer: aiohttp.ClientSession | None = None
 
     @property
     def container(self) -> aiohttp.ClientSession:
@@ -58,6 +64,13 @@ class HttpSessions:
         if self._attach is None:
             raise RuntimeError("HttpSessions is not open; use `async with HttpSessions(config)`")
         return self._attach
+
+    @property
+    def transfer(self) -> aiohttp.ClientSession:
+        """The session for presigned-URL transfers: asset downloads and large-response uploads."""
+        if self._transfer is None:
+            raise RuntimeError("HttpSessions is not open; use `async with HttpSessions(config)`")
+        return self._transfer
 
     async def __aenter__(self) -> HttpSessions:
         if self._container is not None:
@@ -82,6 +95,12 @@ class HttpSessions:
             max_line_size=MAX_HEAD_BYTES,
             max_field_size=MAX_HEAD_BYTES,
         )
+        self._transfer = aiohttp.ClientSession(
+            timeout=_TRANSFER_TIMEOUT,
+            auto_decompress=False,
+            skip_auto_headers=_NO_AUTO_HEADERS,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
         return self
 
     async def __aexit__(
@@ -91,9 +110,11 @@ class HttpSessions:
         traceback: TracebackType | None,
     ) -> None:
         # Reverse order of opening; the container session goes last as it was opened first.
-        attach, container = self._attach, self._container
-        self._attach = self._container = None
+        transfer, attach, container = self._transfer, self._attach, self._container
+        self._transfer = self._attach = self._container = None
         try:
+            if transfer is not None:
+                await transfer.close()
             if attach is not None:
                 await attach.close()
         finally:
