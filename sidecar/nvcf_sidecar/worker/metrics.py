@@ -136,7 +136,7 @@ class WorkerMetrics:
         )
         self.polls = Counter(
             "nvcf_worker_polls",
-            "Status polls received on rq_polling.<reqid>, by result (taken, malformed).",
+            "Status polls received on rq_polling.<reqid>, by result (taken, malformed, reply_failed).",
             ["result"],
             registry=self.registry,
         )

@@ -6,20 +6,35 @@ headers, the body bytes go out unchanged, chunk by chunk, as they arrive from th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from nats.aio.client import Client as NatsClient
 
-from nvcf_sidecar.protocol import encode_response_head
+from nvcf_sidecar.protocol import WorkerInvokeFunctionRequest, encode_response_head
 from nvcf_sidecar.worker.attach import AttachClient, AttachError
 from nvcf_sidecar.worker.errors import WorkerError
-from nvcf_sidecar.worker.forward import ContainerCall, ContainerCallError, open_container
+from nvcf_sidecar.worker.forward import (
+    ContainerCall,
+    ContainerCallError,
+    container_failure_problem,
+    open_container,
+)
 from nvcf_sidecar.worker.metrics import Outcome, WorkerMetrics
+from nvcf_sidecar.worker.polling import PollSubscribeFailed, PollSubscription, next_usable_poll
 
-__all__ = ["SMALL_BODY_BYTES", "ContainerBodyBroken", "relay_response", "serve_passthrough"]
+__all__ = [
+    "SMALL_BODY_BYTES",
+    "ContainerBodyBroken",
+    "Polling",
+    "relay_response",
+    "serve_passthrough",
+]
 
 #: Container bodies up to this declared length are posted in one piece, larger ones streamed.
 SMALL_BODY_BYTES = 64 * 1024
@@ -37,6 +52,18 @@ class ContainerBodyBroken(WorkerError):
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Polling:
+    """What a passthrough request needs to follow a container's 202 with status polls (§6)."""
+
+    nats: NatsClient
+    request_id: str
+    target: float
+    """The caller's poll seconds: each next poll is awaited max(2 x target, 10 s)."""
+    attach_session: aiohttp.ClientSession
+    make_poll_call: Callable[[WorkerInvokeFunctionRequest], ContainerCall]
+
+
 async def serve_passthrough(
     call: ContainerCall,
     *,
@@ -44,24 +71,67 @@ async def serve_passthrough(
     attach: AttachClient,
     metrics: WorkerMetrics,
     log: logging.LoggerAdapter[Any],
+    polling: Polling | None = None,
 ) -> Outcome:
     """Call the container and stream whatever it answers to POST attach.
 
     Raises `ContainerCallError` when no response head arrives (the caller answers with a
     problem); every later failure is an `Outcome`. The container connection is closed on the
-    way out unless its response was read to the end.
+    way out unless its response was read to the end. With `polling`, a 202 from the container
+    keeps the request: each status poll is sent to the container as a new request and its
+    answer relayed, until one is not a 202.
     """
     started = time.monotonic()
     response = await open_container(container, call)
-    try:
-        metrics.container_latency.observe(time.monotonic() - started)
-        log.debug(
-            "container answered",
-            extra={"status": response.status, "content_length": response.content_length},
-        )
-        return await relay_response(response, call.method, attach=attach, metrics=metrics, log=log)
-    finally:
-        response.close()
+    metrics.container_latency.observe(time.monotonic() - started)
+    polls: PollSubscription | None = None
+    async with contextlib.AsyncExitStack() as stack:
+        while True:
+            try:
+                log.debug(
+                    "container answered",
+                    extra={"status": response.status, "content_length": response.content_length},
+                )
+                if polling is not None and response.status == 202 and polls is None:
+                    # Subscribed before the 202 leaves, so no poll can arrive unheard. If that
+                    # fails the 202 is relayed anyway (the container chose it) and not followed.
+                    try:
+                        polls = await stack.enter_async_context(
+                            PollSubscription(
+                                polling.nats, polling.request_id, metrics=metrics, log=log
+                            )
+                        )
+                    except PollSubscribeFailed as error:
+                        log.error("cannot take status polls: %s", error)
+                outcome = await relay_response(
+                    response, call.method, attach=attach, metrics=metrics, log=log
+                )
+            finally:
+                response.close()
+            if polling is None or polls is None or response.status != 202:
+                return outcome
+            if outcome is not Outcome.DELIVERED:
+                return outcome
+            metrics.accepted.labels("container").inc()
+            taken = await next_usable_poll(
+                polls, max(2 * polling.target, 10.0), polling.attach_session, log
+            )
+            if taken is None:
+                return Outcome.CANCELLED
+            poll, attach = taken
+            call = polling.make_poll_call(poll)
+            try:
+                response = await open_container(container, call)
+            except ContainerCallError as error:
+                log.error("no response from the container to a status poll: %s", error)
+                source, detail = container_failure_problem(error.cause)
+                try:
+                    await attach.send_problem(source, 500, detail)
+                except AttachError as failure:
+                    metrics.attach_errors.labels("post").inc()
+                    log.error("problem response not delivered: %s", failure)
+                    return Outcome.ATTACH_ERROR
+                return Outcome.CONTAINER_ERROR
 
 
 async def relay_response(

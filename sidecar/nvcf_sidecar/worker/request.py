@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nvcf_sidecar.protocol import (
+    ASSET_DOWNLOAD_FAILED,
     INFERENCE_REQUEST_FAILED,
     NVCF_POLL_SECONDS,
     PREPARE_FAILED,
@@ -24,13 +25,16 @@ from nvcf_sidecar.protocol import (
     H1Error,
     Header,
     MissingAttachConfig,
+    PollBudget,
     WorkerInvokeFunctionRequest,
     content_length,
     first_http1_config,
     get_attach_accept,
     shift_poll_budget,
 )
+from nvcf_sidecar.worker.assets import AssetDownloadFailed, download_assets, remove_asset_dir
 from nvcf_sidecar.worker.attach import AttachClient, AttachError, RequestBodyStream
+from nvcf_sidecar.worker.compat import CompatibilityServices, compatibility_wanted, serve_compatible
 from nvcf_sidecar.worker.config import WorkerConfig
 from nvcf_sidecar.worker.forward import (
     ContainerCall,
@@ -44,7 +48,7 @@ from nvcf_sidecar.worker.forward import (
     worker_headers,
 )
 from nvcf_sidecar.worker.metrics import Outcome, WorkerMetrics
-from nvcf_sidecar.worker.passthrough import serve_passthrough
+from nvcf_sidecar.worker.passthrough import Polling, serve_passthrough
 from nvcf_sidecar.worker.sessions import HttpSessions
 from nvcf_worker.headers import is_safe_component
 
@@ -82,15 +86,21 @@ class RequestRunner:
     """Serves work items end to end: attach, response directory, container call, answer.
 
     One instance per sidecar process, shared by all concurrent requests; it holds no
-    per-request state.
+    per-request state. Without `compat` (progress monitor, NATS for polls, large-response
+    shipper) every request is served in passthrough.
     """
 
     def __init__(
-        self, config: WorkerConfig, metrics: WorkerMetrics, sessions: HttpSessions
+        self,
+        config: WorkerConfig,
+        metrics: WorkerMetrics,
+        sessions: HttpSessions,
+        compat: CompatibilityServices | None = None,
     ) -> None:
         self._config = config
         self._metrics = metrics
         self._sessions = sessions
+        self._compat = compat
 
     async def run(self, request: WorkerInvokeFunctionRequest) -> Outcome:
         """Serve one decoded request end to end and return how it ended.
@@ -143,6 +153,18 @@ class RequestRunner:
                 # Started now, read when the container call needs it (NVIDIA starts it eagerly).
                 accept = get_attach_accept(request.requestMethod)
                 rest = await cleanup.enter_async_context(attach.request_body(accept))
+            if request.inputAssetReference:
+                asset_dir = self._config.base_asset_dir / request_id
+                cleanup.callback(remove_asset_dir, asset_dir, log)
+                try:
+                    await download_assets(
+                        self._sessions.transfer, request, asset_dir, metrics=self._metrics, log=log
+                    )
+                except AssetDownloadFailed as error:
+                    log.error("input assets not downloaded: %s", error)
+                    return await self._answer_problem(
+                        attach, log, WORKER_SERVICE, ASSET_DOWNLOAD_FAILED, Outcome.WORKER_ERROR
+                    )
             if not self._config.compatibility_disabled:
                 cleanup.callback(_remove_directory, response_dir, log)
                 try:
@@ -189,31 +211,67 @@ class RequestRunner:
         poll = shift_poll_budget(
             first_header(caller, NVCF_POLL_SECONDS), _request_time(request) or now, now
         )
-        worker = worker_headers(
-            self._config,
-            request,
-            asset_dir=str(self._config.base_asset_dir / request.requestId),
-            response_dir=str(response_dir),
+        compat = self._compat
+        compatible = compat is not None and compatibility_wanted(
+            caller, self._config.compatibility_disabled
         )
         body, body_length = _request_body(request, rest, caller)
         call = ContainerCall(
             method=method,
             url=container_url(self._config.inference_url, path),
-            headers=container_headers(worker, caller, poll),
+            headers=self._headers(request, caller, poll, response_dir, compatible),
             body=body,
             body_length=body_length,
         )
-        log.debug("calling the container", extra={"method": method, "path": path or "/"})
+
+        def poll_call(item: WorkerInvokeFunctionRequest) -> ContainerCall:
+            # A status poll goes to the container as a GET on the function's path (§6).
+            now = time.time()
+            pairs = [(kv.key, kv.value) for kv in item.requestHeaders]
+            budget = shift_poll_budget(
+                first_header(pairs, NVCF_POLL_SECONDS), _request_time(item) or now, now
+            )
+            return ContainerCall(
+                method=item.requestMethod or "GET",
+                url=container_url(self._config.inference_url, item.requestPath),
+                headers=self._headers(item, pairs, budget, response_dir, compatible),
+                body=item.requestBody or None,
+                body_length=None,
+            )
+
+        log.debug(
+            "calling the container",
+            extra={"method": method, "path": path or "/", "compatibility": compatible},
+        )
+        if compat is not None and compatible:
+            return await serve_compatible(
+                call,
+                request,
+                attach=attach,
+                budget=poll,
+                response_dir=response_dir,
+                services=compat,
+                container=self._sessions.container,
+                attach_session=self._sessions.attach,
+                make_poll_call=poll_call,
+                metrics=self._metrics,
+                log=log,
+            )
+        polling = (
+            None
+            if compat is None
+            else Polling(
+                compat.nats, request.requestId, poll.target, self._sessions.attach, poll_call
+            )
+        )
         try:
-            # The answering mode is chosen here. Compatibility mode (§5.2 step 6: buffered final
-            # response, progress 202s, generated 202s, large responses) is not built yet, so
-            # every request is served in passthrough for now.
             return await serve_passthrough(
                 call,
                 container=self._sessions.container,
                 attach=attach,
                 metrics=self._metrics,
                 log=log,
+                polling=polling,
             )
         except ContainerCallError as error:
             if isinstance(body, ForwardedBody) and body.error is not None:
@@ -224,6 +282,24 @@ class RequestRunner:
             log.error("no response from the container: %s", error)
             source, detail = container_failure_problem(error.cause)
             return await self._answer_problem(attach, log, source, detail, Outcome.CONTAINER_ERROR)
+
+    def _headers(
+        self,
+        request: WorkerInvokeFunctionRequest,
+        caller: list[Header],
+        poll: PollBudget,
+        response_dir: Path,
+        compatible: bool,
+    ) -> list[Header]:
+        worker = worker_headers(
+            self._config,
+            request,
+            asset_dir=str(self._config.base_asset_dir / request.requestId),
+            response_dir=str(response_dir),
+        )
+        # Compatibility mode sends JSON unless the caller said otherwise (§5.2 step 5).
+        default_type = "application/json" if compatible else None
+        return container_headers(worker, caller, poll, default_content_type=default_type)
 
     async def _answer_problem(
         self, attach: AttachClient, log: RequestLog, source: str, detail: str, outcome: Outcome

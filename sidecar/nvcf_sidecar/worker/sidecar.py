@@ -68,12 +68,22 @@ HandlerFactory = Callable[[RunnerContext], Awaitable[RequestHandler]]
 
 
 async def open_request_runner(context: RunnerContext) -> RequestHandler:
-    """The data path: `RequestRunner` over the sidecar's `HttpSessions`."""
+    """The data path: `RequestRunner` over the sidecar's `HttpSessions`, with compatibility mode
+    (one progress monitor for all requests, NATS for status polls, the large-response shipper)."""
+    from nvcf_sidecar.worker.compat import CompatibilityServices
+    from nvcf_sidecar.worker.large import LargeResponseShipper
+    from nvcf_sidecar.worker.progress import ProgressMonitor
     from nvcf_sidecar.worker.request import RequestRunner
     from nvcf_sidecar.worker.sessions import HttpSessions
 
-    sessions = await context.stack.enter_async_context(HttpSessions(context.config))
-    return RequestRunner(context.config, context.metrics, sessions)
+    config, metrics = context.config, context.metrics
+    sessions = await context.stack.enter_async_context(HttpSessions(config))
+    progress = await context.stack.enter_async_context(
+        ProgressMonitor(config.base_response_dir, metrics)
+    )
+    shipper = LargeResponseShipper(sessions.transfer, context.api, metrics)
+    compat = CompatibilityServices(progress, context.nats.client, shipper)
+    return RequestRunner(config, metrics, sessions, compat)
 
 
 class Sidecar:

@@ -1,0 +1,356 @@
+"""Progress monitoring (§7): one watchdog observer on the response base dir turns each new version
+of `<BASE_RESPONSE_DIR>/<reqid>/progress` into a `ProgressUpdate` for the request that waits on it.
+
+Beyond NVIDIA's watcher: a file written in place is read only once whole (debounce, re-reads), and
+files are routed by directory as well as by `id`. Reading and checking one file is `progress_file`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+from watchdog import events
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from nvcf_sidecar.worker.errors import WorkerError
+from nvcf_sidecar.worker.metrics import WorkerMetrics
+from nvcf_sidecar.worker.progress_file import (
+    TORN,
+    UPDATE,
+    FileRead,
+    Version,
+    read_progress_file,
+    refuse,
+)
+from nvcf_worker.outputs import PROGRESS_FILE_NAME
+
+__all__ = ["ProgressMonitor", "ProgressMonitorError", "ProgressUpdate", "ProgressWatch"]
+
+logger = logging.getLogger(__name__)
+
+MAX_WAIT_FACTOR: Final = 8
+"""A file that never goes quiet is still read `debounce * MAX_WAIT_FACTOR` after its first event."""
+RETRY_DELAYS: Final = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.4)
+"""Re-reads of an empty or unparsable file that has not changed since; then it is malformed.
+Longer in all than watchdog's 0.5 s hold on move events, which can delay the next write's event."""
+STOP_TIMEOUT: Final = 5.0
+_EVENTS: Final[list[type[events.FileSystemEvent]]] = [
+    events.FileCreatedEvent, events.FileModifiedEvent, events.FileClosedEvent, events.FileMovedEvent
+]  # fmt: skip
+
+
+class ProgressMonitorError(WorkerError):
+    """The monitor is used outside its lifetime, or a watch is registered twice or misplaced."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressUpdate:
+    """One version of a request's progress file, ready to answer as a 202."""
+
+    percent: int
+    body: bytes
+    """The partial response (NVCT: the metadata) as compact JSON; `{}` when absent."""
+    mtime_ns: int
+    """The file's mtime; nudged 1 ns past the previous update when the clock did not advance."""
+
+
+class _EventForwarder(events.FileSystemEventHandler):
+    """On watchdog's thread: hands events on files named `progress` to the loop, drops the rest."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, monitor: ProgressMonitor) -> None:
+        self._loop = loop
+        self._monitor = monitor
+
+    def dispatch(self, event: events.FileSystemEvent) -> None:
+        moved = event.event_type == events.EVENT_TYPE_MOVED
+        path = os.fsdecode(event.dest_path if moved else event.src_path)
+        if event.is_directory or os.path.basename(path) != PROGRESS_FILE_NAME:
+            return
+        # A closed-after-write or renamed-into file is whole: read it now; other events debounce.
+        immediate = moved or event.event_type == events.EVENT_TYPE_CLOSED
+        try:
+            self._loop.call_soon_threadsafe(self._monitor._on_event, path, immediate)
+        except RuntimeError:
+            logger.debug("progress event after the event loop closed", extra={"path": path})
+
+
+@dataclass(slots=True)
+class _FileState:
+    """Where one `progress` file is between its events and its reads."""
+
+    timer: asyncio.TimerHandle | None = None
+    first_event: float | None = None
+    reading: bool = False
+    dirty: bool = False  # an event arrived during the read
+    dirty_immediate: bool = False
+    attempts: int = 0  # re-reads of the same torn version
+    torn: tuple[int, Version] | None = None
+
+
+class ProgressWatch:
+    """One request's view of its progress file; `with` registers it, leaving unregisters it."""
+
+    def __init__(self, monitor: ProgressMonitor, request_id: str, response_dir: Path) -> None:
+        self.request_id = request_id
+        self.response_dir = response_dir
+        self._monitor = monitor
+        self._key = ""  # the resolved directory, set on registration
+        self._closed = False
+        self._newest: ProgressUpdate | None = None
+        self._problem: str | None = None
+        self._arrived = asyncio.Event()
+        self._last: tuple[int, Version] | None = None
+        self._last_stamp = -1
+
+    def __enter__(self) -> ProgressWatch:
+        self._monitor._register(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._monitor._unregister(self)
+        self._closed = True
+        self._arrived.set()
+
+    async def next_update(self) -> ProgressUpdate:
+        """Wait for an update not yet returned; the newest when several arrived. Safe to cancel."""
+        while True:
+            update = self.pending()
+            if update is not None:
+                return update
+            if self._closed:
+                raise ProgressMonitorError(f"progress watch of request {self.request_id} is closed")
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    def pending(self) -> ProgressUpdate | None:
+        """The newest update not yet returned, now (and marks it returned), or None."""
+        update, self._newest = self._newest, None
+        return update
+
+    def take_problem(self) -> str | None:
+        """The newest rejection of the progress file since the last call, then cleared."""
+        problem, self._problem = self._problem, None
+        return problem
+
+    def _offer(self, read: FileRead, path: str, metrics: WorkerMetrics) -> None:
+        marker = (read.mtime_ns, read.version)
+        if (
+            self._last is not None
+            and read.mtime_ns
+            and (read.mtime_ns < self._last[0] or marker == self._last)
+        ):
+            return  # not newer than the version already processed
+        self._last = marker
+        if read.outcome == UPDATE:
+            self._last_stamp = max(read.mtime_ns, self._last_stamp + 1)
+            self._newest = ProgressUpdate(read.percent, read.body, self._last_stamp)
+            self._arrived.set()
+            metrics.progress_updates.inc()
+            return
+        self._problem = read.problem
+        metrics.progress_rejected.labels(read.reason).inc()
+        logger.warning(
+            "progress file refused",
+            extra={"request_id": self.request_id, "reason": read.reason, "problem": read.problem,
+                   "path": path},
+        )  # fmt: skip
+
+
+class ProgressMonitor:
+    """Watches `base_dir` (recursively, one observer) for the life of its `async with` block.
+
+    Events are debounced by `debounce` seconds of quiet per file (a close after writing or a
+    rename into place is read at once); files are read off the loop, at most 250,000 bytes.
+    """
+
+    def __init__(self, base_dir: Path, metrics: WorkerMetrics, *, debounce: float = 0.025) -> None:
+        if not debounce >= 0:  # also refuses NaN
+            raise ValueError(f"debounce must not be negative, not {debounce!r}")
+        self._base_dir = Path(base_dir)
+        self._metrics = metrics
+        self._debounce = debounce
+        self._base = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._observer: BaseObserver | None = None
+        self._by_id: dict[str, ProgressWatch] = {}
+        self._by_dir: dict[str, ProgressWatch] = {}
+        self._files: dict[str, _FileState] = {}
+        self._reads: set[asyncio.Task[FileRead | None]] = set()
+
+    @property
+    def watched(self) -> int:
+        """Requests currently watched."""
+        return len(self._by_id)
+
+    async def __aenter__(self) -> ProgressMonitor:
+        if self._observer is not None:
+            raise ProgressMonitorError("the progress monitor is already running")
+        self._loop = asyncio.get_running_loop()
+        try:
+            self._base, self._observer = await asyncio.to_thread(self._start_observer, self._loop)
+        except OSError as error:
+            raise ProgressMonitorError(
+                f"cannot watch {self._base_dir} for progress files: {error}"
+            ) from error
+        logger.info("watching progress files", extra={"path": self._base})
+        return self
+
+    def _start_observer(self, loop: asyncio.AbstractEventLoop) -> tuple[str, BaseObserver]:
+        self._base_dir.mkdir(parents=True, exist_ok=True)
+        base = os.path.realpath(self._base_dir)
+        observer = Observer()
+        try:
+            observer.schedule(
+                _EventForwarder(loop, self), base, recursive=True, event_filter=_EVENTS
+            )
+            observer.start()
+        except BaseException:
+            observer.stop()
+            raise
+        return base, observer
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        observer, self._observer = self._observer, None
+        for state in self._files.values():
+            if state.timer is not None:
+                state.timer.cancel()
+        self._files.clear()
+        for task in self._reads:
+            task.cancel()
+        if self._reads:
+            await asyncio.wait(self._reads, timeout=STOP_TIMEOUT)
+        self._reads.clear()
+        if observer is not None:
+            await asyncio.to_thread(_stop_observer, observer)
+
+    def watch(self, request_id: str, response_dir: Path) -> ProgressWatch:
+        """A watch for `request_id`, whose progress file is `<response_dir>/progress`."""
+        return ProgressWatch(self, request_id, Path(response_dir))
+
+    def _register(self, watch: ProgressWatch) -> None:
+        if self._observer is None:
+            raise ProgressMonitorError("the progress monitor is not running")
+        key = os.path.realpath(watch.response_dir)
+        if key == self._base or os.path.commonpath([key, self._base]) != self._base:
+            raise ProgressMonitorError(
+                f"response directory {watch.response_dir} is not inside {self._base}"
+            )
+        if watch.request_id in self._by_id or key in self._by_dir:
+            raise ProgressMonitorError(
+                f"request {watch.request_id} or directory {key} is already watched"
+            )
+        watch._key = key
+        self._by_id[watch.request_id] = watch
+        self._by_dir[key] = watch
+        path = os.path.join(key, PROGRESS_FILE_NAME)
+        if os.path.lexists(path):  # written before the watch: read it once now
+            self._on_event(path, True)
+
+    def _unregister(self, watch: ProgressWatch) -> None:
+        if self._by_id.get(watch.request_id) is watch:
+            del self._by_id[watch.request_id]
+        if self._by_dir.get(watch._key) is watch:
+            del self._by_dir[watch._key]
+
+    def _on_event(self, path: str, immediate: bool) -> None:
+        if self._observer is None:
+            return
+        parent = os.path.dirname(path)
+        if parent not in self._by_dir and os.path.dirname(parent) != self._base:
+            return  # an output file of that name deeper in a response directory
+        state = self._files.setdefault(path, _FileState())
+        if state.reading:
+            state.dirty = True
+            state.dirty_immediate |= immediate
+        else:
+            self._arm(path, state, immediate=immediate)
+
+    def _arm(self, path: str, state: _FileState, *, immediate: bool) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        if state.first_event is None:
+            state.first_event = now
+        latest = state.first_event + self._debounce * MAX_WAIT_FACTOR - now
+        delay = 0.0 if immediate else max(0.0, min(self._debounce, latest))
+        if state.timer is not None:
+            state.timer.cancel()
+        state.timer = self._loop.call_later(delay, self._start_read, path, state)
+
+    def _start_read(self, path: str, state: _FileState) -> None:
+        assert self._loop is not None
+        state.timer, state.first_event, state.reading = None, None, True
+        task = self._loop.create_task(asyncio.to_thread(read_progress_file, path))
+        self._reads.add(task)
+        task.add_done_callback(lambda done: self._read_done(path, state, done))
+
+    def _read_done(self, path: str, state: _FileState, task: asyncio.Task[FileRead | None]) -> None:
+        self._reads.discard(task)
+        state.reading = False
+        if task.cancelled() or self._observer is None or self._loop is None:
+            return
+        read: FileRead | None = None
+        if (error := task.exception()) is not None:
+            logger.error("reading a progress file failed", exc_info=error, extra={"path": path})
+        else:
+            read = task.result()
+        if read is not None and read.outcome == TORN and not state.dirty:
+            if (read.mtime_ns, read.version) != state.torn:  # changed since: a fresh budget
+                state.torn, state.attempts = (read.mtime_ns, read.version), 0
+            if state.attempts < len(RETRY_DELAYS):
+                delay = RETRY_DELAYS[state.attempts]
+                state.attempts += 1
+                state.timer = self._loop.call_later(delay, self._start_read, path, state)
+                return
+            read = refuse("malformed", read.problem, read.mtime_ns, read.version)
+        if read is not None and read.outcome != TORN:
+            state.torn, state.attempts = None, 0
+            self._deliver(path, read)
+        if state.dirty:
+            state.dirty = False
+            self._arm(path, state, immediate=state.dirty_immediate)
+            state.dirty_immediate = False
+        elif state.timer is None:
+            self._files.pop(path, None)
+
+    def _deliver(self, path: str, read: FileRead) -> None:
+        by_dir = self._by_dir.get(os.path.dirname(path))
+        by_id = self._by_id.get(read.request_id) if read.request_id is not None else None
+        # NVIDIA routes by `id`; a file whose `id` names no watched request goes by its directory.
+        watch = by_id or by_dir
+        if watch is None:
+            self._metrics.progress_rejected.labels("unknown_request").inc()
+            logger.debug(
+                "progress file of no watched request",
+                extra={"request_id": read.request_id, "path": path},
+            )
+            return
+        if by_dir is not None and watch is not by_dir:
+            logger.debug(
+                "progress file routed by its id to another request",
+                extra={"request_id": watch.request_id, "path": path},
+            )
+        watch._offer(read, path, self._metrics)
+
+
+def _stop_observer(observer: BaseObserver) -> None:
+    observer.stop()
+    observer.join(STOP_TIMEOUT)
+    if observer.is_alive():
+        logger.warning("the progress watcher did not stop in time", extra={"timeout": STOP_TIMEOUT})
