@@ -144,11 +144,6 @@ async def test_container_dying_within_a_declared_body_is_a_500_problem(
     await serves_after_container_restart(stack, echo, http)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compatibility mode is not built yet: a large non-streaming answer is passed "
-    "through, so a body that breaks off after the head reaches the caller truncated",
-)
 async def test_container_dying_within_a_large_declared_body_is_a_500_problem(
     e2e_function: Any, start_stack: Any, http: aiohttp.ClientSession
 ) -> None:

@@ -1,7 +1,7 @@
 """A stand-in for the NVCF API's `nvcf.Worker` gRPC service, enough for a worker to start (§3.3, §12).
 
 ConnectOnce and ProvisionRegionalWorker create the queue stream and durable consumer, as NVIDIA's
-API does; the URL and credential RPCs arrive with assets and large responses.
+API does; the two large-response RPCs sign URLs of the platform's object store.
 """
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ from typing import Any, Final, NoReturn
 import grpc
 from nats.errors import Error as NatsError
 
-from nvcf_sidecar.platform.errors import FunctionNotFound, FunctionVersionNotFound
+from nvcf_sidecar.platform.errors import (
+    ConfigError,
+    FunctionNotFound,
+    FunctionVersionNotFound,
+    InvalidObjectName,
+)
+from nvcf_sidecar.platform.objects import ObjectStore, check_nca_id
 from nvcf_sidecar.platform.registry import FunctionVersion, Registry
 from nvcf_sidecar.platform.workqueue import WorkQueue
 from nvcf_sidecar.protocol import (
@@ -49,12 +55,27 @@ class WorkerApi(WorkerServicer):
     """The `nvcf.Worker` RPCs a worker calls at start-up; every call needs a bearer in metadata.
 
     Any bearer is accepted (the platform issues the tokens it would check); a call without one
-    is UNAUTHENTICATED. Unknown functions or versions are NOT_FOUND.
+    is UNAUTHENTICATED. Unknown functions or versions are NOT_FOUND. The large-response RPCs
+    need `objects` (else UNIMPLEMENTED) and `nca_id`, the caller NCA whose uploads they sign.
     """
 
-    def __init__(self, registry: Registry, queue: WorkQueue) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        queue: WorkQueue,
+        objects: ObjectStore | None = None,
+        *,
+        nca_id: str = "",
+    ) -> None:
+        if objects is not None:
+            try:
+                check_nca_id(nca_id)
+            except InvalidObjectName as error:
+                raise ConfigError(f"nca_id: {error}") from None
         self._registry = registry
         self._queue = queue
+        self._objects = objects
+        self._nca_id = nca_id
 
     async def ConnectOnce(
         self, request: WorkerConnect, context: _Context
@@ -90,14 +111,37 @@ class WorkerApi(WorkerServicer):
     async def RequestLargeResponseDownloadCredentials(
         self, request: LargeResponseDownloadCredentialsRequest, context: _Context
     ) -> LargeResponseDownloadCredentialsResponse:
-        """Not served yet: large responses come with the object store."""
-        await _abort(context, grpc.StatusCode.UNIMPLEMENTED, "large responses are not served yet")
+        """A presigned GET of `results/<ncaId>/<requestId>`, for the worker's 302 Location."""
+        await _require_bearer(context)
+        objects = await self._object_store(context)
+        await self._version(request.functionId, request.functionVersionId, context)
+        if not request.ncaId:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "ncaId is empty")
+        try:
+            url = objects.large_response_download_url(request.ncaId, request.requestId)
+        except InvalidObjectName as error:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        _log.debug("large-response download URL issued", extra={"request_id": request.requestId})
+        return LargeResponseDownloadCredentialsResponse(largeResponseDownloadUrl=url)
 
     async def RefreshLargeUploadCredentials(
         self, request: RefreshLargeUploadCredentialsRequest, context: _Context
     ) -> RefreshLargeUploadCredentialsResponse:
-        """Not served yet: large responses come with the object store."""
-        await _abort(context, grpc.StatusCode.UNIMPLEMENTED, "large responses are not served yet")
+        """A fresh presigned PUT of `results/<ncaId>/<requestId>` (the platform's caller NCA)."""
+        await _require_bearer(context)
+        objects = await self._object_store(context)
+        await self._version(request.functionId, request.functionVersionId, context)
+        try:
+            url = objects.large_response_upload_url(self._nca_id, request.requestId)
+        except InvalidObjectName as error:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        _log.debug("large-response upload URL refreshed", extra={"request_id": request.requestId})
+        return RefreshLargeUploadCredentialsResponse(largeResponseUrl=url)
+
+    async def _object_store(self, context: _Context) -> ObjectStore:
+        if self._objects is None:
+            await _abort(context, grpc.StatusCode.UNIMPLEMENTED, "no object store configured")
+        return self._objects
 
     async def _version(
         self, function_id: str, function_version_id: str, context: _Context

@@ -6,11 +6,21 @@ these become problem+json answers and status codes, never silent failures.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for annotations only: the object store imports its errors from here
+    from nvcf_sidecar.platform.objects import Bucket
+
 __all__ = [
     "AssetNotFound",
     "ConfigError",
     "FunctionNotFound",
     "FunctionVersionNotFound",
+    "InvalidObjectName",
+    "InvalidSignature",
+    "ObjectCorrupted",
+    "ObjectNotFound",
+    "ObjectTooLarge",
     "PlatformError",
     "PublishFailed",
     "QueueFull",
@@ -81,3 +91,32 @@ class AssetNotFound(PlatformError, LookupError):
     def __init__(self, asset_id: str) -> None:
         self.asset_id = asset_id
         super().__init__(f"NotFound error: failed to find asset {asset_id}")
+
+
+class InvalidSignature(PlatformError):
+    """A presigned URL is missing its query, expired, or signed for another method or key."""
+
+
+class InvalidObjectName(PlatformError, ValueError):
+    """An NCA id or object id cannot name an object (allowed: letters, digits, `._=-`)."""
+
+
+class ObjectNotFound(PlatformError, LookupError):
+    """No object (or only an asset placeholder, not yet uploaded) under this key."""
+
+    def __init__(self, bucket: Bucket, name: str) -> None:
+        self.bucket = bucket
+        self.name = name
+        super().__init__(f"no object {name!r} in {bucket.value}")
+
+
+class ObjectTooLarge(PlatformError):
+    """A PUT body exceeds the store's size limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"object larger than the limit of {limit} bytes")
+
+
+class ObjectCorrupted(PlatformError):
+    """The chunks read back do not add up to the stored size or SHA-256 digest."""

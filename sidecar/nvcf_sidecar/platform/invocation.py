@@ -1,7 +1,7 @@
 """The caller-facing pexec route `POST /v2/nvcf/pexec/functions/{fid}[/versions/{fvid}]` (§5.1, §11).
 
-Authenticates the caller, queues a `WorkerInvokeFunctionRequest` with the first 32 KiB of the body
-and attach tokens, waits for the worker's POST attach and relays it; withdraws abandoned requests.
+Authenticates the caller, reads the first 32 KiB of the body and the input-asset header, then hands
+the work item to `WorkerExchange` and relays the worker's answer. `invoke` is shared with exec.
 """
 
 from __future__ import annotations
@@ -9,53 +9,59 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import time
+import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from aiohttp import web
 from nats.errors import Error as NatsError
 
 from nvcf_sidecar.platform.attach import STREAM_ERRORS
-from nvcf_sidecar.platform.background import BackgroundTasks
 from nvcf_sidecar.platform.errors import (
+    AssetNotFound,
     FunctionNotFound,
     FunctionVersionNotFound,
-    PublishFailed,
-    QueueFull,
-    WorkerResponseFailed,
+    PlatformError,
 )
-from nvcf_sidecar.platform.problems import UNAUTHORIZED_CLIENT, problem_response
-from nvcf_sidecar.platform.registry import FunctionVersion, Registry
-from nvcf_sidecar.platform.relay import gateway_timeout, relay_response
-from nvcf_sidecar.platform.tokens import STREAM_IDLE_TIMEOUT, AttachTokens, RequestBody
-from nvcf_sidecar.platform.workqueue import WorkQueue
+from nvcf_sidecar.platform.exchange import InvocationRefused, Outcome, WorkerExchange, refused
+from nvcf_sidecar.platform.problems import UNAUTHORIZED_CLIENT
+from nvcf_sidecar.platform.registry import FunctionVersion, Registry, canonical_uuid
+from nvcf_sidecar.platform.relay import relay_response
+from nvcf_sidecar.platform.tokens import STREAM_IDLE_TIMEOUT, RequestBody
 from nvcf_sidecar.protocol import (
     INLINE_BODY_BYTES,
-    MAX_DIRECT_RESPONSE_BYTES,
+    NVCF_INPUT_ASSET_REFERENCES,
     NVCF_INVOCATION_REGION,
     NVCF_POLL_SECONDS,
-    POLL_GRACE_SECONDS,
     Header,
+    InputAssetReference,
     InvalidPollSeconds,
-    MessageTooLarge,
-    StringKV,
-    WorkerInvokeFunctionRequest,
-    attach_config,
-    encode_invoke_request,
     parse_bearer,
     parse_poll_seconds,
     strip_hop_by_hop,
 )
 
-__all__ = ["PEXEC_PATHS", "CallerIdentity", "PexecEndpoint", "forwarded_headers"]
+__all__ = [
+    "PEXEC_PATHS",
+    "CallerIdentity",
+    "InvalidAssetReference",
+    "ObjectLinks",
+    "PexecEndpoint",
+    "forwarded_headers",
+    "parse_asset_references",
+]
 
 PEXEC_PATHS: Final = (
     "/v2/nvcf/pexec/functions/{function_id}",
     "/v2/nvcf/pexec/functions/{function_id}/versions/{function_version_id}",
 )
+
+# What the IS reads of a header value at all: visible ASCII, space and tab.
+_VISIBLE_ASCII: Final = re.compile(rb"[\t\x20-\x7e]*")
+_ASSET_HEADER: Final = NVCF_INPUT_ASSET_REFERENCES.encode()
 
 _log = logging.getLogger(__name__)
 
@@ -78,6 +84,33 @@ class CallerIdentity:
         encoded = token.encode()
         return any(hmac.compare_digest(encoded, key.encode()) for key in self.api_keys)
 
+    def check(self, request: web.Request) -> None:
+        """Raise `InvocationRefused` (401 problem) unless the request's bearer is accepted."""
+        if not self.accepts(parse_bearer(request.headers.get("Authorization"))):
+            raise refused(401, UNAUTHORIZED_CLIENT)
+
+
+class ObjectLinks(Protocol):
+    """What invocations need of the object store: asset references and large-response URLs."""
+
+    async def asset_references(
+        self, nca_id: str, asset_ids: Sequence[str]
+    ) -> list[InputAssetReference]:
+        """Presigned GETs for the assets, in order; raises `AssetNotFound` for a missing one."""
+        ...
+
+    def large_response_upload_url(self, nca_id: str, request_id: str) -> str:
+        """A presigned PUT for the request's large response (a zip)."""
+        ...
+
+
+class InvalidAssetReference(PlatformError, ValueError):
+    """An input-asset id (header or exec `inputAssetReferences`) that is not a UUID."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+        super().__init__(f"invalid input asset reference {value!r}: not a UUID")
+
 
 def forwarded_headers(raw_headers: Sequence[tuple[bytes, bytes]], region: str) -> list[Header]:
     """The caller's headers as a work item carries them (reference §3.1 field 13, §5.1 step 2).
@@ -96,157 +129,180 @@ def forwarded_headers(raw_headers: Sequence[tuple[bytes, bytes]], region: str) -
     return kept
 
 
+def parse_asset_references(values: Iterable[bytes]) -> list[str]:
+    """Asset ids from `NVCF-INPUT-ASSET-REFERENCES` values (repeatable, comma-separated).
+
+    Blanks are skipped and duplicates kept; ids come back as canonical UUIDs. A value that is not
+    visible ASCII is ignored, as NVIDIA's header decoder does. Raises `InvalidAssetReference`.
+    """
+    asset_ids: list[str] = []
+    for value in values:
+        if not _VISIBLE_ASCII.fullmatch(value):
+            continue
+        for part in value.decode("ascii").split(","):
+            text = part.strip()
+            if text:
+                asset_ids.append(_asset_id(text))
+    return asset_ids
+
+
+def _asset_id(text: str) -> str:
+    canonical = canonical_uuid(text)
+    if canonical is None:
+        raise InvalidAssetReference(text)
+    return canonical
+
+
 class PexecEndpoint:
-    """The pexec routes and everything one invocation needs on the platform side."""
+    """The pexec routes, and `invoke`, the initial-invocation core exec shares."""
 
     def __init__(
         self,
         *,
         registry: Registry,
         callers: CallerIdentity,
-        tokens: AttachTokens,
-        queue: WorkQueue,
-        background: BackgroundTasks,
-        base_url: str,
-        grpc_url: str,
+        exchange: WorkerExchange,
+        objects: ObjectLinks | None = None,
     ) -> None:
         self._registry = registry
         self._callers = callers
-        self._tokens = tokens
-        self._queue = queue
-        self._background = background
-        self._base_url = base_url
-        self._grpc_url = grpc_url
+        self._exchange = exchange
+        self._objects = objects
+
+    @property
+    def exchange(self) -> WorkerExchange:
+        """The core that queues work items and waits for workers (shared with status polls)."""
+        return self._exchange
 
     def register(self, router: web.UrlDispatcher) -> None:
         """Add both pexec routes (with and without a version id)."""
         for path in PEXEC_PATHS:
             router.add_post(path, self.pexec)
 
-    async def pexec(self, request: web.Request) -> web.StreamResponse:
-        """Invoke a function version and answer with whatever its worker answers.
+    def authorize(self, request: web.Request) -> FunctionVersion:
+        """The version a pexec or exec request invokes, after checking the caller's bearer.
 
-        401 problem for a bearer that is not an accepted key, 404 for an unknown function or
-        version, 400 for a bad NVCF-POLL-SECONDS or an unreadable body, 429 when the queue is
-        full, 504 (empty body) when no worker answered within the poll duration + 2 s.
+        Raises `InvocationRefused`: 401 problem for a bearer that is not an accepted key, 404 for
+        an unknown function or version.
         """
-        if not self._callers.accepts(parse_bearer(request.headers.get("Authorization"))):
-            return problem_response(401, UNAUTHORIZED_CLIENT)
+        self._callers.check(request)
         try:
-            version = self._registry.resolve(
+            return self._registry.resolve(
                 request.match_info["function_id"], request.match_info.get("function_version_id")
             )
         except FunctionNotFound:
-            return problem_response(404, "function not found")
+            raise refused(404, "function not found") from None
         except FunctionVersionNotFound:
-            return problem_response(404, "function version not found")
-        try:
-            headers = forwarded_headers(request.raw_headers, self._queue.region)
-        except UnicodeDecodeError:
-            return problem_response(
-                500,
-                "failed to parse http request headers; "
-                "cause: failed to convert header value to utf8",
-            )
-        try:
-            poll_seconds = parse_poll_seconds(
-                request.headers.get(NVCF_POLL_SECONDS), request.headers.get("Accept")
-            )
-        except InvalidPollSeconds as error:
-            return problem_response(400, error.detail)
-        request_id = str(uuid.uuid4())
-        try:
-            inline, rest = await _read_inline_body(request, request_id)
-        except (*STREAM_ERRORS, EOFError) as error:
-            return problem_response(400, f"failed to read request body: {error!r}")
-        return await self._invoke(request, version, request_id, headers, inline, rest, poll_seconds)
+            raise refused(404, "function version not found") from None
 
-    async def _invoke(
+    async def pexec(self, request: web.Request) -> web.StreamResponse:
+        """Invoke a function version and answer with whatever its worker answers.
+
+        401/404 as `authorize`; 400 for a bad NVCF-POLL-SECONDS, input-asset header or an
+        unreadable body; 404 for an unknown asset; 429 when the queue is full; 504 (empty body)
+        when no worker answered within the poll duration + 2 s.
+        """
+        try:
+            version = self.authorize(request)
+            try:
+                headers = forwarded_headers(request.raw_headers, self._exchange.region)
+            except UnicodeDecodeError:
+                raise refused(
+                    500,
+                    "failed to parse http request headers; "
+                    "cause: failed to convert header value to utf8",
+                ) from None
+            try:
+                poll_seconds = parse_poll_seconds(
+                    request.headers.get(NVCF_POLL_SECONDS), request.headers.get("Accept")
+                )
+            except InvalidPollSeconds as error:
+                raise refused(400, error.detail) from None
+            asset_ids = self._asset_header(request)
+            request_id = str(uuid.uuid4())
+            try:
+                inline, rest = await _read_inline_body(request, request_id)
+            except (*STREAM_ERRORS, EOFError) as error:
+                raise refused(400, f"failed to read request body: {error!r}") from None
+            async with self.invoke(
+                version,
+                request_id,
+                method=request.method,
+                headers=headers,
+                inline=inline,
+                rest=rest,
+                poll_seconds=poll_seconds,
+                asset_ids=asset_ids,
+            ) as outcome:
+                if isinstance(outcome, web.Response):
+                    return outcome
+                return await relay_response(request, outcome, request_id)
+        except InvocationRefused as error:
+            return error.answer
+
+    @asynccontextmanager
+    async def invoke(
         self,
-        request: web.Request,
         version: FunctionVersion,
         request_id: str,
-        headers: list[Header],
+        *,
+        method: str,
+        headers: Sequence[Header],
         inline: bytes,
         rest: RequestBody | None,
         poll_seconds: int,
-    ) -> web.StreamResponse:
-        """Steps 5-7 of §5.1, with both tokens alive exactly as long as NVIDIA keeps them."""
-        extra = {
-            "request_id": request_id,
-            "function_id": version.function_id,
-            "function_version_id": version.function_version_id,
-        }
-        slot = self._tokens.mint_response(request_id)
-        request_token = None if rest is None else self._tokens.mint_request(rest)
+        asset_ids: Sequence[str] = (),
+    ) -> AsyncIterator[Outcome]:
+        """Queue an initial invocation and yield the worker's response or the empty 504.
+
+        With an object store, `asset_ids` become the item's `inputAssetReference` (404 problem
+        for a missing one) and the item gets a `largeResponseUrl`; without one both are skipped.
+        Raises `InvocationRefused`; see `WorkerExchange.invoke` for the rest.
+        """
+        assets, large_response_url = await self._object_links(request_id, asset_ids)
+        item = self._exchange.work_item(
+            version,
+            request_id,
+            method=method,
+            headers=headers,
+            body=inline,
+            assets=assets,
+            large_response_url=large_response_url,
+        )
+        async with self._exchange.invoke(version, item, rest, poll_seconds) as outcome:
+            yield outcome
+
+    def _asset_header(self, request: web.Request) -> list[str]:
+        if self._objects is None:
+            return []
+        values = (value for name, value in request.raw_headers if name.lower() == _ASSET_HEADER)
         try:
-            item = self._work_item(request, version, request_id, headers, inline)
-            item.statelessConfig.CopyFrom(
-                attach_config(self._base_url, slot.token, request_token=request_token)
-            )
-            try:
-                payload = encode_invoke_request(item)
-                await self._queue.publish(version.function_version_id, request_id, payload)
-            except QueueFull as error:
-                _log.warning("work queue full", extra=extra)
-                return problem_response(429, error.description)
-            except (MessageTooLarge, PublishFailed, NatsError) as error:
-                _log.error("work item not queued", extra={**extra, "error": str(error)})
-                return problem_response(500, f"failed to send nats request; cause: {error}")
-            _log.debug("invocation queued", extra={**extra, "poll_seconds": poll_seconds})
-            try:
-                async with asyncio.timeout(poll_seconds + POLL_GRACE_SECONDS):
-                    worker = await slot.wait()
-            except TimeoutError:
-                _log.warning("no worker response in time", extra=extra)
-                await self._queue.withdraw(version.function_version_id, request_id)
-                return gateway_timeout(request_id)
-            except WorkerResponseFailed as error:
-                self._withdraw_later(version, request_id)
-                return problem_response(500, error.detail)
-            except asyncio.CancelledError:
-                _log.info("caller left before the response", extra=extra)
-                self._withdraw_later(version, request_id)
-                raise
-            finally:
-                self._tokens.revoke(slot.token)
-            _log.info("worker responded", extra={**extra, "status": worker.status})
-            return await relay_response(request, worker, request_id)
-        finally:
-            self._tokens.revoke(slot.token)
-            self._tokens.revoke(request_token)
-            slot.abandon()
-            if rest is not None:
-                await rest.close()
+            return parse_asset_references(values)
+        except InvalidAssetReference as error:
+            raise refused(400, f"invalid {NVCF_INPUT_ASSET_REFERENCES} header: {error}") from None
 
-    def _work_item(
-        self,
-        request: web.Request,
-        version: FunctionVersion,
-        request_id: str,
-        headers: list[Header],
-        inline: bytes,
-    ) -> WorkerInvokeFunctionRequest:
-        """The work item without its attach config (reference §3.1; no assets, no large URL)."""
-        item = WorkerInvokeFunctionRequest(
-            requestId=request_id,
-            ncaId=self._callers.nca_id,
-            subject=self._callers.subject,
-            maxDirectResponseSizeBytes=MAX_DIRECT_RESPONSE_BYTES,
-            requestBody=inline,
-            directResponseUrl=self._grpc_url,
-            requestMethod=request.method,
-            requestPath=version.invocation_path,
-        )
-        item.requestTime.FromNanoseconds(time.time_ns())
-        item.requestHeaders.extend(StringKV(key=name, value=value) for name, value in headers)
-        return item
+    async def _object_links(
+        self, request_id: str, asset_ids: Sequence[str]
+    ) -> tuple[list[InputAssetReference], str]:
+        """The asset references and large-response URL of a new work item.
 
-    def _withdraw_later(self, version: FunctionVersion, request_id: str) -> None:
-        self._background.spawn(
-            self._queue.withdraw(version.function_version_id, request_id),
-            name=f"withdraw-{request_id}",
-        )
+        Without an object store: no references and an empty URL.
+        """
+        objects = self._objects
+        if objects is None:
+            return [], ""
+        nca_id = self._exchange.nca_id
+        extra = {"request_id": request_id}
+        try:
+            assets = await objects.asset_references(nca_id, asset_ids) if asset_ids else []
+            url = objects.large_response_upload_url(nca_id, request_id)
+        except AssetNotFound as error:
+            _log.info("input asset not found", extra={**extra, "asset_id": error.asset_id})
+            raise refused(404, str(error)) from None
+        except (PlatformError, NatsError, TimeoutError) as error:
+            _log.error("object links failed", extra={**extra, "error": repr(error)})
+            raise refused(500, f"failed to get asset dtos; cause: {error}") from None
+        return assets, url
 
 
 async def _read_inline_body(

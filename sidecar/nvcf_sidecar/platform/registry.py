@@ -28,12 +28,19 @@ _FUNCTION_KEYS: Final = frozenset({"id", "name", "default_invocation_path", "ver
 _VERSION_KEYS: Final = frozenset({"id", "default_invocation_path", "min_instances"})
 
 
+_HYPHENATED = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_UUID_FORMS = re.compile(
+    rf"[0-9a-f]{{32}}|{_HYPHENATED}|\{{{_HYPHENATED}\}}|urn:uuid:{_HYPHENATED}", re.I
+)
+"""The UUID forms the invocation service's parser takes: simple, hyphenated, braced, URN
+(Python's `uuid.UUID` alone would also take hyphens anywhere)."""
+
+
 def canonical_uuid(text: str) -> str | None:
-    """`text` as a lower-case hyphenated UUID if it parses as one (any form `uuid` accepts)."""
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
+    """`text` as a lower-case hyphenated UUID, or None when it is not one of those forms."""
+    if not _UUID_FORMS.fullmatch(text):
         return None
+    return str(uuid.UUID(text))
 
 
 @dataclass(frozen=True, slots=True)

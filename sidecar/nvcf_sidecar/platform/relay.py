@@ -1,6 +1,6 @@
 """Relaying a worker's response to the caller, with the headers the invocation service adds (§11.2).
 
-Shared by every route that waits for a worker (pexec today; status polls and exec next).
+Shared by the routes that relay a worker answer as it is: pexec and status polls (exec wraps it).
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
 """`PlatformService`: the local invocation service and `nvcf.Worker` stand-in as one async resource.
 
-Owns the NATS connection, the HTTP listener (pexec, attach, health) and the gRPC listener; opened
-in that order by `async with`, closed in reverse.
+Owns the NATS connection, the HTTP listener (pexec, status, exec, attach, health) and the gRPC
+listener; opened in that order by `async with`, closed in reverse.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import socket
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -21,13 +22,21 @@ from nats.errors import Error as NatsError
 
 from nvcf_sidecar.platform.api import WorkerApi
 from nvcf_sidecar.platform.app import build_application
+from nvcf_sidecar.platform.assets import AssetCatalog, AssetEndpoints, InvocationLinks
 from nvcf_sidecar.platform.attach import AttachEndpoints
 from nvcf_sidecar.platform.background import BackgroundTasks
 from nvcf_sidecar.platform.errors import ConfigError, PlatformError
-from nvcf_sidecar.platform.invocation import CallerIdentity, PexecEndpoint
+from nvcf_sidecar.platform.exchange import WorkerExchange
+from nvcf_sidecar.platform.exec import ExecEndpoint
+from nvcf_sidecar.platform.invocation import CallerIdentity, ObjectLinks, PexecEndpoint
+from nvcf_sidecar.platform.object_routes import ObjectEndpoints
+from nvcf_sidecar.platform.objects import ObjectStore
+from nvcf_sidecar.platform.presign import UrlSigner
 from nvcf_sidecar.platform.registry import Registry
 from nvcf_sidecar.platform.settings import PlatformSettings
+from nvcf_sidecar.platform.status import StatusEndpoint
 from nvcf_sidecar.platform.tokens import AttachTokens
+from nvcf_sidecar.platform.tracking import RequestTracking
 from nvcf_sidecar.platform.workqueue import WorkQueue
 from nvcf_sidecar.protocol import add_worker_servicer
 
@@ -46,21 +55,32 @@ class PlatformService:
     """The platform process in one object: `async with PlatformService(settings) as platform:`.
 
     On entry it connects to NATS, provisions the queue stream and consumer of every configured
-    version, starts the HTTP listener and then the gRPC listener; `http_port`, `grpc_port`,
-    `base_url` and `grpc_url` are valid inside the block. Ports given as 0 are picked free.
+    version and the request-tracking stream, starts the HTTP listener and then the gRPC
+    listener; `http_port`, `grpc_port`, `base_url` and `grpc_url` are valid inside the block.
+    Ports given as 0 are picked free. Input assets and large responses live in NATS Object Store
+    buckets behind presigned URLs; `objects` replaces how work items get their asset references
+    and large-response URLs (tests).
     """
 
-    def __init__(self, settings: PlatformSettings, registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        settings: PlatformSettings,
+        registry: Registry | None = None,
+        *,
+        objects: ObjectLinks | None = None,
+    ) -> None:
         if registry is None:
             if settings.config_path is None:
                 raise ConfigError("no function registry: set config_path (--config)")
             registry = Registry.from_toml(settings.config_path)
         self._settings = settings
         self._registry = registry
+        self._objects = objects
         self._tokens = AttachTokens()
         self._stack: AsyncExitStack | None = None
         self._nats: Client | None = None
         self._queue: WorkQueue | None = None
+        self._tracking: RequestTracking | None = None
         self._http_port = 0
         self._grpc_port = 0
 
@@ -95,6 +115,13 @@ class PlatformService:
         if self._queue is None:
             raise PlatformError("the platform is not running")
         return self._queue
+
+    @property
+    def tracking(self) -> RequestTracking:
+        """The request-tracking stream (reqid -> version of requests that answered 202)."""
+        if self._tracking is None:
+            raise PlatformError("the platform is not running")
+        return self._tracking
 
     @property
     def http_port(self) -> int:
@@ -185,6 +212,17 @@ class PlatformService:
                     f"cannot create the work queue of version {version.function_version_id} "
                     f"on {settings.nats_url} (is JetStream enabled?): {error!r}"
                 ) from error
+        tracking = RequestTracking(
+            nc, region=settings.region, max_messages=settings.stream_max_messages
+        )
+        try:
+            await tracking.provision()
+        except (NatsError, TimeoutError) as error:
+            raise PlatformError(
+                f"cannot create the tracking stream {tracking.stream} on {settings.nats_url}: "
+                f"{error!r}"
+            ) from error
+        self._tracking = tracking
         background = BackgroundTasks()
         stack.push_async_callback(background.aclose, BACKGROUND_CLOSE_TIMEOUT)
         if not settings.api_keys:
@@ -195,7 +233,17 @@ class PlatformService:
         stack.callback(http_socket.close)
         self._http_port = http_socket.getsockname()[1]
         grpc_server = grpc.aio.server()
-        add_worker_servicer(WorkerApi(self._registry, queue), grpc_server)
+        objects = ObjectStore(nc, signer=UrlSigner(secrets.token_bytes(32)), base_url=self.base_url)
+        try:
+            await objects.provision()
+        except (NatsError, TimeoutError) as error:
+            raise PlatformError(
+                f"cannot create the object store buckets on {settings.nats_url}: {error!r}"
+            ) from error
+        catalog = AssetCatalog(objects)
+        add_worker_servicer(
+            WorkerApi(self._registry, queue, objects, nca_id=settings.nca_id), grpc_server
+        )
         grpc_address = f"{_bracketed(settings.host)}:{settings.grpc_port}"
         try:
             self._grpc_port = grpc_server.add_insecure_port(grpc_address)
@@ -204,16 +252,34 @@ class PlatformService:
         if not self._grpc_port:
             raise PlatformError(f"cannot listen on {grpc_address}")
 
-        pexec = PexecEndpoint(
-            registry=self._registry,
-            callers=CallerIdentity(settings.api_keys, settings.nca_id, settings.client_subject),
-            tokens=self._tokens,
+        callers = CallerIdentity(settings.api_keys, settings.nca_id, settings.client_subject)
+        exchange = WorkerExchange(
+            nats=nc,
             queue=queue,
+            tracking=tracking,
+            tokens=self._tokens,
             background=background,
+            nca_id=callers.nca_id,
+            subject=callers.subject,
             base_url=self.base_url,
             grpc_url=self.grpc_url,
         )
-        app = build_application(pexec, AttachEndpoints(self._tokens), nc)
+        links = self._objects if self._objects is not None else InvocationLinks(catalog, objects)
+        pexec = PexecEndpoint(
+            registry=self._registry, callers=callers, exchange=exchange, objects=links
+        )
+        status = StatusEndpoint(
+            registry=self._registry, callers=callers, exchange=exchange, tracking=tracking
+        )
+        endpoints = (
+            pexec,
+            status,
+            ExecEndpoint(pexec=pexec, status=status),
+            AttachEndpoints(self._tokens),
+            ObjectEndpoints(objects),
+            AssetEndpoints(catalog, callers),
+        )
+        app = build_application(endpoints, nc)
         # Handlers are cancelled when their client disconnects: a caller that leaves while
         # waiting gets its request withdrawn, as NVIDIA's service does.
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -230,6 +296,7 @@ class PlatformService:
     def _reset(self) -> None:
         self._nats = None
         self._queue = None
+        self._tracking = None
         self._http_port = 0
         self._grpc_port = 0
 

@@ -108,6 +108,7 @@ class ProgressWatch:
         self._arrived = asyncio.Event()
         self._last: tuple[int, Version] | None = None
         self._last_stamp = -1
+        self._last_content: tuple[int, bytes] | None = None
 
     def __enter__(self) -> ProgressWatch:
         self._monitor._register(self)
@@ -154,6 +155,10 @@ class ProgressWatch:
             return  # not newer than the version already processed
         self._last = marker
         if read.outcome == UPDATE:
+            content = (read.percent, read.body)
+            if content == self._last_content:
+                return  # rewritten with the same percent and partial response: not news
+            self._last_content = content
             self._last_stamp = max(read.mtime_ns, self._last_stamp + 1)
             self._newest = ProgressUpdate(read.percent, read.body, self._last_stamp)
             self._arrived.set()

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+from yarl import URL
 
 from nvcf_sidecar.protocol import INLINE_BODY_BYTES
 
@@ -77,7 +78,10 @@ async def test_work_item_carries_identity_path_inline_body_and_attach_config(
     assert item.requestMethod == "POST"
     assert item.requestPath == ids.invocation_path
     assert item.requestBody == b"payload"
-    assert item.largeResponseUrl == ""
+    # A presigned PUT of this request's results object, signed and expiring.
+    large = URL(item.largeResponseUrl)
+    assert large.path == f"/v2/nvcf/objects/results/{item.ncaId}/{item.requestId}"
+    assert set(large.query) == {"expires", "signature"}
     assert not item.inputAssetReference
     assert item.directResponseUrl == caller.platform.grpc_url
     assert abs(item.requestTime.ToNanoseconds() / 1e9 - time.time()) < 10

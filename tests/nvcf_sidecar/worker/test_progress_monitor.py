@@ -199,6 +199,22 @@ async def test_updates_not_yet_taken_are_coalesced_to_the_newest(
         assert watch.pending() is None
 
 
+async def test_a_rewrite_with_the_same_percent_and_body_is_not_news(
+    monitor: ProgressMonitor, base: Path, metrics: WorkerMetrics
+) -> None:
+    directory = request_dir(base, "req-same")
+    now = 1_700_000_000_000_000_000
+    with monitor.watch("req-same", directory) as watch:
+        place(directory, nvcf("req-same", 40, {"a": 1}), now)
+        assert (await next_update(watch)).percent == 40
+        for second in range(1, 4):  # the same document rewritten later: no new update
+            place(directory, nvcf("req-same", 40, {"a": 1}), now + second * 10**9)
+        place(directory, nvcf("req-same", 40, {"a": 2}), now + 5 * 10**9)
+        update = await next_update(watch)
+        assert (update.percent, update.body) == (40, b'{"a":2}')
+        assert updates(metrics) == 2
+
+
 async def test_a_new_version_with_the_same_mtime_gets_a_later_stamp_and_older_is_ignored(
     monitor: ProgressMonitor, base: Path, metrics: WorkerMetrics
 ) -> None:
