@@ -27,6 +27,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "nvcf_sidecar.platform.dev",
         "run the whole local stack around one function: dev [OPTIONS] -- COMMAND",
     ),
+    "invoke": (
+        "nvcf_sidecar.client.invoke",
+        "call a function as an NVCF client does: assets, status polls, large responses",
+    ),
 }
 
 
