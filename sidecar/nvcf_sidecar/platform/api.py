@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any, Final, NoReturn
 
 import grpc
@@ -57,6 +58,8 @@ class WorkerApi(WorkerServicer):
     Any bearer is accepted (the platform issues the tokens it would check); a call without one
     is UNAUTHENTICATED. Unknown functions or versions are NOT_FOUND. The large-response RPCs
     need `objects` (else UNIMPLEMENTED) and `nca_id`, the caller NCA whose uploads they sign.
+    `on_connect(version, instance_id)` is called for every successful ConnectOnce (the platform
+    counts connected workers with it).
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class WorkerApi(WorkerServicer):
         objects: ObjectStore | None = None,
         *,
         nca_id: str = "",
+        on_connect: Callable[[FunctionVersion, str], None] | None = None,
     ) -> None:
         if objects is not None:
             try:
@@ -76,6 +80,7 @@ class WorkerApi(WorkerServicer):
         self._queue = queue
         self._objects = objects
         self._nca_id = nca_id
+        self._on_connect = on_connect
 
     async def ConnectOnce(
         self, request: WorkerConnect, context: _Context
@@ -88,6 +93,8 @@ class WorkerApi(WorkerServicer):
             connectedRegion=self._queue.region, nvcfWorkerToken=secrets.token_urlsafe(32)
         )
         response.expiration.FromSeconds(int(time.time()) + WORKER_TOKEN_LIFETIME_SECONDS)
+        if self._on_connect is not None:
+            self._on_connect(version, request.instanceId)
         _log.info(
             "worker connected",
             extra={

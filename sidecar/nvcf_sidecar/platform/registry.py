@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import re
 import tomllib
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ _UUID_TEXT: Final = re.compile(
 # A default invocation path is appended verbatim to the container's URL by the worker.
 _PATH: Final = re.compile(r"(/[\x21-\x7e]*)?")
 _FUNCTION_KEYS: Final = frozenset({"id", "name", "default_invocation_path", "versions"})
-_VERSION_KEYS: Final = frozenset({"id", "default_invocation_path", "min_instances"})
+_VERSION_KEYS: Final = frozenset(
+    {"id", "default_invocation_path", "min_instances", "instance_health_urls"}
+)
 
 
 _HYPHENATED = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -53,7 +56,11 @@ class FunctionVersion:
     invocation_path: str
     """`requestPath` of pexec work items: the version's default invocation path ("" means `/`)."""
     min_instances: int = 0
-    """Instances the dev stack should keep running (not used by the invocation service)."""
+    """NVCF's `minInstances`: ready instances the version needs to be ACTIVE (0: zero-scaled,
+    ACTIVE without any); the dev stack starts this many sidecars."""
+    instance_health_urls: tuple[str, ...] = ()
+    """Readiness URLs of the version's instances (a sidecar's `/v1/health/ready`), probed by the
+    platform to derive the version's status; written by the dev stack, which knows its sidecars."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,4 +220,26 @@ def _version(
         function_name=name,
         invocation_path=_path(table, where, function_path),
         min_instances=min_instances,
+        instance_health_urls=_health_urls(table, where),
     )
+
+
+def _health_urls(table: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    values = table.get("instance_health_urls", [])
+    if not isinstance(values, list):
+        raise ConfigError(f"{where}.instance_health_urls: must be an array of http(s) URLs")
+    for i, value in enumerate(values):
+        if not _is_http_url(value):
+            raise ConfigError(f"{where}.instance_health_urls[{i}]: {value!r} is not an http(s) URL")
+    return tuple(values)
+
+
+def _is_http_url(value: object) -> bool:
+    if not isinstance(value, str) or any(c.isspace() for c in value):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(value)
+        _ = parts.port  # raises for a port that is not a number or out of range
+    except ValueError:
+        return False
+    return parts.scheme in {"http", "https"} and bool(parts.hostname)

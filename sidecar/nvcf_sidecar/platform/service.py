@@ -1,7 +1,8 @@
 """`PlatformService`: the local invocation service and `nvcf.Worker` stand-in as one async resource.
 
-Owns the NATS connection, the HTTP listener (pexec, status, exec, attach, health) and the gRPC
-listener; opened in that order by `async with`, closed in reverse.
+Owns the NATS connection, the function-state prober, the HTTP listener (pexec, status, exec,
+attach, assets, functions, queues, health) and the gRPC listener; opened in that order by
+`async with`, closed in reverse.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from nvcf_sidecar.platform.background import BackgroundTasks
 from nvcf_sidecar.platform.errors import ConfigError, PlatformError
 from nvcf_sidecar.platform.exchange import WorkerExchange
 from nvcf_sidecar.platform.exec import ExecEndpoint
+from nvcf_sidecar.platform.functions import FunctionEndpoints, FunctionStates
 from nvcf_sidecar.platform.invocation import CallerIdentity, ObjectLinks, PexecEndpoint
 from nvcf_sidecar.platform.object_routes import ObjectEndpoints
 from nvcf_sidecar.platform.objects import ObjectStore
 from nvcf_sidecar.platform.presign import UrlSigner
+from nvcf_sidecar.platform.queues import QueueEndpoints, QueueInspector
 from nvcf_sidecar.platform.registry import Registry
 from nvcf_sidecar.platform.settings import PlatformSettings
 from nvcf_sidecar.platform.status import StatusEndpoint
@@ -81,6 +84,8 @@ class PlatformService:
         self._nats: Client | None = None
         self._queue: WorkQueue | None = None
         self._tracking: RequestTracking | None = None
+        self._states: FunctionStates | None = None
+        self._app: web.Application | None = None
         self._http_port = 0
         self._grpc_port = 0
 
@@ -122,6 +127,20 @@ class PlatformService:
         if self._tracking is None:
             raise PlatformError("the platform is not running")
         return self._tracking
+
+    @property
+    def function_states(self) -> FunctionStates:
+        """The status of every configured version (ACTIVE, DEPLOYING, ...) and its prober."""
+        if self._states is None:
+            raise PlatformError("the platform is not running")
+        return self._states
+
+    @property
+    def app(self) -> web.Application:
+        """The HTTP application (its router lists every route; tests check the OpenAPI document)."""
+        if self._app is None:
+            raise PlatformError("the platform is not running")
+        return self._app
 
     @property
     def http_port(self) -> int:
@@ -225,6 +244,12 @@ class PlatformService:
         self._tracking = tracking
         background = BackgroundTasks()
         stack.push_async_callback(background.aclose, BACKGROUND_CLOSE_TIMEOUT)
+        states = FunctionStates(
+            self._registry,
+            probe_interval=settings.health_probe_interval,
+            deploy_timeout=settings.deploy_timeout,
+        )
+        self._states = await stack.enter_async_context(states)
         if not settings.api_keys:
             _log.warning("no API keys configured: any bearer token may invoke functions")
 
@@ -242,7 +267,14 @@ class PlatformService:
             ) from error
         catalog = AssetCatalog(objects)
         add_worker_servicer(
-            WorkerApi(self._registry, queue, objects, nca_id=settings.nca_id), grpc_server
+            WorkerApi(
+                self._registry,
+                queue,
+                objects,
+                nca_id=settings.nca_id,
+                on_connect=states.record_connection,
+            ),
+            grpc_server,
         )
         grpc_address = f"{_bracketed(settings.host)}:{settings.grpc_port}"
         try:
@@ -278,8 +310,13 @@ class PlatformService:
             AttachEndpoints(self._tokens),
             ObjectEndpoints(objects),
             AssetEndpoints(catalog, callers),
+            FunctionEndpoints(self._registry, callers, states, region=settings.region),
+            QueueEndpoints(
+                self._registry, callers, states, QueueInspector(nc, region=settings.region)
+            ),
         )
         app = build_application(endpoints, nc)
+        self._app = app
         # Handlers are cancelled when their client disconnects: a caller that leaves while
         # waiting gets its request withdrawn, as NVIDIA's service does.
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -297,6 +334,8 @@ class PlatformService:
         self._nats = None
         self._queue = None
         self._tracking = None
+        self._states = None
+        self._app = None
         self._http_port = 0
         self._grpc_port = 0
 

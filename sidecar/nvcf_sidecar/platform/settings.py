@@ -59,6 +59,10 @@ class PlatformSettings:
     """`memory` (as NVIDIA's invocation service creates streams) or `file`."""
     ready_file: Path | None = None
     """Where `nvcf-sidecar platform` writes its bound ports as JSON once listening."""
+    health_probe_interval: float = 2.0
+    """Seconds between two probes of the versions' `instance_health_urls`."""
+    deploy_timeout: float = 900.0
+    """Seconds a version with instance health URLs may be DEPLOYING before it is in ERROR."""
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -84,6 +88,12 @@ class PlatformSettings:
             raise ConfigError(f"stream_max_messages: {self.stream_max_messages} must be >= 1")
         if not self.consumer_ack_wait > 0:
             raise ConfigError(f"consumer_ack_wait: {self.consumer_ack_wait} must be > 0 seconds")
+        for name, seconds in (
+            ("health_probe_interval", self.health_probe_interval),
+            ("deploy_timeout", self.deploy_timeout),
+        ):
+            if not seconds > 0:
+                raise ConfigError(f"{name}: {seconds} must be > 0 seconds")
         if self.stream_storage not in _STORAGE:
             raise ConfigError(
                 f"stream_storage: {self.stream_storage!r} is not one of {sorted(_STORAGE)}"
@@ -159,6 +169,8 @@ ENV_VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "consumer_ack_wait": ("NVCF_PLATFORM_CONSUMER_ACK_WAIT", _float),
     "stream_storage": ("NVCF_PLATFORM_STREAM_STORAGE", str.lower),
     "ready_file": ("NVCF_PLATFORM_READY_FILE", Path),
+    "health_probe_interval": ("NVCF_PLATFORM_HEALTH_PROBE_INTERVAL", _float),
+    "deploy_timeout": ("NVCF_PLATFORM_DEPLOY_TIMEOUT", _float),
     "log_level": ("NVCF_PLATFORM_LOG_LEVEL", str.upper),
 }
 """Setting name -> (environment variable, parser). API keys are comma-separated."""
