@@ -25,7 +25,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "dev": (
         "nvcf_sidecar.platform.dev",
-        "run the whole local stack around one function: dev [OPTIONS] -- COMMAND",
+        "run the whole local stack: dev [OPTIONS] -- COMMAND, or dev --config functions.toml",
     ),
     "invoke": (
         "nvcf_sidecar.client.invoke",

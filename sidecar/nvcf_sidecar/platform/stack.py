@@ -6,89 +6,50 @@ in reverse; it is what `nvcf-sidecar dev`, the benchmarks and the end-to-end tes
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import socket
-import sys
 import threading
 import time
-import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final, TextIO
 
 from nvcf_sidecar.platform.nats_server import EmbeddedNatsServer, NatsServerError
-from nvcf_sidecar.platform.stack_process import ChildExited, StackError, StackProcess
+from nvcf_sidecar.platform.stack_process import (
+    ChildExited,
+    StackError,
+    StackProcess,
+    wait_all_ready,
+)
+from nvcf_sidecar.platform.stack_spec import (
+    HOST,
+    FunctionSpec,
+    free_port,
+    process_labels,
+    registry_toml,
+    sidecar_environment,
+    sidecar_executable,
+)
 
-__all__ = ["ChildExited", "FunctionSpec", "LocalStack", "StackError", "StackProcess"]
+__all__ = ["HOST", "ChildExited", "FunctionSpec", "LocalStack", "StackError", "StackProcess"]
 
-HOST: Final = "127.0.0.1"
 _POLL_INTERVAL: Final = 0.05
-_WORKER_TOKEN: Final = "nvcf-local-worker-token"  # the platform's gRPC stand-in accepts any
-# Inherited variables that would silently change what a sidecar of the stack does.
-# fmt: off
-_DROPPED_SIDECAR_ENV: Final = frozenset({
-    "KUBERNETES_SERVICE_HOST", "INFERENCE_HEALTH_PORT", "INFERENCE_SERVICE_NAME",
-    "INFERENCE_NAMESPACE", "HELM_CHART_INFERENCE_SERVICE_NAME", "HELM_CHART_NAMESPACE",
-    "NKEY_SEED", "V3_BACKWARDS_COMPATIBILITY_DISABLED",
-})
-# fmt: on
 
 
-def _new_uuid() -> str:
-    return str(uuid.uuid4())
-
-
-@dataclass(frozen=True)
-class FunctionSpec:
-    """One function version served by a local inference server and its sidecar(s)."""
-
-    command: Sequence[str]
-    """Starts the author's inference server (run in its own process group)."""
-    inference_port: int
-    """Where that server listens on 127.0.0.1."""
-    function_id: str = field(default_factory=_new_uuid)
-    version_id: str = field(default_factory=_new_uuid)
-    name: str = "function"
-    default_invocation_path: str = "/"
-    health_endpoint: str = "/v2/health/ready"
-    sidecars: int = 1
-    """Sidecars started with the stack; 0 starts none (see `LocalStack.add_sidecar`)."""
-    max_request_concurrency: int = 1
-    container_env: Mapping[str, str] = field(default_factory=dict)
-    """Extra environment of the inference server."""
-    sidecar_env: Mapping[str, str] = field(default_factory=dict)
-    """Extra environment (NVIDIA's names) of its sidecars; wins over the stack's values."""
-    sidecar_args: Sequence[str] = ()
-    """Extra `nvcf-sidecar run` flags, e.g. `("--health-check-interval", "1s")`."""
-    wait_ready: bool = True
-    """Whether `start()` waits for these sidecars to be ready (False: a server meant to start
-    unhealthy)."""
-
-    def __post_init__(self) -> None:
-        if not self.command:
-            raise StackError(f"function {self.name!r}: empty command")
-        if not 0 < self.inference_port < 65536:
-            raise StackError(f"function {self.name!r}: inference_port {self.inference_port}")
-        if self.sidecars < 0 or self.max_request_concurrency < 1:
-            raise StackError(f"function {self.name!r}: sidecars >= 0, concurrency >= 1")
-        for attribute in ("function_id", "version_id"):
-            value = getattr(self, attribute)
-            try:
-                canonical = str(uuid.UUID(value))
-            except ValueError:
-                raise StackError(f"function {self.name!r}: {attribute} {value!r}") from None
-            object.__setattr__(self, attribute, canonical)
+def _quiet(text: str) -> None:
+    """The default progress sink: says nothing."""
 
 
 class LocalStack:
     """NATS (JetStream), `nvcf-sidecar platform`, inference servers and sidecars on 127.0.0.1.
 
     Every child runs in its own process group with its output in `work_dir/logs/<name>.log`
-    (copied to `log_stream` as `[name] line` when one is given). Use it as a context manager,
-    or call `start()` and `stop()`. Not thread-safe: drive it from one thread.
+    (copied to `log_stream` as `[name] line` when one is given; `stream_lock` serialises the
+    writers, so a caller that also writes there can share it). `progress` is told, in plain
+    sentences, what `start()` does and waits for. Use it as a context manager, or call `start()`
+    and `stop()`. Not thread-safe: drive it from one thread.
     """
 
     def __init__(
@@ -99,6 +60,8 @@ class LocalStack:
         api_key: str = "nvcf-local-key",
         platform_args: Sequence[str] = (),
         log_stream: TextIO | None = None,
+        stream_lock: threading.Lock | None = None,
+        progress: Callable[[str], None] = _quiet,
     ) -> None:
         versions = [spec.version_id for spec in functions]
         if len(set(versions)) != len(versions):
@@ -108,13 +71,15 @@ class LocalStack:
         self.api_key = api_key
         self._platform_args = list(platform_args)
         self._log_stream = log_stream
-        self._stream_lock = threading.Lock()
-        self._labels = _labels(self.functions)
+        self._stream_lock = stream_lock or threading.Lock()
+        self._progress = progress
+        self._labels = process_labels(self.functions)
         self._nats: EmbeddedNatsServer | None = None
         self._platform: StackProcess | None = None
         self._endpoints: dict[str, str] = {}
         self._containers: dict[str, StackProcess] = {}
         self._sidecars: dict[str, list[StackProcess]] = {v: [] for v in versions}
+        self._health_ports: dict[str, list[int]] = {v: [] for v in versions}
 
     # -- addresses ------------------------------------------------------------------------------
 
@@ -147,6 +112,14 @@ class LocalStack:
         """The pexec URL of a function (any version) or of one version."""
         url = f"{self.base_url}/v2/nvcf/pexec/functions/{function_id}"
         return url if version_id is None else f"{url}/versions/{version_id}"
+
+    def instance_health_urls(self, version_id: str) -> list[str]:
+        """The readiness URLs of the version's sidecars started with the stack (one per
+        `FunctionSpec.sidecars`, chosen before the registry file is written), as the platform
+        knows them; a restarted sidecar keeps its URL."""
+        spec = self._spec(version_id)
+        ports = self._health_ports[spec.version_id]
+        return [f"http://{HOST}:{port}/v1/health/ready" for port in ports]
 
     def response_dir(self, version_id: str) -> Path:
         """`BASE_RESPONSE_DIR` of the version's sidecars."""
@@ -183,7 +156,8 @@ class LocalStack:
         return self._containers[spec.version_id]
 
     def sidecars(self, version_id: str) -> list[StackProcess]:
-        """Every sidecar started for a version, in start order (exited ones included)."""
+        """Every sidecar started for a version, in start order (exited ones included; a
+        restarted one is replaced by its new process)."""
         return list(self._sidecars[self._spec(version_id).version_id])
 
     def processes(self) -> list[StackProcess]:
@@ -215,7 +189,8 @@ class LocalStack:
 
     def start(self, timeout: float = 90.0) -> None:
         """Start NATS, the platform, every inference server, every sidecar; return once each
-        sidecar (of a spec with `wait_ready`) answers `/v1/health/ready` with 200.
+        sidecar (of a spec with `wait_ready`) answers `/v1/health/ready` with 200. The sidecars'
+        health ports are chosen first, so that the registry file can name them.
 
         Raises ChildExited naming a child that exits meanwhile (status and log tail), or
         StackError when `timeout` seconds pass; everything started is stopped first.
@@ -224,13 +199,16 @@ class LocalStack:
             raise StackError("the stack was already started")
         deadline = time.monotonic() + timeout
         try:
+            self._choose_health_ports()
             self._start_nats(deadline)
             self._start_platform(deadline)
             for spec in self.functions:
-                self._start_container(spec)
+                container = self._start_container(spec)
+                self._progress(f"started {container.name} (pid {container.pid})")
             for spec in self.functions:
                 for _ in range(spec.sidecars):
-                    self._start_sidecar(spec)
+                    sidecar = self._start_sidecar(spec)
+                    self._progress(f"started {sidecar.name} (pid {sidecar.pid})")
             waited = [
                 s for f in self.functions if f.wait_ready for s in self.sidecars(f.version_id)
             ]
@@ -282,16 +260,47 @@ class LocalStack:
     ) -> StackProcess:
         """Stop the version's inference server (if still running) and start it again; with
         `wait`, return once its health endpoint answers 200."""
-        spec = self._spec(version_id)
-        self.container(spec.version_id).stop()
-        container = self._start_container(spec)
+        return self.restart(self.container(version_id), wait=wait, timeout=timeout)
+
+    def restart(
+        self, process: StackProcess, *, wait: bool = False, timeout: float = 60.0
+    ) -> StackProcess:
+        """Stop an inference server or sidecar of this stack (its whole group, if anything of it
+        still runs) and start the same command in its place: same name, environment, log file
+        and health URL (a sidecar keeps its HEALTH_PORT). With `wait`, return once it is ready.
+        """
+        put = self._slot_of(process)
+        process.stop()
+        fresh = process.respawn()
+        put(fresh)
         if wait:
-            container.wait_ready(timeout)
-        return container
+            fresh.wait_ready(timeout)
+        return fresh
+
+    def _slot_of(self, process: StackProcess) -> Callable[[StackProcess], None]:
+        """A setter for the place `process` holds (it must be a current server or sidecar)."""
+        for version_id, container in self._containers.items():
+            if container is process:
+                return functools.partial(self._containers.__setitem__, version_id)
+        for group in self._sidecars.values():
+            for index, sidecar in enumerate(group):
+                if sidecar is process:
+                    return functools.partial(group.__setitem__, index)
+        raise StackError(f"{process.name} is not a current server or sidecar of this stack")
 
     # -- internals ------------------------------------------------------------------------------
 
+    def _choose_health_ports(self) -> None:
+        taken = {spec.inference_port for spec in self.functions}
+        for spec in self.functions:
+            ports = self._health_ports[spec.version_id]
+            ports.clear()
+            for _ in range(spec.sidecars):
+                ports.append(free_port(avoid=taken))
+                taken.add(ports[-1])
+
     def _start_nats(self, deadline: float) -> None:
+        self._progress("starting nats-server (JetStream)")
         self._nats = EmbeddedNatsServer(
             store_dir=self.work_dir / "nats",
             log_file=self.work_dir / "logs" / "nats-server.log",
@@ -303,17 +312,24 @@ class LocalStack:
         except NatsServerError as error:
             raise StackError(str(error)) from error
         self._endpoints["nats_url"] = self._nats.url
+        self._progress(f"nats-server ready: {self._nats.url} (pid {self._nats.pid})")
 
     def _start_platform(self, deadline: float) -> None:
         registry = self.work_dir / "functions.toml"
         ready_file = self.work_dir / "platform-ready.json"
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        registry.write_text(_registry_toml(self.functions))
+        urls = {
+            spec.version_id: self.instance_health_urls(spec.version_id) for spec in self.functions
+        }
+        registry.write_text(registry_toml(self.functions, urls))
         ready_file.unlink(missing_ok=True)
-        command = [*_sidecar_executable(), "platform", "--config", str(registry)]
+        command = [*sidecar_executable(), "platform", "--config", str(registry)]
         command += ["--nats", self.nats_url, "--host", HOST, "--port", "0", "--grpc-port", "0"]
         command += ["--api-key", self.api_key, "--ready-file", str(ready_file)]
         self._platform = self._spawn("platform", [*command, *self._platform_args], os.environ)
+        self._progress(
+            f"started the platform (pid {self._platform.pid}); waiting for its listeners"
+        )
         while not ready_file.exists():
             self._platform.check_running()
             if time.monotonic() >= deadline:
@@ -324,10 +340,12 @@ class LocalStack:
             time.sleep(_POLL_INTERVAL)
         endpoints = json.loads(ready_file.read_text())
         self._endpoints.update(base_url=endpoints["base_url"], grpc_url=endpoints["grpc_url"])
+        self._progress(f"platform ready: {self.base_url} (nvcf.Worker gRPC at {self.grpc_url})")
 
     def _start_container(self, spec: FunctionSpec) -> StackProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.container_env}
-        container = self._spawn(f"server-{self._labels[spec.version_id]}", spec.command, env)
+        name = f"server-{self._labels[spec.version_id]}"
+        container = self._spawn(name, spec.command, env, cwd=spec.cwd)
         container.health_url = f"http://{HOST}:{spec.inference_port}{spec.health_endpoint}"
         self._containers[spec.version_id] = container
         return container
@@ -335,34 +353,32 @@ class LocalStack:
     def _start_sidecar(self, spec: FunctionSpec) -> StackProcess:
         number = len(self._sidecars[spec.version_id]) + 1
         name = f"sidecar-{self._labels[spec.version_id]}-{number}"
-        health_port = _free_port()
-        env = {k: v for k, v in os.environ.items() if k not in _DROPPED_SIDECAR_ENV}
-        env.update(
-            PYTHONUNBUFFERED="1",
-            FUNCTION_ID=spec.function_id,
-            FUNCTION_VERSION_ID=spec.version_id,
-            FUNCTION_NAME=spec.name,
-            NVCF_FQDN_GRPC=self.grpc_url,
-            NVCF_FQDN_NATS=self.nats_url,
-            NVCF_WORKER_TOKEN=_WORKER_TOKEN,
-            INFERENCE_PORT=str(spec.inference_port),
-            INFERENCE_HEALTH_ENDPOINT=spec.health_endpoint,
-            MAX_REQUEST_CONCURRENCY=str(spec.max_request_concurrency),
-            HEALTH_PORT=str(health_port),
-            BASE_RESPONSE_DIR=str(self.response_dir(spec.version_id)),
-            BASE_ASSET_DIR=str(self.asset_dir(spec.version_id)),
-            SHARED_CONFIG_DIR=str(self.work_dir / "shared" / name),
-            INSTANCE_ID=name,
+        chosen = self._health_ports[spec.version_id]
+        health_port = chosen[number - 1] if number <= len(chosen) else free_port()
+        env = sidecar_environment(
+            spec,
+            os.environ,
+            instance=name,
+            health_port=health_port,
+            grpc_url=self.grpc_url,
+            nats_url=self.nats_url,
+            version_dir=self._version_dir(spec.version_id),
+            shared_dir=self.work_dir / "shared" / name,
         )
-        env.update(spec.sidecar_env)
-        command = [*_sidecar_executable(), "run", "--health-host", HOST, *spec.sidecar_args]
+        command = [*sidecar_executable(), "run", "--health-host", HOST, *spec.sidecar_args]
         sidecar = self._spawn(name, command, env)
         sidecar.health_url = f"http://{HOST}:{health_port}/v1/health/ready"
         sidecar.metrics_url = f"http://{HOST}:{health_port}/metrics"
         self._sidecars[spec.version_id].append(sidecar)
         return sidecar
 
-    def _spawn(self, name: str, command: Sequence[str], env: Mapping[str, str]) -> StackProcess:
+    def _spawn(
+        self,
+        name: str,
+        command: Sequence[str],
+        env: Mapping[str, str],
+        cwd: Path | None = None,
+    ) -> StackProcess:
         process = StackProcess(
             name,
             command,
@@ -370,77 +386,33 @@ class LocalStack:
             log_path=self.work_dir / "logs" / f"{name}.log",
             log_stream=self._log_stream,
             stream_lock=self._stream_lock,
+            cwd=cwd,
         )
         return process.start()
 
     def _wait_ready(
         self, sidecars: Sequence[StackProcess], deadline: float, timeout: float
     ) -> None:
-        """Poll the sidecars' readiness; fail fast when one of them, an inference server they
-        serve, the platform or NATS exits."""
-        pending = list(sidecars)
-        watched = [self.platform, *pending]
-        watched += [
+        """Poll the sidecars' readiness (and their servers' health, to tell `progress`); fail
+        fast when one of them, an inference server they serve, the platform or NATS exits."""
+        servers = [
             self._containers[v]
             for v, group in self._sidecars.items()
-            if any(s in pending for s in group) and v in self._containers
+            if any(s in sidecars for s in group) and v in self._containers
         ]
-        while pending:
+        watched = [self.platform, *sidecars, *servers]
+
+        def check_alive() -> None:
             for process in watched:
                 process.check_running()
             if not self.nats.running:
                 raise StackError(f"nats-server exited; log ends with:\n{self.nats.log_tail()}")
-            pending = [sidecar for sidecar in pending if not sidecar.is_ready()]
-            if not pending:
-                return
-            if time.monotonic() >= deadline:
-                names = ", ".join(sidecar.name for sidecar in pending)
-                raise StackError(
-                    f"not ready within {timeout:g} s: {names}; log of {pending[0].name} "
-                    f"ends with:\n{pending[0].log_tail()}"
-                )
-            time.sleep(_POLL_INTERVAL)
 
-
-def _labels(functions: Sequence[FunctionSpec]) -> dict[str, str]:
-    """A short name per version for process names: the function's name, numbered if shared."""
-    names = [spec.name for spec in functions]
-    return {
-        spec.version_id: spec.name if names.count(spec.name) == 1 else f"{spec.name}{index}"
-        for index, spec in enumerate(functions, 1)
-    }
-
-
-def _registry_toml(functions: Sequence[FunctionSpec]) -> str:
-    """The platform's function registry (docs/platform.md): specs sharing a function id are
-    versions of one function, named after the first of them."""
-    by_function: dict[str, list[FunctionSpec]] = {}
-    for spec in functions:
-        by_function.setdefault(spec.function_id, []).append(spec)
-    lines: list[str] = []
-    for function_id, versions in by_function.items():
-        lines += ["[[functions]]", f"id = {json.dumps(function_id)}"]
-        lines += [f"name = {json.dumps(versions[0].name)}", ""]
-        for spec in versions:
-            lines += [
-                "[[functions.versions]]",
-                f"id = {json.dumps(spec.version_id)}",
-                f"default_invocation_path = {json.dumps(spec.default_invocation_path)}",
-                f"min_instances = {spec.sidecars}",
-                "",
-            ]
-    return "\n".join(lines)
-
-
-def _sidecar_executable() -> list[str]:
-    """`nvcf-sidecar` next to the running interpreter, else the CLI module through it."""
-    script = Path(sys.executable).parent / "nvcf-sidecar"
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "nvcf_sidecar.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+        wait_all_ready(
+            sidecars,
+            also_report=servers,
+            check_alive=check_alive,
+            deadline=deadline,
+            timeout=timeout,
+            progress=self._progress,
+        )

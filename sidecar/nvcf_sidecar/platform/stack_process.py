@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Final, TextIO
 
@@ -26,12 +26,14 @@ __all__ = [
     "http_status",
     "live_group_members",
     "signal_group",
+    "wait_all_ready",
     "wait_group_gone",
 ]
 
 _POLL_INTERVAL: Final = 0.05
 _LOG_TAIL_LINES: Final = 40
 _KILL_WAIT: Final = 5.0
+_STILL_WAITING_EVERY: Final = 10.0  # seconds between "still waiting for ..." progress lines
 
 
 class StackError(PlatformError):
@@ -57,7 +59,8 @@ class StackProcess:
 
     Its stdout and stderr go to `log_path`; with a `log_stream` they are also copied there line
     by line as `[name] line` by a reader thread (`stream_lock` serialises the writers).
-    `health_url` is polled by `wait_ready`; `metrics_url` is set for sidecars.
+    `health_url` is polled by `wait_ready`; `metrics_url` is set for sidecars. `cwd` is the
+    working directory of the command (None: this process's).
     """
 
     def __init__(
@@ -71,11 +74,13 @@ class StackProcess:
         metrics_url: str | None = None,
         log_stream: TextIO | None = None,
         stream_lock: threading.Lock | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.name = name
         self.command = list(command)
         self.env = dict(env)
         self.log_path = log_path
+        self.cwd = cwd
         self.health_url = health_url
         self.metrics_url = metrics_url
         self._log_stream = log_stream
@@ -116,6 +121,7 @@ class StackProcess:
                 stdout=log if self._log_stream is None else subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=self.env,
+                cwd=self.cwd,
                 start_new_session=True,
             )
         except OSError as error:
@@ -132,6 +138,24 @@ class StackProcess:
             )
             self._reader.start()
         return self
+
+    def respawn(self) -> StackProcess:
+        """A new process with this one's name, command, environment, directory, log and URLs,
+        started; this one must have exited (its log file is appended to)."""
+        if self._process is None or self._process.poll() is None:
+            raise StackError(f"{self.name} is still running (or was never started)")
+        clone = StackProcess(
+            self.name,
+            self.command,
+            env=self.env,
+            log_path=self.log_path,
+            health_url=self.health_url,
+            metrics_url=self.metrics_url,
+            log_stream=self._log_stream,
+            stream_lock=self._stream_lock,
+            cwd=self.cwd,
+        )
+        return clone.start()
 
     def _copy_output(self, pipe: IO[bytes], log: IO[bytes], stream: TextIO) -> None:
         prefix = f"[{self.name}] "
@@ -234,6 +258,50 @@ class StackProcess:
         except OSError:
             return ""
         return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+def wait_all_ready(
+    processes: Sequence[StackProcess],
+    *,
+    also_report: Sequence[StackProcess] = (),
+    check_alive: Callable[[], None],
+    deadline: float,
+    timeout: float,
+    progress: Callable[[str], None],
+) -> None:
+    """Poll the `health_url` of every process until each answered 200 once.
+
+    `progress` hears what is awaited, each process as it becomes ready (and each of
+    `also_report`, polled only for that, as it becomes healthy) and, every 10 s, what is still
+    awaited. `check_alive` runs every round and raises to fail fast (e.g. `ChildExited`);
+    StackError naming the processes not ready at `deadline`.
+    """
+    pending = list(processes)
+    unhealthy = list(also_report)
+    for process in [*unhealthy, *pending]:
+        progress(f"waiting for {process.name}: {process.health_url}")
+    report_at = time.monotonic() + _STILL_WAITING_EVERY
+    while pending:
+        check_alive()
+        ready = [process for process in [*unhealthy, *pending] if process.is_ready()]
+        for process in ready:
+            progress(f"{process.name} {'ready' if process in pending else 'healthy'}")
+        unhealthy = [process for process in unhealthy if process not in ready]
+        pending = [process for process in pending if process not in ready]
+        if not pending:
+            return
+        now = time.monotonic()
+        if now >= deadline:
+            names = ", ".join(process.name for process in pending)
+            raise StackError(
+                f"not ready within {timeout:g} s: {names}; log of {pending[0].name} "
+                f"ends with:\n{pending[0].log_tail()}"
+            )
+        if now >= report_at:
+            report_at = now + _STILL_WAITING_EVERY
+            waiting = ", ".join(process.name for process in [*unhealthy, *pending])
+            progress(f"still waiting for {waiting} ({deadline - now:.0f} s left)")
+        time.sleep(_POLL_INTERVAL)
 
 
 def http_status(url: str, timeout: float = 1.0) -> int | None:

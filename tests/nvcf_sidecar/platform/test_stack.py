@@ -1,4 +1,5 @@
-"""`LocalStack`: start, serve, stop with no process left behind; early exits and time-outs reported.
+"""`LocalStack`: start, serve, stop with no process left behind; early exits and time-outs reported;
+the registry it writes, its progress sentences, restarts in place.
 
 The stack runs real processes (nats-server, `nvcf-sidecar platform`, a tiny aiohttp container,
 `nvcf-sidecar run`) on loopback.
@@ -16,7 +17,9 @@ import pytest
 
 from harness.http import http_request
 from harness.ports import free_port
+from nvcf_sidecar.platform.registry import Registry
 from nvcf_sidecar.platform.stack import ChildExited, FunctionSpec, LocalStack, StackError
+from nvcf_sidecar.platform.stack_spec import process_labels
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(60)]
 
@@ -189,3 +192,69 @@ def test_two_versions_of_one_function_are_served_by_their_own_containers(tmp_pat
         assert stack.container(one.version_id).name == "server-tiny1"
         assert stack.container(two.version_id).name == "server-tiny2"
         assert os.path.isdir(stack.response_dir(two.version_id))
+
+
+def test_registry_names_health_urls_and_a_restarted_sidecar_keeps_its_place(
+    tmp_path: Path,
+) -> None:
+    # The server is started by a relative path, in the spec's working directory.
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    (server_dir / "server.py").write_text(TINY_CONTAINER)
+    port = free_port()
+    spec = FunctionSpec(
+        command=[sys.executable, "server.py", str(port)],
+        inference_port=port,
+        name="tiny",
+        default_invocation_path="/infer",
+        sidecars=2,
+        min_instances=2,
+        cwd=server_dir,
+    )
+    heard: list[str] = []
+    stack = LocalStack([spec], work_dir=tmp_path / "stack", progress=heard.append)
+    with stack:
+        sidecars = stack.sidecars(spec.version_id)
+        urls = [sidecar.health_url for sidecar in sidecars]
+        assert urls == stack.instance_health_urls(spec.version_id)
+        [version] = Registry.from_toml(tmp_path / "stack" / "functions.toml").versions
+        assert version.min_instances == 2
+        assert list(version.instance_health_urls) == urls
+        container_url = f"http://127.0.0.1:{port}/v2/health/ready"
+        for sentence in (
+            f"nats-server ready: {stack.nats_url} (pid {stack.nats.pid})",
+            f"platform ready: {stack.base_url} (nvcf.Worker gRPC at {stack.grpc_url})",
+            f"waiting for server-tiny: {container_url}",
+            f"waiting for sidecar-tiny-2: {urls[1]}",
+            "server-tiny healthy",
+            "sidecar-tiny-1 ready",
+            "sidecar-tiny-2 ready",
+        ):
+            assert sentence in heard, (sentence, heard)
+
+        first = sidecars[0]
+        first.kill()
+        assert first.wait(10) == -9
+        fresh = stack.restart(first, wait=True, timeout=30)
+        assert (fresh.name, fresh.health_url) == (first.name, urls[0])
+        assert fresh.pid != first.pid
+        assert stack.sidecars(spec.version_id) == [fresh, sidecars[1]]
+        with pytest.raises(StackError, match="not a current server or sidecar"):
+            stack.restart(first)
+        for _ in range(4):
+            response = http_request(
+                "POST", stack.invoke_url(spec.function_id), body=b"{}", headers=stack.auth_headers
+            )
+            assert response.status == 200, response.body
+        pids = [process.pid for process in stack.processes()]
+    assert all(gone(pid) for pid in [*pids, first.pid])
+
+
+def test_versions_sharing_a_name_are_numbered_in_order() -> None:
+    specs = [
+        FunctionSpec(command=["s"], inference_port=8001, name="a"),
+        FunctionSpec(command=["s"], inference_port=8002, name="b"),
+        FunctionSpec(command=["s"], inference_port=8003, name="a"),
+    ]
+    labels = process_labels(specs)
+    assert [labels[spec.version_id] for spec in specs] == ["a1", "b", "a2"]
