@@ -20,6 +20,7 @@ from bench.harness import RunSettings, SuiteReport, format_table, write_report
 SUITES: dict[str, tuple[str, str]] = {
     "library": ("bench.library", "nvcf_worker: header parsing, progress reports, output files"),
     "sidecar": ("bench.sidecar", "echo model: direct HTTP vs platform + NATS + sidecar (pexec)"),
+    "compat": ("bench.compat", "compatibility mode: progress relay, large-output zip, sidecar RSS"),
 }
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
