@@ -211,7 +211,8 @@ async def _answer_until_final(
             if not answer.accepted:
                 return answer.outcome if delivered else Outcome.ATTACH_ERROR
             assert polls is not None
-            metrics.accepted.labels(answer.source).inc()
+            if delivered:
+                metrics.accepted.labels(answer.source).inc()
             wait = max(2 * state.target, 10.0)
             if not delivered:
                 if budget.shifted > 0:

@@ -219,7 +219,7 @@ class RequestRunner:
         call = ContainerCall(
             method=method,
             url=container_url(self._config.inference_url, path),
-            headers=self._headers(request, caller, poll, response_dir, compatible),
+            headers=self._headers(request, caller, poll, response_dir),
             body=body,
             body_length=body_length,
         )
@@ -234,7 +234,7 @@ class RequestRunner:
             return ContainerCall(
                 method=item.requestMethod or "GET",
                 url=container_url(self._config.inference_url, item.requestPath),
-                headers=self._headers(item, pairs, budget, response_dir, compatible),
+                headers=self._headers(item, pairs, budget, response_dir),
                 body=item.requestBody or None,
                 body_length=None,
             )
@@ -289,7 +289,6 @@ class RequestRunner:
         caller: list[Header],
         poll: PollBudget,
         response_dir: Path,
-        compatible: bool,
     ) -> list[Header]:
         worker = worker_headers(
             self._config,
@@ -297,8 +296,9 @@ class RequestRunner:
             asset_dir=str(self._config.base_asset_dir / request.requestId),
             response_dir=str(response_dir),
         )
-        # Compatibility mode sends JSON unless the caller said otherwise (§5.2 step 5).
-        default_type = "application/json" if compatible else None
+        # Like NVIDIA's worker: JSON unless the caller sent a type, whatever mode serves the
+        # request, unless V3 compatibility is disabled by config (§5.2 step 5).
+        default_type = None if self._config.compatibility_disabled else "application/json"
         return container_headers(worker, caller, poll, default_content_type=default_type)
 
     async def _answer_problem(
