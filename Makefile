@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv lint typecheck test demo bench proto clean
+.PHONY: venv lint lint-docker typecheck test demo bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +15,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-lint: $(STAMP)
+lint: lint-docker $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Every Dockerfile (images cannot be built here; tests/docker replays their install steps).
+lint-docker: $(STAMP)
+	$(BIN)/hadolint docker/*.Dockerfile $$(find examples -name Dockerfile -o -name '*.Dockerfile')
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

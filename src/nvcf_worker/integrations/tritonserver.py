@@ -198,6 +198,9 @@ def default_backend_directory() -> Path:
     return Path(cache) / "nvcf-worker" / "tritonserver" / f"py{version}-{key}" / "backends"
 
 
+_SHM_PREFIX_OPTION = "shm-region-prefix-name"
+
+
 def build_tritonserver_command(
     model_repository: str | os.PathLike[str],
     *,
@@ -215,7 +218,9 @@ def build_tritonserver_command(
     that fails to load stops the server (`--exit-on-error`), and `/v2/health/ready` answers 200
     only once all models are ready (`--strict-readiness`), which is what the NVCF health check
     polls. The pinned-memory pool is off so the server starts quietly without a GPU; pass
-    `--pinned-memory-pool-byte-size=...` in `extra_args` to bring it back. `address` binds the
+    `--pinned-memory-pool-byte-size=...` in `extra_args` to bring it back. The python backend's
+    shared-memory prefix is made unique to this process (unless `extra_args` sets
+    `shm-region-prefix-name`), so several servers can run on one machine. `address` binds the
     HTTP, gRPC and metrics endpoints (Triton's own default is all interfaces, which a sidecar
     reaching the container through a Kubernetes service needs). `extra_args` come last, so
     they override the flags above.
@@ -239,6 +244,10 @@ def build_tritonserver_command(
     ]
     if http_header_forward_pattern:
         command.append(f"--http-header-forward-pattern={http_header_forward_pattern}")
+    if not any(_SHM_PREFIX_OPTION in arg for arg in extra_args):
+        # The python backend names its shared-memory regions with a fixed prefix by default,
+        # so a second server on the same machine aborts (boost lock_exception): one per process.
+        command.append(f"--backend-config=python,{_SHM_PREFIX_OPTION}=nvcf{os.getpid()}_")
     command.extend(extra_args)
     return command
 

@@ -134,6 +134,14 @@ def test_launcher_does_not_import_pytriton() -> None:
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
+def test_each_launch_gets_its_own_python_backend_shm_prefix() -> None:
+    command = build_tritonserver_command("m", backend_directory="b")
+    assert f"--backend-config=python,shm-region-prefix-name=nvcf{os.getpid()}_" in command
+    given = "--backend-config=python,shm-region-prefix-name=mine_"
+    command = build_tritonserver_command("m", backend_directory="b", extra_args=[given])
+    assert [arg for arg in command if "shm-region-prefix-name" in arg] == [given]
+
+
 def test_missing_pytriton_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
