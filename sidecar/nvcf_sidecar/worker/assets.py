@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Final, TypeVar
 import aiohttp
 
 from nvcf_sidecar.protocol import URL_FRESHNESS_SECONDS, WorkerInvokeFunctionRequest
+from nvcf_sidecar.worker.directories import create_request_directory
 from nvcf_sidecar.worker.errors import WorkerError
 from nvcf_sidecar.worker.metrics import WorkerMetrics
 from nvcf_worker.headers import is_safe_component
@@ -26,7 +26,6 @@ __all__ = [
     "PARTIAL_SUFFIX",
     "AssetDownloadFailed",
     "download_assets",
-    "remove_asset_dir",
 ]
 
 PARTIAL_SUFFIX: Final = ".partial"
@@ -35,8 +34,6 @@ PARTIAL_SUFFIX: Final = ".partial"
 DEFAULT_PARALLEL_DOWNLOADS: Final = 8
 """Downloads of one request running at once (NVIDIA starts them all; a bound keeps sockets sane)."""
 
-_DIRECTORY_MODE: Final = 0o777
-"""Like NVIDIA's worker: the container may run as any user."""
 _FILE_MODE: Final = 0o644
 """Readable by the container whatever its user and the sidecar's umask."""
 _WRITE_BYTES: Final = 1024 * 1024
@@ -87,7 +84,7 @@ async def download_assets(
     ends in `.partial`), an answer other than 200, a connection error, a body shorter than its
     Content-Length, or a disk error; the other downloads are then stopped and every `.partial`
     file removed. Completed files and the directory stay: the caller removes the directory
-    (`remove_asset_dir`). Presigned URLs are used as given, even when the request is older than
+    (`directories.remove_request_directory`). Presigned URLs are used as given, even when the request is older than
     their 30 minutes of validity (NVIDIA refreshes them over a gRPC stream the protocol here
     does not have); an expired URL fails with the store's 403.
     """
@@ -98,7 +95,7 @@ async def download_assets(
         raise ValueError(f"parallel must be at least 1, not {parallel}")
     _warn_if_stale(request, log)
     try:
-        _create_directory(asset_dir)
+        create_request_directory(asset_dir)
     except OSError as error:
         raise AssetDownloadFailed(None, f"cannot create {asset_dir}: {error}") from error
     log.info("downloading input assets", extra={"assets": len(assets), "asset_dir": str(asset_dir)})
@@ -118,16 +115,6 @@ async def download_assets(
         extra={"assets": len(files), "seconds": round(time.monotonic() - started, 3)},
     )
     return files
-
-
-def remove_asset_dir(path: Path, log: logging.LoggerAdapter[Any]) -> None:
-    """Remove an asset directory and everything in it; a missing one is fine. Never raises."""
-    try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        pass
-    except OSError as error:
-        log.warning("cannot remove the asset directory %s: %s", path, error)
 
 
 def _distinct_assets(
@@ -163,16 +150,6 @@ def _warn_if_stale(request: WorkerInvokeFunctionRequest, log: logging.LoggerAdap
             "the request is %d s old; its asset URLs may have expired (no refresh is possible)",
             int(age),
         )
-
-
-def _create_directory(path: Path) -> None:
-    try:
-        os.mkdir(path, _DIRECTORY_MODE)
-    except FileNotFoundError:
-        os.makedirs(path, mode=_DIRECTORY_MODE, exist_ok=True)
-    except FileExistsError:
-        pass
-    os.chmod(path, _DIRECTORY_MODE)  # mkdir's mode is narrowed by the umask
 
 
 def _first_failure(failures: ExceptionGroup[Exception]) -> Exception:

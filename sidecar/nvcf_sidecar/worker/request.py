@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
 import time
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -32,10 +30,11 @@ from nvcf_sidecar.protocol import (
     get_attach_accept,
     shift_poll_budget,
 )
-from nvcf_sidecar.worker.assets import AssetDownloadFailed, download_assets, remove_asset_dir
+from nvcf_sidecar.worker.assets import AssetDownloadFailed, download_assets
 from nvcf_sidecar.worker.attach import AttachClient, AttachError, RequestBodyStream
 from nvcf_sidecar.worker.compat import CompatibilityServices, compatibility_wanted, serve_compatible
 from nvcf_sidecar.worker.config import WorkerConfig
+from nvcf_sidecar.worker.directories import create_request_directory, remove_request_directory
 from nvcf_sidecar.worker.forward import (
     ContainerCall,
     ContainerCallError,
@@ -55,18 +54,6 @@ from nvcf_worker.headers import is_safe_component
 __all__ = ["RequestLog", "RequestRunner"]
 
 _logger = logging.getLogger(__name__)
-
-_DIRECTORY_MODE = 0o777
-"""Like NVIDIA's worker: the container may run as any user and must write its outputs here."""
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()  # read once at import, before any request thread exists
 
 
 class RequestLog(logging.LoggerAdapter[logging.Logger]):
@@ -155,7 +142,7 @@ class RequestRunner:
                 rest = await cleanup.enter_async_context(attach.request_body(accept))
             if request.inputAssetReference:
                 asset_dir = self._config.base_asset_dir / request_id
-                cleanup.callback(remove_asset_dir, asset_dir, log)
+                cleanup.callback(remove_request_directory, asset_dir, log)
                 try:
                     await download_assets(
                         self._sessions.transfer, request, asset_dir, metrics=self._metrics, log=log
@@ -166,9 +153,9 @@ class RequestRunner:
                         attach, log, WORKER_SERVICE, ASSET_DOWNLOAD_FAILED, Outcome.WORKER_ERROR
                     )
             if not self._config.compatibility_disabled:
-                cleanup.callback(_remove_directory, response_dir, log)
+                cleanup.callback(remove_request_directory, response_dir, log)
                 try:
-                    _create_directory(response_dir)
+                    create_request_directory(response_dir)
                 except OSError as error:
                     log.error("cannot create the response directory: %s", error)
                     return await self._answer_problem(
@@ -343,32 +330,3 @@ def _request_body(
     except H1Error:
         declared = None
     return ForwardedBody(inline, rest, declared), declared
-
-
-def _create_directory(path: Path) -> None:
-    # One mkdir in the common case (the base exists); makedirs only for a missing base.
-    try:
-        os.mkdir(path, _DIRECTORY_MODE)
-    except FileNotFoundError:
-        os.makedirs(path, mode=_DIRECTORY_MODE, exist_ok=True)
-    except FileExistsError:
-        pass
-    if _UMASK & _DIRECTORY_MODE:
-        os.chmod(path, _DIRECTORY_MODE)  # mkdir's mode is narrowed by the umask
-
-
-def _remove_directory(path: Path, log: RequestLog) -> None:
-    # Most containers write nothing: one rmdir, and the tree walk only when files are left.
-    try:
-        os.rmdir(path)
-        return
-    except FileNotFoundError:
-        return
-    except OSError:
-        pass
-    try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        pass
-    except OSError as error:
-        log.warning("cannot remove %s: %s", path, error)

@@ -23,8 +23,8 @@ from nvcf_sidecar.worker.assets import (
     PARTIAL_SUFFIX,
     AssetDownloadFailed,
     download_assets,
-    remove_asset_dir,
 )
+from nvcf_sidecar.worker.directories import remove_request_directory
 from nvcf_sidecar.worker.metrics import WorkerMetrics
 
 HOLD_LIMIT = 10.0
@@ -430,6 +430,6 @@ def test_remove_asset_dir_removes_the_tree_and_tolerates_a_missing_one(
     asset_dir = tmp_path / "rq"
     (asset_dir / "sub").mkdir(parents=True)
     (asset_dir / "sub" / "f").write_bytes(b"x")
-    remove_asset_dir(asset_dir, log)
+    remove_request_directory(asset_dir, log)
     assert not asset_dir.exists()
-    remove_asset_dir(asset_dir, log)  # already gone: no error
+    remove_request_directory(asset_dir, log)  # already gone: no error
