@@ -29,9 +29,10 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/pytest
 
-# The local NVCF stack around examples/byoc/hello; prints the endpoint and curl lines. Ctrl-C stops.
+# The local NVCF stack around two example functions (examples/demo.toml): hello and image_job.
+# Prints the endpoints with curl and `nvcf-sidecar invoke` lines. Ctrl-C stops everything.
 demo: $(STAMP)
-	$(BIN)/nvcf-sidecar dev --inference-port 8000 -- $(BIN)/python examples/byoc/hello/server.py --port 8000
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/nvcf-sidecar dev --config examples/demo.toml
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
