@@ -33,11 +33,24 @@ __all__ = [
     "PollSubscribeFailed",
     "PollSubscription",
     "PollTimeout",
+    "confirm_interest",
     "next_usable_poll",
 ]
 
 FLUSH_TIMEOUT_SECONDS: Final = 5
 """How long subscribing (and unsubscribing) waits for the NATS server to confirm it."""
+
+
+async def confirm_interest(nc: NATS) -> None:
+    """Return once the server has processed every subscription `nc` sent so far.
+
+    One `flush()` is not enough with nats-py: it writes its PING straight to the socket while a
+    just-made SUB may still wait in the client's pending buffer, so the PONG can come back before
+    the server knows the subscription (a poll then gets "no responders"). By the time the first
+    PONG arrives the flusher has written the buffer, so the second PING follows the SUB.
+    """
+    await nc.flush(timeout=FLUSH_TIMEOUT_SECONDS)
+    await nc.flush(timeout=FLUSH_TIMEOUT_SECONDS)
 
 
 class PollTimeout(WorkerError):
@@ -110,7 +123,7 @@ class PollSubscription:
         except Exception as error:  # closed or draining connection
             raise PollSubscribeFailed(self._subject, error) from error
         try:
-            await self._nc.flush(timeout=FLUSH_TIMEOUT_SECONDS)
+            await confirm_interest(self._nc)
         except Exception as error:
             await _unsubscribe(subscription, self._log)
             raise PollSubscribeFailed(self._subject, error) from error

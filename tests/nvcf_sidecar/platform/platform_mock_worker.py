@@ -35,6 +35,7 @@ from nvcf_sidecar.protocol import (
     polling_subject,
     request_stream_name,
 )
+from nvcf_sidecar.worker.polling import confirm_interest
 
 __all__ = ["Handler", "MockWorker", "PollingJob", "Reply", "echo"]
 
@@ -150,7 +151,7 @@ class MockWorker:
                 raise
 
         subscription = await self._nc.subscribe(polling_subject(request_id), cb=received)
-        await self._nc.flush(timeout=5)
+        await confirm_interest(self._nc)  # the server knows the poll subscription before the 202
         return subscription
 
     async def wait_for(
