@@ -59,6 +59,8 @@ __all__ = [
     "Answer",
     "CompatibilityServices",
     "compatibility_wanted",
+    "item_budget",
+    "request_time",
     "serve_compatible",
 ]
 
@@ -66,6 +68,21 @@ PROGRESS_ERROR_HEADER: Final = "NVCF-PROGRESS-ERROR"
 """Carries a rejected progress file's problem (too large, malformed) on the next answer."""
 
 _JSON: Final = "application/json"
+
+
+def request_time(item: WorkerInvokeFunctionRequest) -> float | None:
+    """When the platform accepted a work item or poll (Unix seconds), if it says."""
+    if not item.HasField("requestTime"):
+        return None
+    return item.requestTime.seconds + item.requestTime.nanos / 1e9
+
+
+def item_budget(item: WorkerInvokeFunctionRequest, headers: list[Header]) -> PollBudget:
+    """The poll budget of a work item or poll: its caller's NVCF-POLL-SECONDS (among `headers`)
+    shifted by its age (reference §5.2 step 5)."""
+    now = time.time()
+    seconds = first_header(headers, NVCF_POLL_SECONDS)
+    return shift_poll_budget(seconds, request_time(item) or now, now)
 
 
 def compatibility_wanted(caller: list[Header], disabled_by_config: bool) -> bool:
@@ -225,12 +242,7 @@ async def _answer_until_final(
             if taken is None:
                 return Outcome.CANCELLED
             poll, attach = taken
-            now = time.time()
-            budget = shift_poll_budget(
-                first_header([(kv.key, kv.value) for kv in poll.requestHeaders], NVCF_POLL_SECONDS),
-                _request_time(poll) or now,
-                now,
-            )
+            budget = item_budget(poll, [(kv.key, kv.value) for kv in poll.requestHeaders])
             if state.container_polls and state.pending is None:
                 state.pending = asyncio.create_task(
                     _final_answer(
@@ -394,9 +406,3 @@ async def _rest(first: bytes, stream: aiohttp.StreamReader) -> AsyncIterator[byt
         yield first
     async for chunk in stream.iter_any():
         yield chunk
-
-
-def _request_time(request: WorkerInvokeFunctionRequest) -> float | None:
-    if not request.HasField("requestTime"):
-        return None
-    return request.requestTime.seconds + request.requestTime.nanos / 1e9

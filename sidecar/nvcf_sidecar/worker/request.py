@@ -17,7 +17,6 @@ from typing import Any
 from nvcf_sidecar.protocol import (
     ASSET_DOWNLOAD_FAILED,
     INFERENCE_REQUEST_FAILED,
-    NVCF_POLL_SECONDS,
     PREPARE_FAILED,
     WORKER_SERVICE,
     H1Error,
@@ -28,11 +27,16 @@ from nvcf_sidecar.protocol import (
     content_length,
     first_http1_config,
     get_attach_accept,
-    shift_poll_budget,
 )
 from nvcf_sidecar.worker.assets import AssetDownloadFailed, download_assets
 from nvcf_sidecar.worker.attach import AttachClient, AttachError, RequestBodyStream
-from nvcf_sidecar.worker.compat import CompatibilityServices, compatibility_wanted, serve_compatible
+from nvcf_sidecar.worker.compat import (
+    CompatibilityServices,
+    compatibility_wanted,
+    item_budget,
+    request_time,
+    serve_compatible,
+)
 from nvcf_sidecar.worker.config import WorkerConfig
 from nvcf_sidecar.worker.directories import create_request_directory, remove_request_directory
 from nvcf_sidecar.worker.forward import (
@@ -42,7 +46,6 @@ from nvcf_sidecar.worker.forward import (
     container_failure_problem,
     container_headers,
     container_url,
-    first_header,
     request_target_path,
     worker_headers,
 )
@@ -99,9 +102,9 @@ class RequestRunner:
         """
         log = RequestLog(_logger, request.requestId)
         received = time.time()
-        request_time = _request_time(request)
-        if request_time is not None:
-            self._metrics.queue_wait.observe(max(0.0, received - request_time))
+        accepted = request_time(request)
+        if accepted is not None:
+            self._metrics.queue_wait.observe(max(0.0, received - accepted))
         try:
             connection = first_http1_config(request)
         except MissingAttachConfig as error:
@@ -194,10 +197,7 @@ class RequestRunner:
             method, path = head.method, request_target_path(head.target)
             caller.extend(head.headers)
 
-        now = time.time()
-        poll = shift_poll_budget(
-            first_header(caller, NVCF_POLL_SECONDS), _request_time(request) or now, now
-        )
+        poll = item_budget(request, caller)
         compat = self._compat
         compatible = compat is not None and compatibility_wanted(
             caller, self._config.compatibility_disabled
@@ -213,11 +213,8 @@ class RequestRunner:
 
         def poll_call(item: WorkerInvokeFunctionRequest) -> ContainerCall:
             # A status poll goes to the container as a GET on the function's path (§6).
-            now = time.time()
             pairs = [(kv.key, kv.value) for kv in item.requestHeaders]
-            budget = shift_poll_budget(
-                first_header(pairs, NVCF_POLL_SECONDS), _request_time(item) or now, now
-            )
+            budget = item_budget(item, pairs)
             return ContainerCall(
                 method=item.requestMethod or "GET",
                 url=container_url(self._config.inference_url, item.requestPath),
@@ -304,13 +301,6 @@ class RequestRunner:
             return Outcome.ATTACH_ERROR
         log.info("problem response delivered", extra={"detail": detail})
         return outcome
-
-
-def _request_time(request: WorkerInvokeFunctionRequest) -> float | None:
-    """When the platform accepted the request (Unix seconds), if the work item says."""
-    if not request.HasField("requestTime"):
-        return None
-    return request.requestTime.seconds + request.requestTime.nanos / 1e9
 
 
 def _request_body(
