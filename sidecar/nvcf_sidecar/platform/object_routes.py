@@ -1,12 +1,14 @@
 """The presigned object routes: `PUT` and `GET`/`HEAD` `/v2/nvcf/objects/{assets|results}/...`.
 
 They need no Authorization header (the URL is the key) and move bodies through the object store
-in chunks, so memory stays bounded whatever the object size; the store itself is `objects.py`.
+in chunks, a PUT's into the bucket while it arrives, so memory stays bounded whatever the object
+size; the store itself is `objects.py`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import Final
 
 from aiohttp import web
@@ -18,6 +20,7 @@ from nvcf_sidecar.platform.errors import (
     ObjectCorrupted,
     ObjectNotFound,
     ObjectTooLarge,
+    PlatformError,
 )
 from nvcf_sidecar.platform.objects import (
     DEFAULT_CONTENT_TYPE,
@@ -35,11 +38,33 @@ _CONTENT_TYPE: Final = "Content-Type"
 _log = logging.getLogger(__name__)
 
 
+class _BodyBrokeOff(PlatformError):
+    """Reading the PUT body failed (a disconnect, broken framing): the client's fault, not NATS's."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"failed to read request body: {cause!r}")
+        self.cause = cause
+
+
+async def _body(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives, its read errors told apart from the store's."""
+    chunks = request.content.iter_any()
+    while True:
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except STREAM_ERRORS as error:
+            raise _BodyBrokeOff(error) from error
+        yield chunk
+
+
 class ObjectEndpoints:
     """`PUT` and `GET`/`HEAD` `/v2/nvcf/objects/{assets|results}/<ncaId>/<id>`, presigned.
 
     403 problem for a missing, expired or mismatched signature (HEAD takes a GET signature),
-    404 for a missing object, 413 over the size limit, 503 when NATS fails.
+    404 for a missing object, 413 over the size limit, 400 for a body that breaks off, 503 when
+    NATS fails; a failed PUT stores nothing (an older object of that name stays).
     """
 
     PATH: Final = OBJECTS_PREFIX + "{bucket:assets|results}/{owner}/{object_id}"
@@ -82,7 +107,7 @@ class ObjectEndpoints:
             stored = await self._store.put_stream(
                 bucket,
                 name,
-                request.content.iter_any(),
+                _body(request),
                 content_type=content_type,
                 description=description,
             )
@@ -91,9 +116,9 @@ class ObjectEndpoints:
         except ObjectTooLarge as error:
             _log.warning("object upload too large", extra=extra)
             return problem_response(413, str(error))
-        except STREAM_ERRORS as error:
-            _log.warning("object upload broke off", extra={**extra, "error": repr(error)})
-            return problem_response(400, f"failed to read request body: {error!r}")
+        except _BodyBrokeOff as error:
+            _log.warning("object upload broke off", extra={**extra, "error": repr(error.cause)})
+            return problem_response(400, str(error))
         except (NatsError, TimeoutError) as error:
             _log.error("object store unavailable", extra={**extra, "error": repr(error)})
             return problem_response(503, f"object store unavailable: {error!r}")

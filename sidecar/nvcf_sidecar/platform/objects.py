@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import logging
-import os
 import re
-import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from nats.aio.client import Client
-from nats.js.api import ObjectInfo, ObjectMeta, ObjectMetaOptions, ObjectStoreConfig, StorageType
+from nats.js.api import ObjectInfo, ObjectStoreConfig, StorageType
 from nats.js.errors import APIError, NotFoundError
 from nats.js.object_store import ObjectStore as NatsObjectStore
 
@@ -31,9 +27,9 @@ from nvcf_sidecar.platform.errors import (
     InvalidObjectName,
     ObjectCorrupted,
     ObjectNotFound,
-    ObjectTooLarge,
     PlatformError,
 )
+from nvcf_sidecar.platform.object_writer import DIGEST_PREFIX, ObjectWriter
 from nvcf_sidecar.platform.presign import URL_LIFETIME_SECONDS, UrlSigner
 from nvcf_sidecar.platform.registry import canonical_uuid
 
@@ -56,16 +52,14 @@ RESULT_TTL_SECONDS: Final = 3600
 MAX_OBJECT_BYTES: Final = 5 * 1024**3
 """Default largest accepted PUT body (S3's single-PUT limit)."""
 CHUNK_BYTES: Final = 256 * 1024
-"""Chunk size of stored objects; a GET holds one chunk at a time."""
+"""Chunk size of stored objects; a GET holds one chunk at a time, a PUT a window of them."""
 DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
 """The Content-Type of an object stored without one."""
-SPOOL_BLOCK_BYTES: Final = 1024 * 1024
 NATS_TIMEOUT: Final = 10.0
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]{0,127}")
 _PENDING: Final = "Nvcf-Pending-Upload"
 _CONTENT_TYPE: Final = "Content-Type"
-_DIGEST_PREFIX: Final = "SHA-256="
 _STREAM_NAME_IN_USE: Final = 10058
 
 _log = logging.getLogger(__name__)
@@ -124,8 +118,9 @@ def _check_name(what: str, value: str) -> None:
 class ObjectStore:
     """Assets (`<ncaId>/<assetId>`, 24 h) and large responses (`<ncaId>/<requestId>`, 1 h).
 
-    `await provision()` creates both buckets (idempotent). Bodies are spooled to a temporary file
-    on PUT and streamed chunk by chunk on GET, so memory stays bounded whatever the object size.
+    `await provision()` creates both buckets (idempotent). A PUT's body is written into the
+    bucket chunk by chunk while it arrives (`object_writer.py`) and a GET streams it chunk by
+    chunk, so memory stays bounded whatever the object size.
     """
 
     def __init__(
@@ -140,7 +135,6 @@ class ObjectStore:
         asset_ttl: float = ASSET_TTL_SECONDS,
         result_ttl: float = RESULT_TTL_SECONDS,
         max_object_bytes: int = MAX_OBJECT_BYTES,
-        spool_dir: Path | None = None,
         bucket_names: Mapping[Bucket, str] | None = None,
     ) -> None:
         self._js = nc.jetstream(timeout=NATS_TIMEOUT)
@@ -151,10 +145,13 @@ class ObjectStore:
         self._replicas = replicas
         self._url_lifetime = url_lifetime
         self._ttl = {Bucket.ASSETS: asset_ttl, Bucket.RESULTS: result_ttl}
-        self._spool_dir = spool_dir
         names = {Bucket.ASSETS: "nvcf_assets", Bucket.RESULTS: "nvcf_results"}
         self._names = {**names, **(bucket_names or {})}
         self._buckets: dict[Bucket, NatsObjectStore] = {}
+        self._writers = {
+            bucket: ObjectWriter(self._js, name, chunk_bytes=CHUNK_BYTES, timeout=NATS_TIMEOUT)
+            for bucket, name in self._names.items()
+        }
 
     async def provision(self) -> None:
         """Create the two buckets unless they exist (an existing one is kept as it is)."""
@@ -210,51 +207,51 @@ class ObjectStore:
         content_type: str,
         description: str | None = None,
     ) -> StoredObject:
-        """Store the bytes of `chunks` (spooled to a temporary file first) under `name`.
+        """Store the bytes of `chunks` under `name`, written into the bucket as they arrive.
 
-        Raises `ObjectTooLarge` past `max_object_bytes`; nothing is stored then.
+        Raises `ObjectTooLarge` past `max_object_bytes`, and passes on what reading `chunks` or
+        NATS raises; nothing is stored then (an older object of that name stays as it was).
         """
-        loop = asyncio.get_running_loop()
-        fd, path = tempfile.mkstemp(prefix="nvcf-object-", dir=self._spool_dir)
-        try:
-            with os.fdopen(fd, "w+b") as spool:
-                size, block = 0, bytearray()
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > self.max_object_bytes:
-                        raise ObjectTooLarge(self.max_object_bytes)
-                    block += chunk
-                    if len(block) >= SPOOL_BLOCK_BYTES:
-                        await loop.run_in_executor(None, spool.write, block)
-                        block.clear()
-                await loop.run_in_executor(None, spool.write, block)
-                spool.seek(0)
-                return await self.put(bucket, name, spool, content_type, description)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        return await self._write(bucket, name, chunks, content_type, description, pending=False)
 
     async def put(
         self,
         bucket: Bucket,
         name: str,
-        data: Any,
+        data: bytes,
         content_type: str,
         description: str | None,
         *,
         pending: bool = False,
     ) -> StoredObject:
-        """Store `data` (bytes or a binary file) as it is; `pending` marks an asset placeholder."""
+        """Store `data` as it is; `pending` marks an asset placeholder."""
+
+        async def whole() -> AsyncIterator[bytes]:
+            yield data
+
+        return await self._write(bucket, name, whole(), content_type, description, pending=pending)
+
+    async def _write(
+        self,
+        bucket: Bucket,
+        name: str,
+        chunks: AsyncIterable[bytes],
+        content_type: str,
+        description: str | None,
+        *,
+        pending: bool,
+    ) -> StoredObject:
+        self._bucket(bucket)  # provisioned
         headers = {_CONTENT_TYPE: [content_type]}
         if pending:
             headers[_PENDING] = ["true"]
-        meta = ObjectMeta(
-            name=name,
-            description=description,
+        info = await self._writers[bucket].write(
+            name,
+            chunks,
             headers=headers,
-            options=ObjectMetaOptions(max_chunk_size=CHUNK_BYTES),
+            description=description,
+            max_bytes=self.max_object_bytes,
         )
-        info = await self._bucket(bucket).put(name, data, meta=meta)
         return _stored(bucket, info)
 
     async def read(self, stored: StoredObject) -> AsyncIterator[bytes]:
@@ -330,12 +327,12 @@ def _stored(bucket: Bucket, info: ObjectInfo) -> StoredObject:
 
 def _check_digest(stored: StoredObject, size: int, actual: bytes) -> None:
     recorded = stored.digest or ""
-    encoded = recorded[len(_DIGEST_PREFIX) :]
+    encoded = recorded[len(DIGEST_PREFIX) :]
     try:
         expected = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
     except ValueError:
         expected = b""
-    matches = recorded.upper().startswith(_DIGEST_PREFIX) and hmac.compare_digest(actual, expected)
+    matches = recorded.upper().startswith(DIGEST_PREFIX) and hmac.compare_digest(actual, expected)
     if size != stored.size or not matches:
         raise ObjectCorrupted(
             f"object {stored.name!r} reads as {size} bytes not matching its size and digest"
