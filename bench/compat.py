@@ -504,7 +504,8 @@ class CompatReport(SuiteReport):
                 f"{SETTLE_S * 1000:g} ms before that write; NVCF-POLL-SECONDS 60",
                 "ship": "302 read at the caller minus the function's written_at (file fsynced "
                 "and renamed, answer about to leave): sidecar spool + zip + PUT, the platform's "
-                "object store (spool file, NATS object store on file storage), the 302 relay",
+                "object store (chunks written into the NATS bucket as the upload arrives, file "
+                "storage), the 302 relay",
                 "download": "GET of the Location streamed into a file on the same disk",
                 "copy_baseline": "shutil.copyfile of a file of the same bytes and size, fsynced "
                 "once, page cache warm, no fsync of the copy; one before each large-output run",

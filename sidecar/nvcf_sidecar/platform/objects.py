@@ -149,7 +149,7 @@ class ObjectStore:
         self._names = {**names, **(bucket_names or {})}
         self._buckets: dict[Bucket, NatsObjectStore] = {}
         self._writers = {
-            bucket: ObjectWriter(self._js, name, chunk_bytes=CHUNK_BYTES, timeout=NATS_TIMEOUT)
+            bucket: ObjectWriter(nc, name, chunk_bytes=CHUNK_BYTES, timeout=NATS_TIMEOUT)
             for bucket, name in self._names.items()
         }
 
