@@ -24,6 +24,7 @@ from nvcf_sidecar.platform.invocation import (
     InvalidAssetReference,
     PexecEndpoint,
     forwarded_headers,
+    poll_seconds_of,
 )
 from nvcf_sidecar.platform.registry import canonical_uuid
 from nvcf_sidecar.platform.status import StatusEndpoint
@@ -35,7 +36,6 @@ from nvcf_sidecar.protocol import (
     STATUS_ERRORED,
     STATUS_FULFILLED,
     STATUS_IN_PROGRESS,
-    InvalidPollSeconds,
     parse_poll_seconds,
 )
 
@@ -276,10 +276,7 @@ class ExecEndpoint:
             if wanted.poll_seconds is not None:
                 raw_headers.append((NVCF_POLL_SECONDS.encode(), wanted.poll_seconds.encode()))
             headers = forwarded_headers(raw_headers, self._pexec.exchange.region)
-            try:
-                poll_seconds = parse_poll_seconds(wanted.poll_seconds, None)
-            except InvalidPollSeconds as error:
-                raise refused(400, error.detail) from None
+            poll_seconds = poll_seconds_of(wanted.poll_seconds, None)
             request_id = str(uuid.uuid4())
             inline, left = wanted.body[:INLINE_BODY_BYTES], wanted.body[INLINE_BODY_BYTES:]
             rest = RequestBody(request_id, _BufferReader(left), len(left)) if left else None

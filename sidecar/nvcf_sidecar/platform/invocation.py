@@ -52,6 +52,8 @@ __all__ = [
     "PexecEndpoint",
     "forwarded_headers",
     "parse_asset_references",
+    "poll_seconds_of",
+    "request_headers",
 ]
 
 PEXEC_PATHS: Final = (
@@ -129,6 +131,26 @@ def forwarded_headers(raw_headers: Sequence[tuple[bytes, bytes]], region: str) -
     return kept
 
 
+def request_headers(request: web.Request, region: str) -> list[Header]:
+    """`forwarded_headers` of a caller's request; a value that is not UTF-8 refuses it with
+    NVIDIA's 500 problem."""
+    try:
+        return forwarded_headers(request.raw_headers, region)
+    except UnicodeDecodeError:
+        raise refused(
+            500,
+            "failed to parse http request headers; cause: failed to convert header value to utf8",
+        ) from None
+
+
+def poll_seconds_of(value: str | None, accept: str | None) -> int:
+    """`parse_poll_seconds`, a bad value refusing the call with a 400 problem (§11.3)."""
+    try:
+        return parse_poll_seconds(value, accept)
+    except InvalidPollSeconds as error:
+        raise refused(400, error.detail) from None
+
+
 def parse_asset_references(values: Iterable[bytes]) -> list[str]:
     """Asset ids from `NVCF-INPUT-ASSET-REFERENCES` values (repeatable, comma-separated).
 
@@ -204,20 +226,10 @@ class PexecEndpoint:
         """
         try:
             version = self.authorize(request)
-            try:
-                headers = forwarded_headers(request.raw_headers, self._exchange.region)
-            except UnicodeDecodeError:
-                raise refused(
-                    500,
-                    "failed to parse http request headers; "
-                    "cause: failed to convert header value to utf8",
-                ) from None
-            try:
-                poll_seconds = parse_poll_seconds(
-                    request.headers.get(NVCF_POLL_SECONDS), request.headers.get("Accept")
-                )
-            except InvalidPollSeconds as error:
-                raise refused(400, error.detail) from None
+            headers = request_headers(request, self._exchange.region)
+            poll_seconds = poll_seconds_of(
+                request.headers.get(NVCF_POLL_SECONDS), request.headers.get("Accept")
+            )
             asset_ids = self._asset_header(request)
             request_id = str(uuid.uuid4())
             try:

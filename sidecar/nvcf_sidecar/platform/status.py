@@ -15,7 +15,7 @@ from aiohttp import web
 
 from nvcf_sidecar.platform.errors import FunctionNotFound, FunctionVersionNotFound
 from nvcf_sidecar.platform.exchange import InvocationRefused, Outcome, WorkerExchange, refused
-from nvcf_sidecar.platform.invocation import CallerIdentity, forwarded_headers
+from nvcf_sidecar.platform.invocation import CallerIdentity, poll_seconds_of, request_headers
 from nvcf_sidecar.platform.problems import problem_response
 from nvcf_sidecar.platform.registry import Registry, canonical_uuid
 from nvcf_sidecar.platform.relay import relay_response
@@ -23,8 +23,6 @@ from nvcf_sidecar.platform.tracking import RequestTracking, TrackingFailed
 from nvcf_sidecar.protocol import (
     NVCF_POLL_SECONDS,
     Header,
-    InvalidPollSeconds,
-    parse_poll_seconds,
 )
 
 __all__ = ["STATUS_PATH", "StatusEndpoint"]
@@ -82,20 +80,10 @@ class StatusEndpoint:
         """
         try:
             request_id = self.authorize(request)
-            try:
-                poll_seconds = parse_poll_seconds(
-                    request.headers.get(NVCF_POLL_SECONDS), request.headers.get("Accept")
-                )
-            except InvalidPollSeconds as error:
-                raise refused(400, error.detail) from None
-            try:
-                headers = forwarded_headers(request.raw_headers, self._exchange.region)
-            except UnicodeDecodeError:
-                raise refused(
-                    500,
-                    "failed to parse http request headers; "
-                    "cause: failed to convert header value to utf8",
-                ) from None
+            poll_seconds = poll_seconds_of(
+                request.headers.get(NVCF_POLL_SECONDS), request.headers.get("Accept")
+            )
+            headers = request_headers(request, self._exchange.region)
             async with self.poll(request_id, headers, poll_seconds) as outcome:
                 if isinstance(outcome, web.Response):
                     return outcome

@@ -174,21 +174,6 @@ class Archive:
             os.close(descriptor)
 
 
-def _next_batch(chunks: Chunks) -> list[bytes]:
-    """The next ~1 MiB of a zip stream as chunks; [] at its end (or once it was closed)."""
-    batch: list[bytes] = []
-    size = 0
-    try:
-        for chunk in chunks:
-            batch.append(chunk)
-            size += len(chunk)
-            if size >= _BATCH_BYTES:
-                break
-    except (OSError, RuntimeError, ValueError) as error:
-        raise LargeResponseFailed(f"the zip could not be built: {error}") from error
-    return batch
-
-
 def next_batch(chunks: Chunks) -> list[bytes]:
     """The next ~1 MiB of a zip stream as chunks; [] at its end (or once it was closed)."""
     batch: list[bytes] = []
