@@ -18,6 +18,7 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 
+from nvcf_sidecar.cancellation import raise_if_cancelled
 from nvcf_sidecar.platform.background import BackgroundTasks
 from nvcf_sidecar.platform.errors import (
     PlatformError,
@@ -275,6 +276,7 @@ class WorkerExchange:
     async def _wait(self, slot: ResponseSlot, poll_seconds: int) -> WorkerResponse:
         """The worker's response head within poll + 2 s; the response token dies either way."""
         try:
+            raise_if_cancelled()  # a caller gone while a NATS call swallowed the cancel
             async with asyncio.timeout(poll_seconds + POLL_GRACE_SECONDS):
                 return await slot.wait()
         finally:
