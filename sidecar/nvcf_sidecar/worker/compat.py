@@ -28,7 +28,6 @@ from nvcf_sidecar.protocol import (
     INFERENCE_REQUEST_FAILED,
     MAX_DIRECT_RESPONSE_BYTES,
     NVCF_PERCENT_COMPLETE,
-    NVCF_POLL_SECONDS,
     PROBLEM_CONTENT_TYPE,
     WORKER_SERVICE,
     Header,
@@ -36,19 +35,19 @@ from nvcf_sidecar.protocol import (
     WorkerInvokeFunctionRequest,
     encode_response_head,
     inference_error_problem,
-    shift_poll_budget,
     worker_problem,
 )
 from nvcf_sidecar.protocol.limits import CLIENT_GONE_GRACE_SECONDS
 from nvcf_sidecar.worker.artifacts import scan_artifacts
 from nvcf_sidecar.worker.attach import AttachClient, AttachError
+from nvcf_sidecar.worker.deadline import item_budget
 from nvcf_sidecar.worker.forward import (
     ContainerCall,
     ContainerCallError,
     container_failure_problem,
     first_header,
-    open_container,
 )
+from nvcf_sidecar.worker.gate import ContainerGate
 from nvcf_sidecar.worker.large import LargeResponseFailed, LargeResponseShipper
 from nvcf_sidecar.worker.metrics import Outcome, WorkerMetrics
 from nvcf_sidecar.worker.polling import PollSubscribeFailed, PollSubscription, next_usable_poll
@@ -59,8 +58,6 @@ __all__ = [
     "Answer",
     "CompatibilityServices",
     "compatibility_wanted",
-    "item_budget",
-    "request_time",
     "serve_compatible",
 ]
 
@@ -68,21 +65,6 @@ PROGRESS_ERROR_HEADER: Final = "NVCF-PROGRESS-ERROR"
 """Carries a rejected progress file's problem (too large, malformed) on the next answer."""
 
 _JSON: Final = "application/json"
-
-
-def request_time(item: WorkerInvokeFunctionRequest) -> float | None:
-    """When the platform accepted a work item or poll (Unix seconds), if it says."""
-    if not item.HasField("requestTime"):
-        return None
-    return item.requestTime.seconds + item.requestTime.nanos / 1e9
-
-
-def item_budget(item: WorkerInvokeFunctionRequest, headers: list[Header]) -> PollBudget:
-    """The poll budget of a work item or poll: its caller's NVCF-POLL-SECONDS (among `headers`)
-    shifted by its age (reference §5.2 step 5)."""
-    now = time.time()
-    seconds = first_header(headers, NVCF_POLL_SECONDS)
-    return shift_poll_budget(seconds, request_time(item) or now, now)
 
 
 def compatibility_wanted(caller: list[Header], disabled_by_config: bool) -> bool:
@@ -156,7 +138,7 @@ async def serve_compatible(
     budget: PollBudget,
     response_dir: Path,
     services: CompatibilityServices,
-    container: aiohttp.ClientSession,
+    gate: ContainerGate,
     attach_session: aiohttp.ClientSession,
     make_poll_call: Callable[[WorkerInvokeFunctionRequest], ContainerCall],
     metrics: WorkerMetrics,
@@ -171,7 +153,7 @@ async def serve_compatible(
     state = _Request(request, response_dir, log, target=budget.target)
     with services.progress.watch(request.requestId, response_dir) as watch:
         state.pending = asyncio.create_task(
-            _final_answer(call, request, response_dir, services, container, metrics, log),
+            _final_answer(call, request, response_dir, services, gate, metrics, log),
             name=f"container {request.requestId}",
         )
         try:
@@ -181,7 +163,7 @@ async def serve_compatible(
                 budget,
                 watch,
                 services,
-                container,
+                gate,
                 attach_session,
                 make_poll_call,
                 metrics,
@@ -199,7 +181,7 @@ async def _answer_until_final(
     budget: PollBudget,
     watch: ProgressWatch,
     services: CompatibilityServices,
-    container: aiohttp.ClientSession,
+    gate: ContainerGate,
     attach_session: aiohttp.ClientSession,
     make_poll_call: Callable[[WorkerInvokeFunctionRequest], ContainerCall],
     metrics: WorkerMetrics,
@@ -250,7 +232,7 @@ async def _answer_until_final(
                         state.request,
                         state.response_dir,
                         services,
-                        container,
+                        gate,
                         metrics,
                         log,
                     ),
@@ -333,14 +315,18 @@ async def _final_answer(
     request: WorkerInvokeFunctionRequest,
     response_dir: Path,
     services: CompatibilityServices,
-    container: aiohttp.ClientSession,
+    gate: ContainerGate,
     metrics: WorkerMetrics,
     log: logging.LoggerAdapter[Any],
 ) -> Answer:
-    """Call the container and map its response (§5.2 step 7). Never raises but CancelledError."""
+    """Call the container and map its response (§5.2 step 7). Never raises but CancelledError.
+
+    A refused connection is held until the container is back (no deadline: the poll loop around
+    it answers 202s meanwhile and cancels this call when the request ends).
+    """
     started = time.monotonic()
     try:
-        response = await open_container(container, call)
+        response = await gate.open(call, deadline=None, log=log)
     except ContainerCallError as error:
         log.error("no response from the container: %s", error)
         source, detail = container_failure_problem(error.cause)

@@ -1,13 +1,15 @@
 """Health, both ways: the function container's readiness, and the sidecar's own endpoints.
 
 `ContainerHealth` measures the container like NVIDIA's worker (start-up wait every 500 ms, then
-every 10 s; the fetch loop waits while it is unhealthy). `SidecarHealthServer` serves
+every 10 s; the fetch loop waits while it is unhealthy), and faster than it once the container is
+down: a refused call marks it unhealthy at once and it is re-checked every 250 ms until it is back. `SidecarHealthServer` serves
 `/v1/health/live`, `/v1/health/ready` and `/metrics` on `HEALTH_PORT`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +33,7 @@ __all__ = [
     "HEALTH_READY_PATH",
     "METRICS_PATH",
     "READY_POLL_SECONDS",
+    "RECOVERY_POLL_SECONDS",
     "ContainerHealth",
     "ContainerNotReady",
     "HealthError",
@@ -45,6 +48,8 @@ HEALTH_READY_PATH: Final = "/v1/health/ready"
 METRICS_PATH: Final = "/metrics"
 READY_POLL_SECONDS: Final = 0.5
 """Cadence of the start-up readiness wait."""
+RECOVERY_POLL_SECONDS: Final = 0.25
+"""Cadence of the checks while a container that was up is down (restarting)."""
 NOT_FOUND_RETRY_SECONDS: Final = 30.0
 """A 404 means "up, but not serving the health path yet": retried this long within one check."""
 _NOT_FOUND_RETRY_INTERVAL: Final = 2.0
@@ -115,6 +120,7 @@ class ContainerHealth:
         self._on_change = on_change
         self._healthy = False
         self._healthy_event = asyncio.Event()
+        self._recheck = asyncio.Event()
         self._reason = "not checked yet"
         self._session: aiohttp.ClientSession | None = None
         self._channel: grpc.aio.Channel | None = None
@@ -241,10 +247,29 @@ class ContainerHealth:
         """Return once the container is healthy (immediately if it is)."""
         await self._healthy_event.wait()
 
+    def report_refused(self, reason: str) -> None:
+        """A call found the container refusing connections: unhealthy now, re-checked soon.
+
+        The consumer stops fetching at once instead of after the next periodic check, and the
+        monitor switches to `RECOVERY_POLL_SECONDS` until a check passes.
+        """
+        self._record(Probe(False, reason))
+        self._recheck.set()
+
     async def monitor(self) -> None:
-        """Re-check every `health_check_interval` seconds, forever (cancel to stop)."""
+        """Re-check every `health_check_interval` seconds while healthy, every
+        `RECOVERY_POLL_SECONDS` while not, forever (cancel to stop)."""
         while True:
-            await asyncio.sleep(self._config.health_check_interval)
+            interval = (
+                self._config.health_check_interval if self._healthy else RECOVERY_POLL_SECONDS
+            )
+            self._recheck.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._recheck.wait()
+            if self._recheck.is_set():
+                # A refusal was just recorded: give the container a moment before probing.
+                await asyncio.sleep(RECOVERY_POLL_SECONDS)
             await self.check()
 
 

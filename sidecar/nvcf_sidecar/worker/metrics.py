@@ -48,6 +48,9 @@ class Outcome(enum.StrEnum):
     CANCELLED = "cancelled"
     #: The message could not be decoded; it was terminated, never redelivered.
     MALFORMED = "malformed"
+    #: Its answer could no longer be delivered (deadline passed, attach token gone, cancelled
+    #: before it started): acked without calling the container.
+    EXPIRED = "expired"
 
 
 class WorkerMetrics:
@@ -96,6 +99,25 @@ class WorkerMetrics:
             "nvcf_worker_cancels",
             "Cancel broadcasts received, by whether they matched an in-flight request.",
             ["matched"],
+            registry=self.registry,
+        )
+
+        self.container_refusals = Counter(
+            "nvcf_worker_container_refusals",
+            "Container calls refused (nothing sent) and held until the container was back.",
+            registry=self.registry,
+        )
+        self.container_hold = Histogram(
+            "nvcf_worker_container_hold_seconds",
+            "How long a refused container call was held before the container took it.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.expired = Counter(
+            "nvcf_worker_expired",
+            "Work items acked without calling the container, by why their answer could not be "
+            "delivered (deadline, token_gone, cancelled).",
+            ["reason"],
             registry=self.registry,
         )
 

@@ -18,13 +18,14 @@ from nats.aio.client import Client as NatsClient
 
 from nvcf_sidecar.protocol import WorkerInvokeFunctionRequest, encode_response_head
 from nvcf_sidecar.worker.attach import AttachClient, AttachError
+from nvcf_sidecar.worker.deadline import answer_deadline, item_budget
 from nvcf_sidecar.worker.errors import WorkerError
 from nvcf_sidecar.worker.forward import (
     ContainerCall,
     ContainerCallError,
     container_failure_problem,
-    open_container,
 )
+from nvcf_sidecar.worker.gate import ContainerGate
 from nvcf_sidecar.worker.metrics import Outcome, WorkerMetrics
 from nvcf_sidecar.worker.polling import PollSubscribeFailed, PollSubscription, next_usable_poll
 
@@ -67,7 +68,8 @@ class Polling:
 async def serve_passthrough(
     call: ContainerCall,
     *,
-    container: aiohttp.ClientSession,
+    gate: ContainerGate,
+    deadline: float | None,
     attach: AttachClient,
     metrics: WorkerMetrics,
     log: logging.LoggerAdapter[Any],
@@ -79,10 +81,11 @@ async def serve_passthrough(
     problem); every later failure is an `Outcome`. The container connection is closed on the
     way out unless its response was read to the end. With `polling`, a 202 from the container
     keeps the request: each status poll is sent to the container as a new request and its
-    answer relayed, until one is not a 202.
+    answer relayed, until one is not a 202. A container that refuses the connection holds the
+    call until it is back or `deadline` (`time.monotonic()`) passes (see `gate`).
     """
     started = time.monotonic()
-    response = await open_container(container, call)
+    response = await gate.open(call, deadline=deadline, log=log)
     metrics.container_latency.observe(time.monotonic() - started)
     polls: PollSubscription | None = None
     async with contextlib.AsyncExitStack() as stack:
@@ -120,8 +123,9 @@ async def serve_passthrough(
                 return Outcome.CANCELLED
             poll, attach = taken
             call = polling.make_poll_call(poll)
+            budget = item_budget(poll, [(kv.key, kv.value) for kv in poll.requestHeaders])
             try:
-                response = await open_container(container, call)
+                response = await gate.open(call, deadline=answer_deadline(budget), log=log)
             except ContainerCallError as error:
                 log.error("no response from the container to a status poll: %s", error)
                 source, detail = container_failure_problem(error.cause)

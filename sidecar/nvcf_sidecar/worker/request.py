@@ -33,11 +33,10 @@ from nvcf_sidecar.worker.attach import AttachClient, AttachError, RequestBodyStr
 from nvcf_sidecar.worker.compat import (
     CompatibilityServices,
     compatibility_wanted,
-    item_budget,
-    request_time,
     serve_compatible,
 )
 from nvcf_sidecar.worker.config import WorkerConfig
+from nvcf_sidecar.worker.deadline import answer_deadline, item_budget, request_time
 from nvcf_sidecar.worker.directories import create_request_directory, remove_request_directory
 from nvcf_sidecar.worker.forward import (
     ContainerCall,
@@ -49,6 +48,7 @@ from nvcf_sidecar.worker.forward import (
     request_target_path,
     worker_headers,
 )
+from nvcf_sidecar.worker.gate import ContainerGate, ContainerWatch
 from nvcf_sidecar.worker.metrics import Outcome, WorkerMetrics
 from nvcf_sidecar.worker.passthrough import Polling, serve_passthrough
 from nvcf_sidecar.worker.sessions import HttpSessions
@@ -77,7 +77,8 @@ class RequestRunner:
 
     One instance per sidecar process, shared by all concurrent requests; it holds no
     per-request state. Without `compat` (progress monitor, NATS for polls, large-response
-    shipper) every request is served in passthrough.
+    shipper) every request is served in passthrough. With `watch` (the container's health), a
+    container that refuses connections holds requests instead of failing them (`gate`).
     """
 
     def __init__(
@@ -86,14 +87,24 @@ class RequestRunner:
         metrics: WorkerMetrics,
         sessions: HttpSessions,
         compat: CompatibilityServices | None = None,
+        *,
+        watch: ContainerWatch | None = None,
     ) -> None:
         self._config = config
         self._metrics = metrics
         self._sessions = sessions
         self._compat = compat
+        self._gate = ContainerGate(sessions.container, metrics, watch)
 
-    async def run(self, request: WorkerInvokeFunctionRequest) -> Outcome:
+    async def run(
+        self, request: WorkerInvokeFunctionRequest, *, redelivered: bool = False
+    ) -> Outcome:
         """Serve one decoded request end to end and return how it ended.
+
+        Too late is never run (`EXPIRED`, the container is not called): an item whose poll
+        budget is more than 2 s overdrawn (it still gets NVIDIA's 500 problem), and a
+        `redelivered` item whose response the platform says it no longer waits for (an earlier
+        worker answered it, or its caller is gone).
 
         Never raises, except `asyncio.CancelledError` when the caller cancels the task (upstream
         cancel or shutdown): the container call and any attach transfer are stopped, the
@@ -111,6 +122,9 @@ class RequestRunner:
             log.error("no answer possible: %s", error)
             return Outcome.WORKER_ERROR
         attach = AttachClient(self._sessions.attach, connection)
+        expired = await self._expired(request, attach, redelivered, log)
+        if expired is not None:
+            return expired
         try:
             outcome = await self._serve(request, attach, log)
         except asyncio.CancelledError:
@@ -125,6 +139,35 @@ class RequestRunner:
                 )
         log.info("request finished", extra={"outcome": outcome.value})
         return outcome
+
+    async def _expired(
+        self,
+        request: WorkerInvokeFunctionRequest,
+        attach: AttachClient,
+        redelivered: bool,
+        log: RequestLog,
+    ) -> Outcome | None:
+        """`EXPIRED` when the item's answer can no longer be delivered, else None."""
+        headers = [(header.key, header.value) for header in request.requestHeaders]
+        budget = item_budget(request, headers)
+        if budget.too_late:
+            log.warning(
+                "response target too far in the past (%.1f s left); not calling the container",
+                budget.shifted,
+            )
+            self._metrics.expired.labels("deadline").inc()
+            # As NVIDIA's worker: the 500 problem, which a platform that gave up refuses.
+            await self._answer_problem(
+                attach, log, WORKER_SERVICE, INFERENCE_REQUEST_FAILED, Outcome.EXPIRED
+            )
+            return Outcome.EXPIRED
+        if redelivered and await attach.response_wanted() is False:
+            log.warning(
+                "redelivered, but its response is no longer wanted; not calling the container"
+            )
+            self._metrics.expired.labels("token_gone").inc()
+            return Outcome.EXPIRED
+        return None
 
     async def _serve(
         self, request: WorkerInvokeFunctionRequest, attach: AttachClient, log: RequestLog
@@ -235,7 +278,7 @@ class RequestRunner:
                 budget=poll,
                 response_dir=response_dir,
                 services=compat,
-                container=self._sessions.container,
+                gate=self._gate,
                 attach_session=self._sessions.attach,
                 make_poll_call=poll_call,
                 metrics=self._metrics,
@@ -251,7 +294,8 @@ class RequestRunner:
         try:
             return await serve_passthrough(
                 call,
-                container=self._sessions.container,
+                gate=self._gate,
+                deadline=answer_deadline(poll),
                 attach=attach,
                 metrics=self._metrics,
                 log=log,

@@ -62,6 +62,8 @@ class RunnerContext:
     stack: AsyncExitStack
     """Enter the runner's own resources (HTTP sessions, watchers) here; they close after the
     consumer has finished every request."""
+    container: ContainerHealth | None = None
+    """The container's health: a refused call reports to it and waits for it."""
 
 
 HandlerFactory = Callable[[RunnerContext], Awaitable[RequestHandler]]
@@ -83,7 +85,7 @@ async def open_request_runner(context: RunnerContext) -> RequestHandler:
     )
     shipper = LargeResponseShipper(sessions.transfer, context.api, metrics)
     compat = CompatibilityServices(progress, context.nats.client, shipper)
-    return RequestRunner(config, metrics, sessions, compat)
+    return RequestRunner(config, metrics, sessions, compat, watch=context.container)
 
 
 class Sidecar:
@@ -223,7 +225,7 @@ class Sidecar:
             )
             await self._unless_stopped(self._container.wait_ready())
             handler = await self._handler_factory(
-                RunnerContext(config, self.metrics, api, self._nats, stack)
+                RunnerContext(config, self.metrics, api, self._nats, stack, self._container)
             )
             container = self._container
             consumer = RequestConsumer(
