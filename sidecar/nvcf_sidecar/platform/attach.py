@@ -21,6 +21,7 @@ from nvcf_sidecar.platform.tokens import (
     WorkerResponse,
 )
 from nvcf_sidecar.protocol import (
+    ATTACH_LIVENESS_PATH,
     ATTACH_PATH,
     FORWARD_FAILED_DETAIL,
     INVALID_TOKEN_DETAIL,
@@ -48,9 +49,21 @@ class AttachEndpoints:
         self._tokens = tokens
 
     def register(self, router: web.UrlDispatcher) -> None:
-        """Add `GET` and `POST /v2/nvcf/worker/request-attach`."""
+        """Add `GET` and `POST /v2/nvcf/worker/request-attach`, and its `/liveness` check."""
         router.add_get(ATTACH_PATH, self.get_request_attach)
         router.add_post(ATTACH_PATH, self.post_request_attach)
+        router.add_get(ATTACH_LIVENESS_PATH, self.response_liveness, allow_head=False)
+
+    async def response_liveness(self, request: web.Request) -> web.Response:
+        """204 while the response token's caller still waits, else 410 problem (nothing used).
+
+        This platform's addition (NVIDIA's IS answers 404): a worker asks before running a
+        redelivered work item whose first worker may already have answered.
+        """
+        token = parse_bearer(request.headers.get("Authorization"))
+        if token is not None and self._tokens.response_waiting(token):
+            return web.Response(status=204)
+        return problem_response(410, INVALID_TOKEN_DETAIL)
 
     async def get_request_attach(self, request: web.Request) -> web.StreamResponse:
         """Stream the caller's body after the inline part, for a request token.

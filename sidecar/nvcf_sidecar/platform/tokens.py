@@ -206,6 +206,10 @@ class AttachTokens:
         """The slot of a response token, removing it; None if unknown or already used."""
         return self._responses.pop(token, None)
 
+    def response_waiting(self, token: str) -> bool:
+        """Whether a response token is unused and its caller still waits (nothing is claimed)."""
+        return token in self._responses
+
     def claim_request(self, token: str) -> RequestBody | None:
         """The body of a request token, removing it; None if unknown or already used."""
         return self._requests.pop(token, None)

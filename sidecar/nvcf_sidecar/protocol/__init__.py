@@ -7,11 +7,13 @@ limits. Nothing outside this package knows a wire detail; import the names below
 from __future__ import annotations
 
 from nvcf_sidecar.protocol.attach import (
+    ATTACH_LIVENESS_PATH,
     ATTACH_PATH,
     FORWARD_FAILED_DETAIL,
     H1_CONTENT_TYPE,
     INVALID_TOKEN_DETAIL,
     OCTET_STREAM_CONTENT_TYPE,
+    attach_liveness_url,
     attach_url,
     bearer,
     get_attach_accept,
@@ -168,6 +170,7 @@ __all__ = [
     "ACCESS_CONTROL_EXPOSE_HEADERS",
     "ACK_WAIT_SECONDS",
     "ASSET_DOWNLOAD_FAILED",
+    "ATTACH_LIVENESS_PATH",
     "ATTACH_PATH",
     "CLIENT_GONE_GRACE_SECONDS",
     "DEFAULT_INFERENCE_ERROR",
@@ -264,6 +267,7 @@ __all__ = [
     "WorkerStub",
     "add_worker_servicer",
     "attach_config",
+    "attach_liveness_url",
     "attach_url",
     "bearer",
     "cancel_subject",

@@ -8,11 +8,13 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "ATTACH_LIVENESS_PATH",
     "ATTACH_PATH",
     "FORWARD_FAILED_DETAIL",
     "H1_CONTENT_TYPE",
     "INVALID_TOKEN_DETAIL",
     "OCTET_STREAM_CONTENT_TYPE",
+    "attach_liveness_url",
     "attach_url",
     "bearer",
     "get_attach_accept",
@@ -21,6 +23,10 @@ __all__ = [
 ]
 
 ATTACH_PATH: Final = "/v2/nvcf/worker/request-attach"
+ATTACH_LIVENESS_PATH: Final = ATTACH_PATH + "/liveness"
+"""This platform's addition, not in NVIDIA's IS: GET with a response token answers 204 while a
+caller still waits for that response, 410 once it was used or given up. Any other answer (NVIDIA's
+IS: 404) says nothing. A worker asks it before running a redelivered work item."""
 H1_CONTENT_TYPE: Final = "application/octet-stream+h1"
 """An HTTP/1.1 head followed by the raw body: every POST attach, and GET attach in stream-full mode."""
 OCTET_STREAM_CONTENT_TYPE: Final = "application/octet-stream"
@@ -37,6 +43,11 @@ _BEARER_PREFIX: Final = "bearer "
 def attach_url(target_uri: str) -> str:
     """The attach URL of one IS pod, from `HTTP1ProtocolConfig.targetURI`."""
     return target_uri.rstrip("/") + ATTACH_PATH
+
+
+def attach_liveness_url(target_uri: str) -> str:
+    """The response-token liveness URL of one IS pod (see `ATTACH_LIVENESS_PATH`)."""
+    return target_uri.rstrip("/") + ATTACH_LIVENESS_PATH
 
 
 def bearer(token: str) -> str:

@@ -19,6 +19,7 @@ from nvcf_sidecar.protocol import (
     HTTP1ProtocolConfig,
     RequestHead,
     RequestHeadParser,
+    attach_liveness_url,
     attach_url,
     bearer,
     encode_response_head,
@@ -29,6 +30,7 @@ from nvcf_sidecar.worker.errors import WorkerError
 
 __all__ = [
     "GET_HEAD_TIMEOUT_SECONDS",
+    "LIVENESS_TIMEOUT_SECONDS",
     "AttachClient",
     "AttachConnectionError",
     "AttachError",
@@ -42,6 +44,8 @@ GET_HEAD_TIMEOUT_SECONDS: Final = 5.0
 """How long the platform has to answer GET attach with a head; the body then streams unbounded."""
 
 _ERROR_BODY_LIMIT: Final = 1024
+LIVENESS_TIMEOUT_SECONDS: Final = 2.0
+"""How long a redelivered item waits to learn whether its response is still wanted."""
 
 
 class AttachError(WorkerError):
@@ -212,6 +216,7 @@ class AttachClient:
     def __init__(self, session: aiohttp.ClientSession, config: HTTP1ProtocolConfig) -> None:
         self._session = session
         self._url = attach_url(config.targetURI)
+        self._liveness_url = attach_liveness_url(config.targetURI)
         self._proxy = config.proxyURI or None
         self._response_token = config.responseAuthorizationToken
         self._request_token = config.requestAuthorizationToken or None
@@ -245,6 +250,22 @@ class AttachClient:
             proxy=self._proxy,
             head_timeout=head_timeout,
         )
+
+    async def response_wanted(self) -> bool | None:
+        """Whether the platform still waits for this request's response: True (204), False (410:
+        the token was used or given up), None when it does not say (NVIDIA's IS has no such
+        route; errors and time-outs too). Uses nothing up: the token stays valid."""
+        headers = {"Authorization": bearer(self._response_token)}
+        try:
+            async with asyncio.timeout(LIVENESS_TIMEOUT_SECONDS):
+                async with self._session.get(
+                    self._liveness_url, headers=headers, proxy=self._proxy
+                ) as response:
+                    await response.read()
+                    status = response.status
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return None
+        return {204: True, 410: False}.get(status)
 
     async def send_response(
         self, head: bytes, body: bytes | AsyncIterable[bytes], *, body_length: int | None = None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Final
@@ -43,6 +45,11 @@ __all__ = ["RequestConsumer"]
 logger = logging.getLogger(__name__)
 
 _REBIND_AFTER_FAILURES: Final = 10
+CANCELLED_MEMORY_SECONDS: Final = 600.0
+"""How long a cancel for a request this sidecar does not run is remembered: a copy of that item
+delivered later (a redelivery after another worker died, a purge that lost the race with a
+pull) is acked without running."""
+CANCELLED_MEMORY_SIZE: Final = 10_000
 
 
 class RequestConsumer:
@@ -80,6 +87,8 @@ class RequestConsumer:
         self._stopping = False
         self._pulls: set[PullRequest] = set()
         self._ack_waits: dict[str, float | None] = {}
+        self._cancelled: OrderedDict[str, float] = OrderedDict()
+        """Request ids cancelled while not in flight here, with the time of the cancel."""
         self._keepalive_intervals: dict[str, float] = {}
 
     # --- state -----------------------------------------------------------------------------------
@@ -355,11 +364,23 @@ class RequestConsumer:
             except Exception as term_error:
                 logger.warning("could not terminate a message", extra={"error": str(term_error)})
             return
+        request_id = request.requestId
+        if self._was_cancelled(request_id):
+            logger.warning(
+                "work item cancelled before it arrived; acked without running",
+                extra={"request_id": request_id, "region": region},
+            )
+            self._metrics.expired.labels("cancelled").inc()
+            self._metrics.count(Outcome.EXPIRED)
+            try:
+                await msg.ack()
+            except Exception as error:
+                logger.warning("could not ack a work item", extra={"error": str(error)})
+            return
         if self._requests is None or not self.slots.try_acquire():
             await self._nak(msg, "capacity")
             return
-        request_id = request.requestId
-        entry = InFlightRequest(request_id, msg)
+        entry = InFlightRequest(request_id, msg, redelivered=_delivery_count(msg) > 1)
         self._in_flight.setdefault(request_id, []).append(entry)
         try:
             self._requests.create_task(
@@ -380,11 +401,30 @@ class RequestConsumer:
     # --- one request -----------------------------------------------------------------------------
 
     def cancel_request(self, request_id: str, reason: str = "upstream cancel via NATS") -> bool:
-        """Cancel the in-flight request `request_id`; False if this instance does not run it."""
+        """Cancel the in-flight request `request_id`; False if this instance does not run it
+        (then the cancel is remembered for `CANCELLED_MEMORY_SECONDS`, see `handle_delivery`)."""
         cancelled = False
         for entry in self._in_flight.get(request_id, ()):
             cancelled = entry.cancel(reason) or cancelled
+        if not cancelled:
+            self._remember_cancel(request_id)
         return cancelled
+
+    def _remember_cancel(self, request_id: str) -> None:
+        now = time.monotonic()
+        self._cancelled[request_id] = now
+        self._cancelled.move_to_end(request_id)
+        while self._cancelled and (
+            len(self._cancelled) > CANCELLED_MEMORY_SIZE
+            or next(iter(self._cancelled.values())) < now - CANCELLED_MEMORY_SECONDS
+        ):
+            self._cancelled.popitem(last=False)
+
+    def _was_cancelled(self, request_id: str) -> bool:
+        cancelled_at = self._cancelled.get(request_id)
+        return (
+            cancelled_at is not None and cancelled_at >= time.monotonic() - CANCELLED_MEMORY_SECONDS
+        )
 
     async def _serve(
         self, request: WorkerInvokeFunctionRequest, region: str, entry: InFlightRequest
@@ -414,3 +454,11 @@ class RequestConsumer:
                 finally:
                     self.slots.release()
                 logger.debug("request finished", extra={"outcome": outcome.value})
+
+
+def _delivery_count(msg: Msg) -> int:
+    """How many times JetStream delivered `msg` (1 for a first delivery; 1 when unknown)."""
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:  # not a JetStream message (tests), or a reply subject of another shape
+        return 1

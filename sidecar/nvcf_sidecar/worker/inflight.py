@@ -27,8 +27,11 @@ MAX_KEEPALIVE_FAILURES: Final = 10
 class RequestHandler(Protocol):
     """Runs one invocation to its end (the data path's `RequestRunner`)."""
 
-    async def run(self, request: WorkerInvokeFunctionRequest) -> Outcome:
-        """Never raises except asyncio.CancelledError (then it has cleaned up)."""
+    async def run(
+        self, request: WorkerInvokeFunctionRequest, *, redelivered: bool = False
+    ) -> Outcome:
+        """Never raises except asyncio.CancelledError (then it has cleaned up). `redelivered`:
+        the message was delivered before (an earlier worker may have answered it)."""
         ...
 
 
@@ -43,6 +46,8 @@ class InFlightRequest:
     cancel_reason: str | None = None
     keepalives: int = 0
     """`+WPI` sent so far."""
+    redelivered: bool = False
+    """JetStream delivered this message before (its metadata's delivery count is above 1)."""
 
     def cancelled(self) -> bool:
         """Whether `cancel()` took effect."""
@@ -87,7 +92,7 @@ class InFlightRequest:
             logger.info("request cancelled before it started", extra={"reason": self.cancel_reason})
             return Outcome.CANCELLED
         try:
-            return await handler.run(request)
+            return await handler.run(request, redelivered=self.redelivered)
         except asyncio.CancelledError:
             if not self.cancelled():
                 raise

@@ -45,6 +45,36 @@ async def test_response_token_is_single_use(caller: Any, start_worker: Any) -> N
     assert not worker.errors
 
 
+async def test_liveness_says_whether_a_response_token_is_still_waited_for(
+    caller: Any, start_worker: Any
+) -> None:
+    session = caller.session
+    seen: list[tuple[str, int, Any]] = []
+
+    async def probe(item: Any, when: str) -> None:
+        http1 = item.statelessConfig.connectionConfigs[0].http1Config
+        url = f"{http1.targetURI}/v2/nvcf/worker/request-attach/liveness"
+        headers = {"Authorization": f"Bearer {http1.responseAuthorizationToken}"}
+        async with session.get(url, headers=headers) as response:
+            body = await response.read()
+            seen.append((when, response.status, orjson.loads(body) if body else None))
+
+    async def answer_between_probes(item: Any, body: bytes, worker: Any) -> None:
+        await probe(item, "before")
+        await probe(item, "again")  # asking uses nothing up
+        data = encode_response_head(200, [], content_length=2) + b"ok"
+        assert await worker.post_attach(item, data) == (200, b"")
+        await probe(item, "after")
+
+    worker = await start_worker(answer_between_probes)
+    async with caller.pexec() as response:
+        assert response.status == 200
+        assert await response.read() == b"ok"
+    await worker.wait_for(handled=1)
+    gone = {**INVALID_TOKEN, "status": 410, "title": "Gone"}
+    assert seen == [("before", 204, None), ("again", 204, None), ("after", 410, gone)]
+
+
 async def test_request_token_is_single_use(caller: Any, start_worker: Any) -> None:
     session = caller.session
     seen: list[tuple[int, dict[str, Any]]] = []

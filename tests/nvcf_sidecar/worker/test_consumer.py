@@ -190,7 +190,28 @@ async def test_without_keepalives_reaching_the_server_the_request_is_redelivered
         [request_id] = await shell.publish_work(nats_server.url, [shell.work_item()])
         await runner.wait_started(2, within=10)
         assert runner.started == [request_id, request_id]
+        # The runner is told which delivery may have been answered already (it then asks).
+        assert runner.redelivered == [False, True]
         await runner.wait_finished(2, within=10)
+
+
+async def test_an_item_cancelled_before_it_arrives_is_acked_without_running(
+    nats_server: Any,
+) -> None:
+    await shell.provision_queue(nats_server.url, REGION, ack_wait=1.0)
+    runner = shell.StandInRunner()
+    async with shell.serving(nats_server.url, runner, max_request_concurrency=2) as state:
+        cancelled, served = shell.work_item(), shell.work_item()
+        # The platform's cancel came first (its purge lost the race with a pull, or the item is a
+        # redelivery after its worker died): nothing runs this request here any more.
+        assert not state.consumer.cancel_request(cancelled.requestId)
+        await shell.publish_work(nats_server.url, [cancelled, served])
+        await runner.wait_finished(1)
+        await shell.wait_for_state(nats_server.url, (0, 0, 0))
+        await asyncio.sleep(1.5)  # past the ack wait: it is not redelivered either
+        assert runner.started == [served.requestId]
+    assert shell.outcomes(state.metrics, Outcome.EXPIRED) == 1
+    assert state.metrics.expired.labels("cancelled")._value.get() == 1
 
 
 async def test_every_outcome_is_acked_at_the_end(nats_server: Any) -> None:

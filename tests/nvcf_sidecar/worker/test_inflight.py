@@ -28,11 +28,15 @@ class _Handler:
         self.delay = delay
         self.raises = raises
         self.started: list[str] = []
+        self.redelivered: list[bool] = []
         self.running = asyncio.Event()
         self.cancelled: list[str] = []
 
-    async def run(self, request: WorkerInvokeFunctionRequest) -> Outcome:
+    async def run(
+        self, request: WorkerInvokeFunctionRequest, *, redelivered: bool = False
+    ) -> Outcome:
         self.started.append(request.requestId)
+        self.redelivered.append(redelivered)
         self.running.set()
         try:
             await asyncio.sleep(self.delay)

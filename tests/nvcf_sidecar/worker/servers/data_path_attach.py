@@ -22,6 +22,7 @@ from multidict import CIMultiDictProxy
 
 from harness.ports import LOOPBACK, free_port
 from nvcf_sidecar.protocol import (
+    ATTACH_LIVENESS_PATH,
     ATTACH_PATH,
     INVALID_TOKEN_DETAIL,
     OCTET_STREAM_CONTENT_TYPE,
@@ -89,11 +90,15 @@ class AttachServer:
         self._bodies: dict[str, ServedBody] = {}
         self._expected: dict[str, asyncio.Future[PostRecord]] = {}
         self._runner: web.AppRunner | None = None
+        self.liveness = True
+        """Answer the liveness route as this project's platform does; False: 404, as NVIDIA's IS."""
+        self.liveness_checks: list[str | None] = []
 
     async def __aenter__(self) -> AttachServer:
         app = web.Application(client_max_size=1024**3)
         app.router.add_get(ATTACH_PATH, self._get)
         app.router.add_post(ATTACH_PATH, self._post)
+        app.router.add_get(ATTACH_LIVENESS_PATH, self._liveness)
         # Handlers are cancelled when the worker drops a connection: that is how a test sees it.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
@@ -149,6 +154,20 @@ class AttachServer:
             record.disconnected = True
             raise
         return response
+
+    async def _liveness(self, request: web.Request) -> web.Response:
+        token = parse_bearer(request.headers.get("Authorization"))
+        self.liveness_checks.append(token)
+        if not self.liveness:
+            raise web.HTTPNotFound()
+        future = self._expected.get(token) if token is not None else None
+        if future is not None and not future.done():
+            return web.Response(status=204)
+        return web.Response(
+            status=410,
+            body=invocation_problem(410, INVALID_TOKEN_DETAIL),
+            content_type=PROBLEM_CONTENT_TYPE,
+        )
 
     async def _post(self, request: web.Request) -> web.Response:
         token = parse_bearer(request.headers.get("Authorization"))

@@ -264,6 +264,7 @@ class StandInRunner:
         self.hold = False
         self.released = asyncio.Event()
         self.started: list[str] = []
+        self.redelivered: list[bool] = []
         self.finished: list[str] = []
         self.cancelled: list[str] = []
         self.active = 0
@@ -288,8 +289,11 @@ class StandInRunner:
                 self.changed.clear()
                 await self.changed.wait()
 
-    async def run(self, request: WorkerInvokeFunctionRequest) -> Outcome:
+    async def run(
+        self, request: WorkerInvokeFunctionRequest, *, redelivered: bool = False
+    ) -> Outcome:
         self.started.append(request.requestId)
+        self.redelivered.append(redelivered)
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         self.changed.set()
