@@ -35,11 +35,15 @@ class Target:
 @dataclass(frozen=True)
 class LoadSettings:
     """How hard the callers push: `concurrency` callers, `poll_seconds` per call and status poll,
-    and `deadline_s` for each request from its first POST to its final answer."""
+    `deadline_s` for each request from its first POST to its final answer. A caller that got a
+    clean failure waits `failure_pause_s` before its next request, as a client backs off after
+    a 503: without it, a fast refusal burns through the rest of the load while a process is down,
+    and nothing is learnt about the stack once it is back."""
 
     concurrency: int = 16
     poll_seconds: int = 5
     deadline_s: float = 60.0
+    failure_pause_s: float = 0.5
 
 
 class _Lost(Exception):
@@ -62,8 +66,11 @@ async def run_load(
 
         async def caller() -> None:
             for request_id in pending:
-                outcomes.append(await _invoke(session, target, request_id, settings))
+                outcome = await _invoke(session, target, request_id, settings)
+                outcomes.append(outcome)
                 on_done(len(outcomes))
+                if outcome.kind is RequestClass.CLEAN_FAILURE:
+                    await asyncio.sleep(settings.failure_pause_s)
 
         async with asyncio.TaskGroup() as group:
             for _ in range(settings.concurrency):
