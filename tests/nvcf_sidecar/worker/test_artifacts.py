@@ -151,8 +151,12 @@ def test_fifos_and_sockets_are_refused_as_special_without_blocking(
     os.mkfifo(out / "pipe")
     os.mkfifo(out / "named.partial")  # a FIFO is special first, whatever its name
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    directory = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        listener.bind(str(out / "sock"))
+        # Through the directory's descriptor: a socket path is limited to 107 bytes, which a
+        # deep temporary directory (a long TMPDIR) exceeds.
+        listener.bind(f"/proc/self/fd/{directory}/sock")
+        assert (out / "sock").is_socket()
         result: list[list[Artifact]] = []
         worker = threading.Thread(
             target=lambda: result.append(scan_artifacts(out, log=log, metrics=metrics))
@@ -162,6 +166,7 @@ def test_fifos_and_sockets_are_refused_as_special_without_blocking(
         assert not worker.is_alive(), "scanning blocked on a special file"
     finally:
         listener.close()
+        os.close(directory)
 
     assert [artifact.relative for artifact in result[0]] == ["real.txt"]
     assert refused(metrics, "special") == 3
