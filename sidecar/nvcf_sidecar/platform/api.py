@@ -20,6 +20,7 @@ from nvcf_sidecar.platform.errors import (
     FunctionNotFound,
     FunctionVersionNotFound,
     InvalidObjectName,
+    NatsUnavailable,
 )
 from nvcf_sidecar.platform.objects import ObjectStore, check_nca_id
 from nvcf_sidecar.platform.registry import FunctionVersion, Registry
@@ -163,7 +164,7 @@ class WorkerApi(WorkerServicer):
             await self._queue.provision(version.function_version_id, region)
         except InvalidSubjectToken as error:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        except (NatsError, TimeoutError) as error:
+        except (NatsError, TimeoutError, NatsUnavailable) as error:
             _log.error("queue provisioning failed", extra={"error": repr(error)})
             await _abort(context, grpc.StatusCode.UNAVAILABLE, f"JetStream unavailable: {error!r}")
 

@@ -1,7 +1,8 @@
 """The invocation service's aiohttp application: routes, the Authorization gate, 404s, `/health`.
 
 As in NVIDIA's service, every route but `/health` needs an Authorization header (unknown paths
-included), and anything unrouted is a 404 problem.
+included), and anything unrouted is a 404 problem. Routes that need NATS answer 503 at once while
+it is down.
 """
 
 from __future__ import annotations
@@ -11,10 +12,15 @@ from typing import Final, Protocol
 
 import orjson
 from aiohttp import web
-from nats.aio.client import Client
+from aiohttp.typedefs import Middleware
 
+from nvcf_sidecar.platform.nats_link import NOT_CONNECTED, NatsLink
 from nvcf_sidecar.platform.objects import OBJECTS_PREFIX
-from nvcf_sidecar.platform.problems import missing_authorization, problem_response
+from nvcf_sidecar.platform.problems import (
+    missing_authorization,
+    problem_response,
+    unavailable_response,
+)
 
 __all__ = ["HEALTH_PATH", "Endpoints", "build_application"]
 
@@ -49,20 +55,47 @@ async def _gate(request: web.Request, handler: _Handler) -> web.StreamResponse:
         return problem_response(405, headers={"Allow": ",".join(sorted(error.allowed_methods))})
 
 
-def _health_handler(nats: Client) -> _Handler:
+def _refuse_while_nats_is_down(
+    link: NatsLink, routes: frozenset[web.AbstractResource]
+) -> Middleware:
+    """A middleware answering 503 (with Retry-After) at once on `routes` while NATS is down."""
+
+    @web.middleware
+    async def refuse(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        route = request.match_info.route
+        if not link.up and route.resource in routes:
+            return unavailable_response(NOT_CONNECTED)
+        return await handler(request)
+
+    return refuse
+
+
+def _health_handler(link: NatsLink) -> _Handler:
     async def health(request: web.Request) -> web.StreamResponse:
         """200 `{"status":"OK"}` while the NATS connection is up, else 503."""
-        if not nats.is_connected:
-            return problem_response(503, "NATS is not connected")
+        if not link.up:
+            return unavailable_response(NOT_CONNECTED)
         return web.Response(body=_HEALTHY, content_type="application/json")
 
     return health
 
 
-def build_application(endpoints: Iterable[Endpoints], nats: Client) -> web.Application:
-    """The application serving every group of `endpoints` and `/health` (NATS connectivity)."""
-    app = web.Application(middlewares=[_gate])
-    for group in endpoints:
+def build_application(
+    nats_endpoints: Iterable[Endpoints], local_endpoints: Iterable[Endpoints], link: NatsLink
+) -> web.Application:
+    """The application serving every group of endpoints and `/health` (NATS connectivity).
+
+    `nats_endpoints` need NATS (queues, tracking, object store) and are refused with 503 while
+    it is down; `local_endpoints` (attach, functions) are served from memory either way.
+    """
+    needing_nats: set[web.AbstractResource] = set()
+    app = web.Application()
+    for group in nats_endpoints:
+        known = set(app.router.resources())
         group.register(app.router)
-    app.router.add_get(HEALTH_PATH, _health_handler(nats), allow_head=False)
+        needing_nats.update(set(app.router.resources()) - known)
+    for group in local_endpoints:
+        group.register(app.router)
+    app.router.add_get(HEALTH_PATH, _health_handler(link), allow_head=False)
+    app.middlewares.extend([_gate, _refuse_while_nats_is_down(link, frozenset(needing_nats))])
     return app

@@ -18,6 +18,7 @@ __all__ = [
     "FunctionVersionNotFound",
     "InvalidObjectName",
     "InvalidSignature",
+    "NatsUnavailable",
     "ObjectCorrupted",
     "ObjectNotFound",
     "ObjectTooLarge",
@@ -65,6 +66,14 @@ class QueueFull(PlatformError):
         self.stream = stream
         self.description = description
         super().__init__(f"work queue {stream!r} is full: {description}")
+
+
+class NatsUnavailable(PlatformError):
+    """NATS (JetStream) cannot be reached now; callers are answered 503 with `Retry-After`."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
 
 
 class PublishFailed(PlatformError):

@@ -2,6 +2,7 @@
 
 Mints the attach tokens, queues the item (or, for a status poll, requests it on `rq_polling.<reqid>`),
 waits for the worker's POST attach, and keeps the tracking stream in step (reference §5.1, §6).
+While NATS is down callers are answered 503 with Retry-After: at once, or after the outage grace.
 """
 
 from __future__ import annotations
@@ -14,19 +15,20 @@ from contextlib import asynccontextmanager
 from typing import Final
 
 from aiohttp import web
-from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 
 from nvcf_sidecar.cancellation import raise_if_cancelled
 from nvcf_sidecar.platform.background import BackgroundTasks
 from nvcf_sidecar.platform.errors import (
+    NatsUnavailable,
     PlatformError,
     PublishFailed,
     QueueFull,
     WorkerResponseFailed,
 )
-from nvcf_sidecar.platform.problems import problem_response
+from nvcf_sidecar.platform.nats_link import NatsLink
+from nvcf_sidecar.platform.problems import problem_response, unavailable_response
 from nvcf_sidecar.platform.registry import FunctionVersion
 from nvcf_sidecar.platform.relay import gateway_timeout
 from nvcf_sidecar.platform.tokens import AttachTokens, RequestBody, ResponseSlot, WorkerResponse
@@ -51,10 +53,15 @@ __all__ = [
     "InvocationRefused",
     "Outcome",
     "WorkerExchange",
+    "refused",
+    "unavailable",
 ]
 
 POLL_NOT_ACKNOWLEDGED: Final = "worker did not acknowledge the status request."
 """Detail of the 504 problem when no worker replied on `rq_polling.<reqid>` in time."""
+WITHDRAW_WAIT: Final = 60.0
+"""How long the withdrawal of a request answered 503 waits for NATS to come back (not at
+shutdown: then it gives up at once)."""
 
 Outcome = WorkerResponse | web.Response
 """What a wait ends with: the worker's response, or the platform's own answer that stands in for
@@ -80,6 +87,11 @@ def refused(status: int, detail: str | None = None) -> InvocationRefused:
     return InvocationRefused(problem_response(status, detail), detail or str(status))
 
 
+def unavailable(error: NatsUnavailable) -> InvocationRefused:
+    """An `InvocationRefused` answering the 503 problem (with Retry-After) for NATS being down."""
+    return InvocationRefused(unavailable_response(error.reason), error.reason)
+
+
 class WorkerExchange:
     """Everything between a parsed invocation and the worker's response head, for one region."""
 
@@ -87,7 +99,7 @@ class WorkerExchange:
         "_background",
         "_base_url",
         "_grpc_url",
-        "_nats",
+        "_link",
         "_nca_id",
         "_queue",
         "_subject",
@@ -98,7 +110,7 @@ class WorkerExchange:
     def __init__(
         self,
         *,
-        nats: Client,
+        link: NatsLink,
         queue: WorkQueue,
         tracking: RequestTracking,
         tokens: AttachTokens,
@@ -108,7 +120,7 @@ class WorkerExchange:
         base_url: str,
         grpc_url: str,
     ) -> None:
-        self._nats = nats
+        self._link = link
         self._queue = queue
         self._tracking = tracking
         self._tokens = tokens
@@ -171,9 +183,10 @@ class WorkerExchange:
         """Queue an initial work item and yield the worker's response (or the empty 504).
 
         Raises `InvocationRefused` (429 queue full, 500 not queued, unreadable POST attach or
-        tracking failure). No answer within poll + 2 s: cancel broadcast and purge, then the 504.
-        A 202 is tracked before it is yielded. Tokens and the caller's body live until the
-        `async with` block ends; a caller leaving while waiting withdraws the request.
+        tracking failure, 503 while NATS is down or once it was down for the outage grace).
+        No answer within poll + 2 s: cancel broadcast and purge, then the 504. A 202 is tracked
+        before it is yielded. Tokens and the caller's body live until the `async with` block
+        ends; a caller leaving while waiting, or answered 503, withdraws the request.
         """
         request_id = item.requestId
         extra = _extra(version, request_id)
@@ -186,6 +199,9 @@ class WorkerExchange:
             try:
                 payload = encode_invoke_request(item)
                 await self._queue.publish(version.function_version_id, request_id, payload)
+            except NatsUnavailable as error:
+                _log.warning("work item not queued: NATS is down", extra=extra)
+                raise unavailable(error) from None
             except QueueFull as error:
                 _log.warning("work queue full", extra=extra)
                 raise refused(429, error.description) from None
@@ -198,11 +214,18 @@ class WorkerExchange:
                 worker = await self._wait(slot, poll_seconds)
             except TimeoutError:
                 _log.warning("no worker response in time", extra=extra)
-                await self._queue.withdraw(version.function_version_id, request_id)
+                if self._link.up:
+                    await self._queue.withdraw(version.function_version_id, request_id)
+                else:
+                    self._withdraw_later(version, request_id)
                 outcome = gateway_timeout(request_id)
             except WorkerResponseFailed as error:
                 self._withdraw_later(version, request_id)
                 raise refused(500, error.detail) from None
+            except NatsUnavailable as error:
+                _log.warning("caller answered 503: NATS is down", extra=extra)
+                self._withdraw_later(version, request_id)
+                raise unavailable(error) from None
             except asyncio.CancelledError:
                 _log.info("caller left before the response", extra=extra)
                 self._withdraw_later(version, request_id)
@@ -239,7 +262,8 @@ class WorkerExchange:
         `POLL_NOT_ACKNOWLEDGED`, record kept. No POST attach within poll + 2 s: the empty 504,
         record purged, no cancel. A 202 refreshes the record (`request_time_ns` is the original
         invocation's); any other answer purges it, so the result is fetched once. Raises
-        `InvocationRefused` (500) when NATS fails otherwise or the POST attach is unreadable.
+        `InvocationRefused`: 500 when NATS fails otherwise or the POST attach is unreadable, 503
+        while NATS is down or once it was down for the outage grace (record kept).
         """
         request_id = item.requestId
         extra = _extra(version, request_id)
@@ -258,6 +282,9 @@ class WorkerExchange:
                     outcome = gateway_timeout(request_id)
                 except WorkerResponseFailed as error:
                     raise refused(500, error.detail) from None
+                except NatsUnavailable as error:
+                    _log.warning("poll answered 503: NATS is down", extra=extra)
+                    raise unavailable(error) from None
                 except asyncio.CancelledError:
                     _log.info("caller left before the poll response", extra=extra)
                     raise
@@ -274,22 +301,31 @@ class WorkerExchange:
             slot.abandon()
 
     async def _wait(self, slot: ResponseSlot, poll_seconds: int) -> WorkerResponse:
-        """The worker's response head within poll + 2 s; the response token dies either way."""
+        """The worker's response head within poll + 2 s; the response token dies either way.
+
+        The answer comes over HTTP, so an outage shorter than the grace changes nothing; a longer
+        one (or shutdown) raises `NatsUnavailable`.
+        """
         try:
             raise_if_cancelled()  # a caller gone while a NATS call swallowed the cancel
             async with asyncio.timeout(poll_seconds + POLL_GRACE_SECONDS):
-                return await slot.wait()
+                return await self._link.while_reachable(slot.wait())
         finally:
             self._tokens.revoke(slot.token)
 
     async def _request_poll(self, item: WorkerInvokeFunctionRequest, extra: dict[str, str]) -> bool:
         """Whether a worker took the poll (any reply); False on no responders or a timeout."""
         try:
+            self._link.require()
             payload = encode_invoke_request(item)
-            await self._nats.request(
+            await self._link.client.request(
                 polling_subject(item.requestId), payload, timeout=POLL_REPLY_TIMEOUT_SECONDS
             )
+        except NatsUnavailable as error:
+            raise unavailable(error) from None
         except (NoRespondersError, TimeoutError) as error:
+            if not self._link.up:
+                raise unavailable(NatsUnavailable("NATS connection lost")) from None
             _log.warning("no worker took the poll", extra={**extra, "error": repr(error)})
             return False
         except (MessageTooLarge, NatsError) as error:
@@ -308,6 +344,9 @@ class WorkerExchange:
                 version.function_version_id,
                 request_time_ns=request_time_ns,
             )
+        except NatsUnavailable as error:
+            _log.warning("request not tracked: NATS is down", extra={"request_id": request_id})
+            raise unavailable(error) from None
         except TrackingFailed as error:
             _log.error("request not tracked", extra={"request_id": request_id, "error": str(error)})
             raise refused(500, str(error)) from None
@@ -315,13 +354,28 @@ class WorkerExchange:
     async def _forget(self, request_id: str, extra: dict[str, str]) -> None:
         try:
             await self._tracking.forget(request_id)
-        except TrackingFailed as error:
+        except (NatsUnavailable, TrackingFailed) as error:
             _log.warning("tracking record not purged", extra={**extra, "error": str(error)})
 
     def _withdraw_later(self, version: FunctionVersion, request_id: str) -> None:
         self._background.spawn(
-            self._queue.withdraw(version.function_version_id, request_id),
+            self._withdraw_when_connected(version.function_version_id, request_id),
             name=f"withdraw-{request_id}",
+        )
+
+    async def _withdraw_when_connected(self, function_version_id: str, request_id: str) -> None:
+        """Withdraw once NATS is up (bounded by `WITHDRAW_WAIT`; not at all after shutdown began)."""
+        try:
+            async with asyncio.timeout(WITHDRAW_WAIT):
+                connected = await self._link.wait_connected()
+        except TimeoutError:
+            connected = False
+        if connected:
+            await self._queue.withdraw(function_version_id, request_id)
+            return
+        _log.warning(
+            "request not withdrawn: NATS did not come back",
+            extra={"request_id": request_id, "function_version_id": function_version_id},
         )
 
 

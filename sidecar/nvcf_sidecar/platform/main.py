@@ -71,6 +71,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("memory", "file"),
         help="queue stream storage (NVCF_PLATFORM_STREAM_STORAGE, memory)",
     )
+    add(
+        "--nats-outage-grace",
+        type=float,
+        metavar="SECONDS",
+        help="answer waiting callers 503 once NATS is down this long "
+        "(NVCF_PLATFORM_NATS_OUTAGE_GRACE, 10)",
+    )
+    add(
+        "--url-signing-secret-file",
+        type=Path,
+        metavar="FILE",
+        help="keep the presigned-URL secret here, created 0600 if missing "
+        "(NVCF_PLATFORM_URL_SIGNING_SECRET_FILE; default: random per process)",
+    )
     add("--ready-file", type=Path, metavar="PATH", help="write bound ports here as JSON")
     add(
         "--log-level",
@@ -97,6 +111,8 @@ def run_command(args: argparse.Namespace) -> int:
             stream_max_messages=args.stream_max_messages,
             consumer_ack_wait=args.consumer_ack_wait,
             stream_storage=args.stream_storage,
+            nats_outage_grace=args.nats_outage_grace,
+            url_signing_secret_file=args.url_signing_secret_file,
             ready_file=args.ready_file,
             log_level=args.log_level,
         )

@@ -13,16 +13,20 @@ from nvcf_sidecar.protocol import PROBLEM_CONTENT_TYPE, invocation_problem
 
 __all__ = [
     "MISSING_AUTHORIZATION",
+    "RETRY_AFTER_SECONDS",
     "UNAUTHORIZED_CLIENT",
     "abort_response",
     "missing_authorization",
     "problem_response",
+    "unavailable_response",
 ]
 
 MISSING_AUTHORIZATION: Final = "Header of type `authorization` was missing"
 """Plain-text body of the 401 for a request without an Authorization header."""
 UNAUTHORIZED_CLIENT: Final = "client is unauthorized"
 """Detail of the 401 problem for a caller whose bearer is not an accepted API key."""
+RETRY_AFTER_SECONDS: Final = 5
+"""`Retry-After` of a 503 while NATS is down: a restarted nats-server is back within seconds."""
 
 
 def problem_response(
@@ -32,6 +36,11 @@ def problem_response(
     response = web.Response(status=status, body=invocation_problem(status, detail), headers=headers)
     response.content_type = PROBLEM_CONTENT_TYPE
     return response
+
+
+def unavailable_response(detail: str) -> web.Response:
+    """The 503 problem for a call that needs NATS while it is down, with `Retry-After`."""
+    return problem_response(503, detail, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 def missing_authorization() -> web.Response:

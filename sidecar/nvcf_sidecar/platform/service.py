@@ -1,8 +1,8 @@
 """`PlatformService`: the local invocation service and `nvcf.Worker` stand-in as one async resource.
 
-Owns the NATS connection, the function-state prober, the HTTP listener (pexec, status, exec,
-attach, assets, functions, queues, health) and the gRPC listener; opened in that order by
-`async with`, closed in reverse.
+Owns the NATS connection (`NatsLink`), the function-state prober, the HTTP listener (pexec,
+status, exec, attach, assets, functions, queues, health) and the gRPC listener; opened in that
+order by `async with`, closed in reverse.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from types import TracebackType
 from typing import Any, Final
 
 import grpc
-import nats
 from aiohttp import web
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
@@ -31,9 +30,10 @@ from nvcf_sidecar.platform.exchange import WorkerExchange
 from nvcf_sidecar.platform.exec import ExecEndpoint
 from nvcf_sidecar.platform.functions import FunctionEndpoints, FunctionStates
 from nvcf_sidecar.platform.invocation import CallerIdentity, ObjectLinks, PexecEndpoint
+from nvcf_sidecar.platform.nats_link import NatsLink
 from nvcf_sidecar.platform.object_routes import ObjectEndpoints
 from nvcf_sidecar.platform.objects import ObjectStore
-from nvcf_sidecar.platform.presign import UrlSigner
+from nvcf_sidecar.platform.presign import UrlSigner, load_or_create_secret
 from nvcf_sidecar.platform.queues import QueueEndpoints, QueueInspector
 from nvcf_sidecar.platform.registry import Registry
 from nvcf_sidecar.platform.settings import PlatformSettings
@@ -45,11 +45,13 @@ from nvcf_sidecar.protocol import add_worker_servicer
 
 __all__ = ["PlatformService"]
 
-NATS_CONNECT_TIMEOUT: Final = 15.0
-"""How long start-up waits for the first NATS connection (later outages reconnect forever)."""
 GRPC_STOP_GRACE: Final = 5.0
+HANDLER_STOP_GRACE: Final = 5.0
+"""Room for callers' answers still being relayed at shutdown (waiting callers get 503 at once)."""
 BACKGROUND_CLOSE_TIMEOUT: Final = 15.0
 """Room for pending cancel broadcasts and purges (each bounded by 10 s) at shutdown."""
+REBIND_ATTEMPTS: Final = 10
+"""Tries (a second apart) to re-create streams and buckets after a reconnect."""
 
 _log = logging.getLogger(__name__)
 
@@ -81,9 +83,10 @@ class PlatformService:
         self._objects = objects
         self._tokens = AttachTokens()
         self._stack: AsyncExitStack | None = None
-        self._nats: Client | None = None
+        self._link: NatsLink | None = None
         self._queue: WorkQueue | None = None
         self._tracking: RequestTracking | None = None
+        self._object_store: ObjectStore | None = None
         self._states: FunctionStates | None = None
         self._app: web.Application | None = None
         self._http_port = 0
@@ -110,9 +113,14 @@ class PlatformService:
     @property
     def nats(self) -> Client:
         """The platform's NATS connection."""
-        if self._nats is None:
+        return self.link.client
+
+    @property
+    def link(self) -> NatsLink:
+        """The NATS connection with its outage state (`up`, `down_for()`)."""
+        if self._link is None:
             raise PlatformError("the platform is not running")
-        return self._nats
+        return self._link
 
     @property
     def queue(self) -> WorkQueue:
@@ -212,9 +220,11 @@ class PlatformService:
 
     async def _start(self, stack: AsyncExitStack) -> None:
         settings = self._settings
-        nc = await asyncio.wait_for(_connect_nats(settings.nats_url), NATS_CONNECT_TIMEOUT)
-        stack.push_async_callback(_close_nats, nc)
-        self._nats = nc
+        link = NatsLink(
+            settings.nats_url, outage_grace=settings.nats_outage_grace, on_reconnect=self._rebind
+        )
+        self._link = await stack.enter_async_context(link)
+        nc = link.client
         queue = WorkQueue(
             nc,
             region=settings.region,
@@ -223,27 +233,35 @@ class PlatformService:
             storage=settings.storage_type,
         )
         self._queue = queue
-        for version in self._registry.versions:
-            try:
-                await queue.provision(version.function_version_id)
-            except (NatsError, TimeoutError) as error:
-                raise PlatformError(
-                    f"cannot create the work queue of version {version.function_version_id} "
-                    f"on {settings.nats_url} (is JetStream enabled?): {error!r}"
-                ) from error
         tracking = RequestTracking(
-            nc, region=settings.region, max_messages=settings.stream_max_messages
+            nc,
+            region=settings.region,
+            max_messages=settings.stream_max_messages,
+            storage=settings.storage_type,
         )
+        self._tracking = tracking
+        # Both ports are bound before either listener serves, so work items never name port 0.
+        http_socket = _bind(settings.host, settings.port)
+        stack.callback(http_socket.close)
+        self._http_port = http_socket.getsockname()[1]
+        secret_file = settings.url_signing_secret_file
+        secret = (
+            secrets.token_bytes(32) if secret_file is None else load_or_create_secret(secret_file)
+        )
+        objects = ObjectStore(nc, signer=UrlSigner(secret), base_url=self.base_url)
+        self._object_store = objects
         try:
-            await tracking.provision()
+            await self._provision()
         except (NatsError, TimeoutError) as error:
             raise PlatformError(
-                f"cannot create the tracking stream {tracking.stream} on {settings.nats_url}: "
-                f"{error!r}"
+                f"cannot create the streams and buckets on {settings.nats_url} "
+                f"(is JetStream enabled?): {error!r}"
             ) from error
-        self._tracking = tracking
         background = BackgroundTasks()
-        stack.push_async_callback(background.aclose, BACKGROUND_CLOSE_TIMEOUT)
+        # Clean-ups cannot run while NATS is down: they are not waited for then.
+        stack.push_async_callback(
+            lambda: background.aclose(BACKGROUND_CLOSE_TIMEOUT if link.up else 1.0)
+        )
         states = FunctionStates(
             self._registry,
             probe_interval=settings.health_probe_interval,
@@ -252,19 +270,7 @@ class PlatformService:
         self._states = await stack.enter_async_context(states)
         if not settings.api_keys:
             _log.warning("no API keys configured: any bearer token may invoke functions")
-
-        # Both ports are bound before either listener serves, so work items never name port 0.
-        http_socket = _bind(settings.host, settings.port)
-        stack.callback(http_socket.close)
-        self._http_port = http_socket.getsockname()[1]
         grpc_server = grpc.aio.server()
-        objects = ObjectStore(nc, signer=UrlSigner(secrets.token_bytes(32)), base_url=self.base_url)
-        try:
-            await objects.provision()
-        except (NatsError, TimeoutError) as error:
-            raise PlatformError(
-                f"cannot create the object store buckets on {settings.nats_url}: {error!r}"
-            ) from error
         catalog = AssetCatalog(objects)
         add_worker_servicer(
             WorkerApi(
@@ -286,7 +292,7 @@ class PlatformService:
 
         callers = CallerIdentity(settings.api_keys, settings.nca_id, settings.client_subject)
         exchange = WorkerExchange(
-            nats=nc,
+            link=link,
             queue=queue,
             tracking=tracking,
             tokens=self._tokens,
@@ -303,26 +309,31 @@ class PlatformService:
         status = StatusEndpoint(
             registry=self._registry, callers=callers, exchange=exchange, tracking=tracking
         )
-        endpoints = (
+        needing_nats = (
             pexec,
             status,
             ExecEndpoint(pexec=pexec, status=status),
-            AttachEndpoints(self._tokens),
             ObjectEndpoints(objects),
             AssetEndpoints(catalog, callers),
-            FunctionEndpoints(self._registry, callers, states, region=settings.region),
             QueueEndpoints(
                 self._registry, callers, states, QueueInspector(nc, region=settings.region)
             ),
         )
-        app = build_application(endpoints, nc)
+        local = (
+            AttachEndpoints(self._tokens),
+            FunctionEndpoints(self._registry, callers, states, region=settings.region),
+        )
+        app = build_application(needing_nats, local, link)
         self._app = app
         # Handlers are cancelled when their client disconnects: a caller that leaves while
         # waiting gets its request withdrawn, as NVIDIA's service does.
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=HANDLER_STOP_GRACE
+        )
         try:
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
+            stack.callback(link.stop_waiting)  # before the cleanup: waiting callers get 503 now
             await web.SockSite(runner, http_socket).start()
             await grpc_server.start()
         except BaseException:
@@ -330,48 +341,44 @@ class PlatformService:
             raise
         stack.push_async_callback(grpc_server.stop, GRPC_STOP_GRACE)
 
+    async def _provision(self) -> None:
+        """Create every queue stream and consumer, the tracking stream and the object buckets
+        unless they exist (idempotent; at start-up and after every reconnect)."""
+        queue, tracking, objects = self._queue, self._tracking, self._object_store
+        if queue is None or tracking is None or objects is None:
+            raise PlatformError("the platform is not running")
+        for version in self._registry.versions:
+            await queue.provision(version.function_version_id)
+        await tracking.provision()
+        await objects.provision()
+
+    async def _rebind(self) -> None:
+        """After a reconnect: re-create what a restarted server may have lost (memory storage);
+        workers only bind to streams and consumers that exist."""
+        if self._object_store is None:
+            return  # still starting: `_start` provisions
+        for attempt in range(1, REBIND_ATTEMPTS + 1):
+            try:
+                await self._provision()
+            except (NatsError, TimeoutError, PlatformError) as error:
+                _log.warning(
+                    "streams not re-created yet after the reconnect",
+                    extra={"attempt": attempt, "error": repr(error)},
+                )
+                await asyncio.sleep(1.0)
+                continue
+            _log.info("streams and buckets in place after the reconnect")
+            return
+
     def _reset(self) -> None:
-        self._nats = None
+        self._link = None
         self._queue = None
         self._tracking = None
+        self._object_store = None
         self._states = None
         self._app = None
         self._http_port = 0
         self._grpc_port = 0
-
-
-async def _connect_nats(url: str) -> Client:
-    connection: list[Client] = []  # filled once connected; the callbacks need the client
-
-    async def error(exception: Exception) -> None:
-        _log.warning("NATS error", extra={"error": repr(exception)})
-
-    async def disconnected() -> None:
-        if not (connection and connection[0].is_closed):  # our own close is no news
-            _log.warning("NATS disconnected", extra={"nats_url": url})
-
-    async def reconnected() -> None:
-        _log.info("NATS reconnected", extra={"nats_url": url})
-
-    client = await nats.connect(
-        url,
-        name="nvcf-platform",
-        connect_timeout=5,
-        reconnect_time_wait=1,
-        max_reconnect_attempts=-1,
-        error_cb=error,
-        disconnected_cb=disconnected,
-        reconnected_cb=reconnected,
-    )
-    connection.append(client)
-    return client
-
-
-async def _close_nats(nc: Client) -> None:
-    try:
-        await asyncio.wait_for(nc.close(), 10.0)
-    except TimeoutError:
-        _log.warning("NATS connection did not close within 10 s")
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -56,7 +56,13 @@ class PlatformSettings:
     consumer_ack_wait: float = ACK_WAIT_SECONDS
     """Ack wait of each durable consumer: redelivery after this long without ack/keepalive."""
     stream_storage: str = "memory"
-    """`memory` (as NVIDIA's invocation service creates streams) or `file`."""
+    """Storage of the queue and tracking streams: `memory` (as NVIDIA's invocation service
+    creates them) or `file` (queued work and tracking records outlive a nats-server restart)."""
+    nats_outage_grace: float = 10.0
+    """Seconds NATS may be down before callers still waiting for a worker are answered 503."""
+    url_signing_secret_file: Path | None = None
+    """The presigned-URL secret, kept in this file (created 0600 when missing) so URLs outlive a
+    platform restart; None: a random secret per process."""
     ready_file: Path | None = None
     """Where `nvcf-sidecar platform` writes its bound ports as JSON once listening."""
     health_probe_interval: float = 2.0
@@ -91,6 +97,7 @@ class PlatformSettings:
         for name, seconds in (
             ("health_probe_interval", self.health_probe_interval),
             ("deploy_timeout", self.deploy_timeout),
+            ("nats_outage_grace", self.nats_outage_grace),
         ):
             if not seconds > 0:
                 raise ConfigError(f"{name}: {seconds} must be > 0 seconds")
@@ -168,6 +175,8 @@ ENV_VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "stream_max_messages": ("NVCF_PLATFORM_STREAM_MAX_MESSAGES", _int),
     "consumer_ack_wait": ("NVCF_PLATFORM_CONSUMER_ACK_WAIT", _float),
     "stream_storage": ("NVCF_PLATFORM_STREAM_STORAGE", str.lower),
+    "nats_outage_grace": ("NVCF_PLATFORM_NATS_OUTAGE_GRACE", _float),
+    "url_signing_secret_file": ("NVCF_PLATFORM_URL_SIGNING_SECRET_FILE", Path),
     "ready_file": ("NVCF_PLATFORM_READY_FILE", Path),
     "health_probe_interval": ("NVCF_PLATFORM_HEALTH_PROBE_INTERVAL", _float),
     "deploy_timeout": ("NVCF_PLATFORM_DEPLOY_TIMEOUT", _float),

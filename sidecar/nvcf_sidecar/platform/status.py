@@ -13,8 +13,18 @@ from typing import Final
 
 from aiohttp import web
 
-from nvcf_sidecar.platform.errors import FunctionNotFound, FunctionVersionNotFound
-from nvcf_sidecar.platform.exchange import InvocationRefused, Outcome, WorkerExchange, refused
+from nvcf_sidecar.platform.errors import (
+    FunctionNotFound,
+    FunctionVersionNotFound,
+    NatsUnavailable,
+)
+from nvcf_sidecar.platform.exchange import (
+    InvocationRefused,
+    Outcome,
+    WorkerExchange,
+    refused,
+    unavailable,
+)
 from nvcf_sidecar.platform.invocation import CallerIdentity, poll_seconds_of, request_headers
 from nvcf_sidecar.platform.problems import problem_response
 from nvcf_sidecar.platform.registry import Registry, canonical_uuid
@@ -99,11 +109,13 @@ class StatusEndpoint:
 
         Yields a 404 problem (no detail, as NVIDIA's) when the request is not tracked, else see
         `WorkerExchange.poll`. Raises `InvocationRefused`: 500 when the tracking stream cannot be
-        read, 404 when the tracked version is no longer configured.
+        read, 503 while NATS is down, 404 when the tracked version is no longer configured.
         """
         extra = {"request_id": request_id}
         try:
             tracked = await self._tracking.lookup(request_id)
+        except NatsUnavailable as error:
+            raise unavailable(error) from None
         except TrackingFailed as error:
             _log.error("tracking lookup failed", extra={**extra, "error": str(error)})
             raise refused(500, str(error)) from None

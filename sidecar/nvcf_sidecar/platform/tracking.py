@@ -1,12 +1,14 @@
 """The request-tracking stream `requestToFunctionVersion_<region>`: which version a polled reqid ran on.
 
 Written on every 202 the platform relays, read by status polls, purged once a poll ends the request
-(reference §2.4, §6). One record per reqid, kept at most an hour.
+(reference §2.4, §6). One record per reqid, kept at most an hour. Memory storage as NVIDIA's, or
+file storage (the dev stack's) so that records outlive a nats-server restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Final
@@ -14,10 +16,12 @@ from typing import Final
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
+from nats.js.api import StorageType
 from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
-from nvcf_sidecar.platform.errors import PlatformError
+from nvcf_sidecar.platform.errors import NatsUnavailable, PlatformError
+from nvcf_sidecar.platform.nats_link import NOT_CONNECTED
 from nvcf_sidecar.protocol import (
     MAX_QUEUED_MESSAGES,
     WorkerResultTracking,
@@ -49,14 +53,27 @@ class TrackingFailed(PlatformError):
 
 
 class RequestTracking:
-    """The tracking stream of one region: `provision`, then `record`, `lookup`, `forget` by reqid."""
+    """The tracking stream of one region: `provision`, then `record`, `lookup`, `forget` by reqid.
 
-    __slots__ = ("_js", "_max_messages", "_region", "_stream")
+    Every call raises `NatsUnavailable` (instead of `TrackingFailed`) while the connection is
+    down, at once when it is known down before the call.
+    """
 
-    def __init__(self, nc: Client, *, region: str, max_messages: int = MAX_QUEUED_MESSAGES) -> None:
+    __slots__ = ("_js", "_max_messages", "_nc", "_region", "_storage", "_stream")
+
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        region: str,
+        max_messages: int = MAX_QUEUED_MESSAGES,
+        storage: StorageType = StorageType.MEMORY,
+    ) -> None:
+        self._nc = nc
         self._js: JetStreamContext = nc.jetstream(timeout=TRACKING_TIMEOUT)
         self._region = region
         self._max_messages = max_messages
+        self._storage = storage
         self._stream = tracking_stream_name(region)
 
     @property
@@ -75,7 +92,11 @@ class RequestTracking:
         Eagerly, as NVIDIA's service does: a direct get on a missing stream times out instead of
         answering "not found".
         """
-        config = tracking_stream_config(self._region, max_messages=self._max_messages)
+        self._require_connection()
+        config = dataclasses.replace(
+            tracking_stream_config(self._region, max_messages=self._max_messages),
+            storage=self._storage,
+        )
         try:
             await self._js.add_stream(config)
         except APIError as error:
@@ -103,6 +124,7 @@ class RequestTracking:
         )
         subject = tracking_subject(self._region, request_id)
         payload = record.SerializeToString()
+        self._require_connection()
         try:
             try:
                 await self._js.publish(subject, payload, timeout=TRACKING_TIMEOUT)
@@ -113,7 +135,7 @@ class RequestTracking:
                 await self.provision()
                 await self._js.publish(subject, payload, timeout=TRACKING_TIMEOUT)
         except (NatsError, TimeoutError) as error:
-            raise TrackingFailed(request_id, "write", _reason(error)) from error
+            raise self._failure(request_id, "write", error) from error
         _log.debug(
             "request tracked",
             extra={"request_id": request_id, "function_version_id": function_version_id},
@@ -125,12 +147,13 @@ class RequestTracking:
         Raises `TrackingFailed` when the stream cannot be read or the record does not decode.
         """
         subject = tracking_subject(self._region, request_id)
+        self._require_connection()
         try:
             message = await self._js.get_last_msg(self._stream, subject, direct=True)
         except NotFoundError:
             return None
         except (NatsError, TimeoutError) as error:
-            raise TrackingFailed(request_id, "read", _reason(error)) from error
+            raise self._failure(request_id, "read", error) from error
         record = WorkerResultTracking()
         try:
             record.ParseFromString(message.data or b"")
@@ -141,13 +164,24 @@ class RequestTracking:
     async def forget(self, request_id: str) -> None:
         """Purge the record of `request_id` (no-op when there is none). Raises `TrackingFailed`."""
         subject = tracking_subject(self._region, request_id)
+        self._require_connection()
         try:
             await asyncio.wait_for(
                 self._js.purge_stream(self._stream, subject=subject), TRACKING_TIMEOUT
             )
         except (NatsError, TimeoutError) as error:
-            raise TrackingFailed(request_id, "purge", _reason(error)) from error
+            raise self._failure(request_id, "purge", error) from error
         _log.debug("request tracking purged", extra={"request_id": request_id})
+
+    def _require_connection(self) -> None:
+        if not self._nc.is_connected:
+            raise NatsUnavailable(NOT_CONNECTED)
+
+    def _failure(self, request_id: str, action: str, error: BaseException) -> PlatformError:
+        """`NatsUnavailable` when the connection dropped meanwhile, else `TrackingFailed`."""
+        if not self._nc.is_connected:
+            return NatsUnavailable(NOT_CONNECTED)
+        return TrackingFailed(request_id, action, _reason(error))
 
 
 def _reason(error: BaseException) -> str:

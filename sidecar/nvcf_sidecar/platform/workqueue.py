@@ -2,6 +2,7 @@
 
 Mirrors NVIDIA's invocation service (reference §2.1, §2.2, §5.1 step 5, §10): idempotent creation,
 publish retries that tell a duplicate from a full queue, and withdrawal of abandoned work items.
+Nothing here waits on a connection known to be down: that is `NatsUnavailable` at once.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import random
+import time
 from collections.abc import Sequence
 from typing import Final
 
@@ -19,7 +21,8 @@ from nats.js.api import StorageType
 from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, NoStreamResponseError
 
-from nvcf_sidecar.platform.errors import PublishFailed, QueueFull
+from nvcf_sidecar.platform.errors import NatsUnavailable, PublishFailed, QueueFull
+from nvcf_sidecar.platform.nats_link import NOT_CONNECTED
 from nvcf_sidecar.protocol import (
     cancel_subject,
     request_consumer_config,
@@ -28,12 +31,14 @@ from nvcf_sidecar.protocol import (
     request_subject,
 )
 
-__all__ = ["PUBLISH_RETRY_DELAYS", "WorkQueue"]
+__all__ = ["PUBLISH_DEADLINE", "PUBLISH_RETRY_DELAYS", "WorkQueue"]
 
 PUBLISH_RETRY_DELAYS: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
 """Upper bounds of the (full-jitter) pauses before each publish retry, as NVIDIA's IS retries."""
 PUBLISH_TIMEOUT: Final = 5.0
 """How long one publish waits for the stream's acknowledgement."""
+PUBLISH_DEADLINE: Final = 10.0
+"""Bound on a whole publish, retries included (NVIDIA's retries could take a minute)."""
 ADMIN_TIMEOUT: Final = 10.0
 """Bound on one stream/consumer create or purge call (NVIDIA's purge timeout is 10 s)."""
 
@@ -52,6 +57,7 @@ class WorkQueue:
 
     __slots__ = (
         "_ack_wait",
+        "_deadline",
         "_js",
         "_max_messages",
         "_nc",
@@ -69,6 +75,7 @@ class WorkQueue:
         ack_wait: float,
         storage: StorageType,
         retry_delays: Sequence[float] = PUBLISH_RETRY_DELAYS,
+        deadline: float = PUBLISH_DEADLINE,
     ) -> None:
         self._nc = nc
         self._js: JetStreamContext = nc.jetstream(timeout=ADMIN_TIMEOUT)
@@ -77,6 +84,7 @@ class WorkQueue:
         self._ack_wait = ack_wait
         self._storage = storage
         self._retry_delays = tuple(retry_delays)
+        self._deadline = deadline
 
     @property
     def region(self) -> str:
@@ -88,7 +96,9 @@ class WorkQueue:
 
         Settings as reference §2.1/§2.2 (with this platform's max messages, ack wait and
         storage). An existing stream or consumer is left as it is, whatever its settings.
+        Raises `NatsUnavailable` at once while the connection is down.
         """
+        self._require_connection()
         region = region or self._region
         stream = request_stream_config(
             region,
@@ -124,10 +134,13 @@ class WorkQueue:
 
         A missing stream is created once, then retried. "Maximum messages per subject exceeded"
         means an earlier attempt landed: success. A full stream raises `QueueFull` at once;
-        anything else is retried with jittered backoff and finally raises `PublishFailed`.
+        anything else is retried with jittered backoff within `PUBLISH_DEADLINE` and finally
+        raises `PublishFailed`. The connection being down (before any attempt) raises
+        `NatsUnavailable` instead of retrying.
         """
         subject = request_subject(self._region, function_version_id, request_id)
-        error = await self._publish_once(subject, payload)
+        deadline = time.monotonic() + self._deadline
+        error = await self._publish_once(subject, payload, deadline)
         if error is None:
             return
         if isinstance(error, NoStreamResponseError):
@@ -137,8 +150,11 @@ class WorkQueue:
             )
             await self.provision(function_version_id)
         for bound in (0.0, *self._retry_delays):
-            await asyncio.sleep(bound * random.random())
-            error = await self._publish_once(subject, payload)
+            pause = bound * random.random()
+            if time.monotonic() + pause >= deadline:
+                break
+            await asyncio.sleep(pause)
+            error = await self._publish_once(subject, payload, deadline)
             if error is None:
                 return
             _log.warning(
@@ -147,10 +163,15 @@ class WorkQueue:
             )
         raise PublishFailed(subject, repr(error))
 
-    async def _publish_once(self, subject: str, payload: bytes) -> Exception | None:
-        """None on success (or duplicate); the retryable error otherwise; QueueFull is raised."""
+    async def _publish_once(
+        self, subject: str, payload: bytes, deadline: float
+    ) -> Exception | None:
+        """None on success (or duplicate); the retryable error otherwise; QueueFull and
+        NatsUnavailable are raised."""
+        self._require_connection()
+        timeout = max(0.1, min(PUBLISH_TIMEOUT, deadline - time.monotonic()))
         try:
-            await self._js.publish(subject, payload, timeout=PUBLISH_TIMEOUT)
+            await self._js.publish(subject, payload, timeout=timeout)
         except APIError as error:
             description = error.description or ""
             if error.err_code == _STORE_FAILED and _PER_SUBJECT_LIMIT in description:
@@ -162,13 +183,21 @@ class WorkQueue:
             return error
         return None
 
+    def _require_connection(self) -> None:
+        if not self._nc.is_connected:
+            raise NatsUnavailable(NOT_CONNECTED)
+
     async def withdraw(self, function_version_id: str, request_id: str) -> None:
         """Cancel a request nobody waits for any more (reference §10).
 
         Broadcasts the reqid on `nvcf.cancel.<fvid>` (a worker running it stops) and purges its
-        subject from the stream (no worker picks it up later). Failures are logged, not raised.
+        subject from the stream (no worker picks it up later). Failures are logged, not raised;
+        while the connection is down nothing is tried (see `WorkerExchange`, which waits).
         """
         extra = {"request_id": request_id, "function_version_id": function_version_id}
+        if not self._nc.is_connected:
+            _log.warning("request not withdrawn: NATS is not connected", extra=extra)
+            return
         try:
             await self._nc.publish(cancel_subject(function_version_id), request_id.encode())
             await self._nc.flush(timeout=int(ADMIN_TIMEOUT))

@@ -18,6 +18,7 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import ConnectionClosedError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from nvcf_sidecar.protocol import (
@@ -111,6 +112,8 @@ class MockWorker:
                 messages: list[Msg] = await subscription.fetch(batch=32, timeout=0.5)
             except NatsTimeoutError:
                 continue
+            except ConnectionClosedError:
+                return  # NATS went away (a test killed it): nothing more to fetch
             for message in messages:
                 task = asyncio.create_task(self._handle(message))
                 self._tasks.add(task)
@@ -186,7 +189,10 @@ class MockWorker:
             self.errors.append(error)
             raise
         finally:
-            await message.ack()
+            try:
+                await message.ack()
+            except ConnectionClosedError:
+                pass  # NATS went away (a test killed it): the item is redelivered, or purged
             await self._advance()
 
     async def _rest_of_body(self, item: WorkerInvokeFunctionRequest) -> bytes:
