@@ -1,5 +1,7 @@
 """The dev stack once it is up: children that exit are reported, and restarted within a budget.
 
+nats-server, inference servers and sidecars are restarted with `--restart`; the platform never is.
+
 `StackSupervisor.check()` is one round of watching, called from `nvcf-sidecar dev`'s main loop;
 `RestartPolicy` is the budget of `--restart` (N restarts per child within a sliding window).
 """
@@ -15,12 +17,15 @@ from dataclasses import dataclass
 
 from nvcf_sidecar.platform.stack import LocalStack, StackError, StackProcess
 
+_NATS = "nats-server"
+
 __all__ = ["RestartBudget", "RestartPolicy", "StackSupervisor", "describe_child", "describe_exit"]
 
 
 @dataclass(frozen=True)
 class RestartPolicy:
-    """Restart an exited server or sidecar, at most `max_restarts` times within `window` s."""
+    """Restart an exited nats-server, server or sidecar, at most `max_restarts` times within
+    `window` s (each counted on its own)."""
 
     max_restarts: int = 5
     window: float = 60.0
@@ -60,9 +65,10 @@ def describe_exit(code: int) -> str:
 
 
 class StackSupervisor:
-    """Watches a started `LocalStack`: NATS and the platform must stay up; an inference server or
-    sidecar that exits stops the stack, or with a `RestartPolicy` is restarted in its place (same
-    name, log and health URL) until it exits too often. `say` hears every event as a sentence.
+    """Watches a started `LocalStack`: the platform must stay up; nats-server, an inference server
+    or a sidecar that exits stops the stack, or with a `RestartPolicy` is restarted in its place
+    (nats-server on the same port and store; a server or sidecar with the same name, log and
+    health URL) until it exits too often. `say` hears every event as a sentence.
     """
 
     def __init__(
@@ -83,8 +89,7 @@ class StackSupervisor:
         """One round: None while the stack should go on, else the exit status to stop with (1)."""
         stack = self._stack
         if not stack.nats.running:
-            self._say(f"error: nats-server exited; its log ends with:\n{stack.nats.log_tail()}")
-            return 1
+            return self._nats_exited()
         if stack.platform.returncode is not None:
             return self._fatal(stack.platform, "")
         for process in stack.processes():
@@ -97,6 +102,36 @@ class StackSupervisor:
             if status is not None:
                 return status
         self._report_recovered()
+        return None
+
+    def _nats_exited(self) -> int | None:
+        nats = self._stack.nats
+        how = describe_exit(nats.returncode) if nats.returncode is not None else "an unknown status"
+        if self._budget is None:
+            self._say(
+                f"error: nats-server exited with {how}; its log ends with:\n{nats.log_tail()}"
+            )
+            return 1
+        policy = self._budget.policy
+        count = self._budget.take(_NATS, self._clock())
+        if count is None:
+            self._say(
+                f"error: nats-server exited with {how}; it was restarted {policy.max_restarts} "
+                f"times within {policy.window:g} s, so the stack stops; its log ends with:\n"
+                f"{nats.log_tail()}"
+            )
+            return 1
+        self._say(
+            f"nats-server exited with {how}; restarting it on the same port and store "
+            f"({count} of {policy.max_restarts} within {policy.window:g} s)"
+        )
+        try:
+            self._stack.restart_nats()
+        except StackError as error:
+            self._say(f"error: cannot restart nats-server: {error}")
+            return 1
+        self._say(f"restarted nats-server (pid {nats.pid}) at {nats.url}")
+        self._say("nats-server is ready again")
         return None
 
     def _restart(self, process: StackProcess, budget: RestartBudget) -> int | None:

@@ -161,18 +161,27 @@ class EmbeddedNatsServer:
         """Whether the server process is alive."""
         return self.pid is not None
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit status of a server that exited by itself (negative: killed by that signal);
+        None while it runs or once `stop()` reaped it."""
+        return None if self._process is None else self._process.poll()
+
     # -- lifecycle --------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, timeout: float | None = None) -> None:
         """Start the server and return once JetStream answers its health check.
 
-        Waits at most `start_timeout` seconds for `/healthz?js-enabled-only=true` to answer 200.
+        After `stop()` (or an exit) it starts again on the same ports and store directory, so
+        streams with file storage and object buckets are still there. Waits at most `timeout`
+        (default `start_timeout`) seconds for `/healthz?js-enabled-only=true` to answer 200.
         Raises `NatsServerError` with the log when the store directory is unusable, the process
         exits early, or the wait times out; the process is killed first, and a temporary store
         directory removed.
         """
         if self.running:
             raise NatsServerError(f"nats-server is already running (pid {self.pid})")
+        self.stop()  # reaps a server that exited by itself and closes its log
         store_dir = self._prepare_store_dir()
         config = store_dir / _CONFIG_NAME
         # max_payload has no command-line flag; everything else does.
@@ -213,7 +222,7 @@ class EmbeddedNatsServer:
             self._close_log()
             raise NatsServerError(f"cannot run {command[0]!r}: {error}") from error
         try:
-            self._wait_until_ready(store_dir)
+            self._wait_until_ready(store_dir, timeout or self._start_timeout)
         except BaseException:
             # A failed `with` never reaches __exit__: clean up here, temporary store included.
             self._kill()
@@ -309,10 +318,10 @@ class EmbeddedNatsServer:
         for stale in store_dir.glob("*.ports"):
             stale.unlink(missing_ok=True)
 
-    def _wait_until_ready(self, store_dir: Path) -> None:
+    def _wait_until_ready(self, store_dir: Path, timeout: float) -> None:
         """Poll the ports file, then the JetStream health endpoint, until ready or the deadline."""
         assert self._process is not None
-        deadline = time.monotonic() + self._start_timeout
+        deadline = time.monotonic() + timeout
         pid = self._process.pid
         ports_known = False
         while True:
@@ -331,7 +340,7 @@ class EmbeddedNatsServer:
                 return
             if time.monotonic() >= deadline:
                 raise NatsServerError(
-                    f"nats-server did not become healthy within {self._start_timeout:g} s; "
+                    f"nats-server did not become healthy within {timeout:g} s; "
                     f"log {str(self.log_file)!r}:\n{self._log_excerpt()}"
                 )
             time.sleep(_POLL_INTERVAL)

@@ -1,7 +1,9 @@
 """The whole local NVCF stack as child processes on loopback: NATS, platform, servers, sidecars.
 
 `LocalStack` starts them in dependency order, waits until every sidecar is ready and stops them
-in reverse; it is what `nvcf-sidecar dev`, the benchmarks and the end-to-end tests run on.
+in reverse; it is what `nvcf-sidecar dev`, the benchmarks and the end-to-end tests run on. Its state
+lives in the work directory (NATS store, file-backed streams, the URL-signing secret), so a
+restarted nats-server or platform finds it again.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from nvcf_sidecar.platform.stack_spec import (
 __all__ = ["HOST", "ChildExited", "FunctionSpec", "LocalStack", "StackError", "StackProcess"]
 
 _POLL_INTERVAL: Final = 0.05
+NATS_RESTART_TIMEOUT: Final = 30.0
+"""How long a restarted nats-server may take to be healthy (JetStream recovers its store)."""
 
 
 def _quiet(text: str) -> None:
@@ -102,6 +106,11 @@ class LocalStack:
     def nats_url(self) -> str:
         """The embedded NATS server."""
         return self._endpoint("nats_url")
+
+    @property
+    def url_signing_secret_file(self) -> Path:
+        """The platform's presigned-URL secret (0600), kept across platform restarts."""
+        return self.work_dir / "secrets" / "url-signing.key"
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -255,6 +264,19 @@ class LocalStack:
             self._wait_ready([sidecar], time.monotonic() + timeout, timeout)
         return sidecar
 
+    def restart_nats(self, timeout: float = NATS_RESTART_TIMEOUT) -> EmbeddedNatsServer:
+        """Stop nats-server (if anything of it still runs) and start it again on the same port
+        and store directory: file-backed queue and tracking streams, consumers and object
+        buckets survive, and the platform and sidecars reconnect by themselves. Raises
+        StackError when it does not come back within `timeout` seconds."""
+        nats = self.nats
+        nats.stop()
+        try:
+            nats.start(timeout=timeout)
+        except NatsServerError as error:
+            raise StackError(str(error)) from error
+        return nats
+
     def restart_container(
         self, version_id: str, *, wait: bool = True, timeout: float = 60.0
     ) -> StackProcess:
@@ -326,6 +348,9 @@ class LocalStack:
         command = [*sidecar_executable(), "platform", "--config", str(registry)]
         command += ["--nats", self.nats_url, "--host", HOST, "--port", "0", "--grpc-port", "0"]
         command += ["--api-key", self.api_key, "--ready-file", str(ready_file)]
+        # State in the work directory outlives a restart of nats-server or of the platform.
+        command += ["--stream-storage", "file"]
+        command += ["--url-signing-secret-file", str(self.url_signing_secret_file)]
         self._platform = self._spawn("platform", [*command, *self._platform_args], os.environ)
         self._progress(
             f"started the platform (pid {self._platform.pid}); waiting for its listeners"

@@ -12,8 +12,10 @@ import re
 import shutil
 import signal
 import sys
+import time
 import tomllib
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -254,7 +256,7 @@ inference_port = {port}
     )
     dev = start_dev(start_process, platform_port, "--config", str(config), "--restart")
     dev.wait_for_log(READY, timeout=60)
-    printed(dev, r"^\[dev\] a server or sidecar that exits is restarted \(at most 5 times")
+    printed(dev, r"^\[dev\] nats-server, a server or a sidecar that exits is restarted \(at most 5")
     function_id = printed(dev, r"^\[dev\] function echo, id (\S+):$").group(1)
     url = f"http://127.0.0.1:{platform_port}/v2/nvcf/pexec/functions/{function_id}"
     sidecar_url = printed(dev, r"^\[dev\] waiting for sidecar-echo-1: (\S+)$").group(1)
@@ -279,6 +281,73 @@ inference_port = {port}
 
     pids = printed_pids(dev)
     assert len(pids) == 6  # four at start, two restarted
+    assert dev.pid is not None
+    os.kill(dev.pid, signal.SIGINT)
+    assert dev.wait_exit(30) == 0
+    assert_all_gone(pids)
+
+
+def test_dev_restart_brings_back_a_killed_nats_server_on_its_port_and_store(
+    start_process: StartProcess, tmp_path: Path
+) -> None:
+    platform_port, port = free_ports(2)
+    config = tmp_path / "functions.toml"
+    config.write_text(
+        f"""
+[[functions]]
+name = "echo"
+command = {toml_list([sys.executable, str(E2E_CONTAINER), str(port)])}
+inference_port = {port}
+{FAST_HEALTH}
+"""
+    )
+    work_dir = tmp_path / "dev"
+    dev = start_dev(
+        start_process,
+        platform_port,
+        "--config",
+        str(config),
+        "--restart",
+        "--work-dir",
+        str(work_dir),
+    )
+    dev.wait_for_log(READY, timeout=60)
+    function_id = printed(dev, r"^\[dev\] function echo, id (\S+):$").group(1)
+    url = f"http://127.0.0.1:{platform_port}/v2/nvcf/pexec/functions/{function_id}"
+    nats_url = printed(dev, r"^\[dev\] nats-server ready: (\S+) \(pid \d+\)$").group(1)
+    secret = work_dir / "secrets" / "url-signing.key"
+    assert secret.stat().st_mode & 0o777 == 0o600  # presigned URLs outlive a platform restart
+    pids = printed_pids(dev)
+
+    with ThreadPoolExecutor(1) as pool:
+        # A caller in flight: its sidecar answers over HTTP whatever happens to NATS meanwhile.
+        in_flight = pool.submit(
+            invoke, url, headers={"X-E2E-Action": "sleep", "X-E2E-Seconds": "3"}
+        )
+        time.sleep(1.0)
+        os.kill(pids["nats-server"], signal.SIGKILL)
+        dev.wait_for_log("[dev] nats-server is ready again", timeout=30)
+        answer = in_flight.result(timeout=30)
+    assert answer.status == 200, answer.body
+    assert answer.json() == {"slept": 3.0}
+    printed(
+        dev,
+        r"^\[dev\] nats-server exited with signal 9 \(SIGKILL\); restarting it on the same port "
+        r"and store \(1 of 5 within 60 s\)$",
+    )
+    assert (
+        printed(dev, r"^\[dev\] restarted nats-server \(pid \d+\) at (\S+)$").group(1) == nats_url
+    )
+
+    # The platform and the sidecar reconnect by themselves; until then callers get 503.
+    deadline = time.monotonic() + 30
+    while (answer := invoke(url)).status == 503:
+        assert answer.headers["Retry-After"]
+        assert time.monotonic() < deadline, "the stack never served again after the restart"
+        time.sleep(0.2)
+    assert answer.status == 200, answer.body
+
+    pids = printed_pids(dev)
     assert dev.pid is not None
     os.kill(dev.pid, signal.SIGINT)
     assert dev.wait_exit(30) == 0
