@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
@@ -103,6 +104,7 @@ class DevStack:
         self.execution_log = work_dir / "executions.log"
         self.sidecar_names = [f"sidecar-chaos-{n}" for n in range(1, layout.sidecars + 1)]
         self.lines: list[str] = []  # dev's own [dev] lines, in order
+        self._recent: deque[str] = deque(maxlen=60)  # every line, children's too
         self._lock = threading.Lock()
         self._pids: dict[str, int] = {}
         self._ready: set[str] = set()
@@ -172,6 +174,8 @@ class DevStack:
             for raw in stream:
                 log.write(raw)
                 line = raw.decode(errors="replace").rstrip("\n")
+                with self._lock:
+                    self._recent.append(line)
                 if line.startswith("[dev] "):
                     self._track(line)
             log.flush()
@@ -277,8 +281,9 @@ class DevStack:
         return None
 
     def tail(self, lines: int = 40) -> str:
+        """The last `lines` lines of dev's output (its children's included)."""
         with self._lock:
-            return "\n".join(self.lines[-lines:])
+            return "\n".join(list(self._recent)[-lines:])
 
     # -- stop -----------------------------------------------------------------------------------
 
