@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv lint lint-docker typecheck test demo bench proto clean
+.PHONY: venv lint lint-docker typecheck test demo bench chaos proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The chaos suite (docs/reliability.md): 1000 requests per fault scenario through
+# `nvcf-sidecar dev --restart`; figures in bench/results/chaos.json. Fails on a wrong or lost
+# request. tests/ comes last on the path: its nvcf_sidecar mirror must not shadow the package.
+chaos: $(STAMP)
+	PYTHONPATH=src:sidecar:tests $(BIN)/python -m chaos --requests 1000
 
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I sidecar/nvcf_sidecar/protocol \
