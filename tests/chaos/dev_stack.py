@@ -38,6 +38,7 @@ _PIDS = re.compile(r"^\[dev\] pids: (.*)$")
 _RESTARTED = re.compile(r"^\[dev\] restarted (\S+) \(pid (\d+)\)")
 _READY_AGAIN = re.compile(r"^\[dev\] (\S+) is ready again")
 _NATS_URL = re.compile(r"^\[dev\] nats-server ready: nats://127\.0\.0\.1:(\d+)")
+_ANY_PID = re.compile(r"\(pid (\d+)\)")  # "started X (pid N)", "nats-server ready: ... (pid N)"
 
 
 class DevError(Exception):
@@ -65,20 +66,27 @@ def _stack_pythonpath() -> str:
     return os.pathsep.join(kept)
 
 
-def _members_of(groups: set[int]) -> list[int]:
-    """Live (non-zombie) processes whose process group is one of `groups`. Every child of dev
-    leads its own group, so this finds them and anything they started."""
+def _members_of(groups: set[int], work_dir: Path) -> list[int]:
+    """Live (non-zombie) processes whose process group is one of `groups` and whose command line
+    or environment names `work_dir`. Every child of dev leads its own group, so this finds them
+    and anything they started; the `work_dir` check keeps a reused pid of someone else's out."""
+    marker = str(work_dir).encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
-        except (FileNotFoundError, ProcessLookupError):
+            fields = stat[stat.rfind(")") + 2 :].split()
+            if fields[0] == "Z" or int(fields[2]) not in groups:
+                continue
+            if (
+                marker in (entry / "cmdline").read_bytes()
+                or marker in (entry / "environ").read_bytes()
+            ):
+                found.append(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[2]) in groups:
-            found.append(int(entry.name))
     return found
 
 
@@ -183,6 +191,7 @@ class DevStack:
     def _track(self, line: str) -> None:
         with self._lock:
             self.lines.append(line)
+            self._seen_pids.update(int(pid) for pid in _ANY_PID.findall(line))
             if match := _PIDS.match(line):
                 for name, pid in re.findall(r"(\S+)=(\d+)", match.group(1)):
                     self._pids[name] = int(pid)
@@ -306,7 +315,7 @@ class DevStack:
         with self._lock:
             groups = {*self._seen_pids, process.pid}
         orphans = []
-        for pid in _members_of(groups):
+        for pid in _members_of(groups, self.work_dir):
             _, command = _parent_and_command(pid)
             orphans.append(f"pid {pid} ({command[:100]}) outlived dev")
             try:
@@ -314,7 +323,7 @@ class DevStack:
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + 10
-        while _members_of(groups):
+        while _members_of(groups, self.work_dir):
             if time.monotonic() > deadline:
                 orphans.append("some leftovers survived SIGKILL for 10 s")
                 break
