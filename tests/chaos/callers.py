@@ -148,7 +148,8 @@ async def _call(
             raise _Lost(f"no final answer within its deadline ({method} pending)") from None
         except aiohttp.ClientError as error:
             if not retry_dropped:
-                raise _Lost(f"{method} connection dropped: {type(error).__name__}") from None
+                why = f"{type(error).__name__}: {error}"[:100]
+                raise _Lost(f"{method} connection dropped with no status: {why}") from None
             last_error = f"{method} dropped: {type(error).__name__}"
         await asyncio.sleep(min(_RETRY_PAUSE_S, max(0.0, deadline - time.monotonic())))
     raise _Lost(f"no final answer within its deadline (last: {last_error})")
