@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Final
@@ -33,6 +31,7 @@ from nvcf_sidecar.worker.binding import (
     bind_consumer,
     keepalive_interval_for,
 )
+from nvcf_sidecar.worker.cancel import RecentCancels
 from nvcf_sidecar.worker.config import WorkerConfig
 from nvcf_sidecar.worker.inflight import InFlightRequest, RequestHandler
 from nvcf_sidecar.worker.logs import bind_log_fields
@@ -45,11 +44,6 @@ __all__ = ["RequestConsumer"]
 logger = logging.getLogger(__name__)
 
 _REBIND_AFTER_FAILURES: Final = 10
-CANCELLED_MEMORY_SECONDS: Final = 600.0
-"""How long a cancel for a request this sidecar does not run is remembered: a copy of that item
-delivered later (a redelivery after another worker died, a purge that lost the race with a
-pull) is acked without running."""
-CANCELLED_MEMORY_SIZE: Final = 10_000
 
 
 class RequestConsumer:
@@ -84,11 +78,11 @@ class RequestConsumer:
         self._regions: tuple[str, ...] = ()
         self._wanted_regions: tuple[str, ...] | None = None
         self._generation = 0
+        self._reconnects = 0
         self._stopping = False
         self._pulls: set[PullRequest] = set()
         self._ack_waits: dict[str, float | None] = {}
-        self._cancelled: OrderedDict[str, float] = OrderedDict()
-        """Request ids cancelled while not in flight here, with the time of the cancel."""
+        self._cancelled = RecentCancels()
         self._keepalive_intervals: dict[str, float] = {}
 
     # --- state -----------------------------------------------------------------------------------
@@ -140,6 +134,12 @@ class RequestConsumer:
         if not self._stopping:
             self._stopping = True
             self._abandon_pulls()
+
+    def nats_reconnected(self) -> None:
+        """NATS is back: pulls that failed while it was away are retried now, not after their
+        backoff (which may have grown to 30 s during a long outage)."""
+        self._reconnects += 1
+        self._changed.notify()
 
     def health_changed(self, healthy: bool) -> None:
         """Pause pulling while the container is unhealthy (in-flight requests go on)."""
@@ -285,17 +285,24 @@ class RequestConsumer:
                         "retry_in_seconds": round(delay, 3),
                     },
                 )
-                await self._sleep_unless_finished(delay, generation)
-                if failures % _REBIND_AFTER_FAILURES == 0 and not self._finished(generation):
+                reconnects = self._reconnects
+                await self._sleep_unless_finished(delay, generation, reconnects)
+                if self._reconnects != reconnects:
+                    logger.info("NATS reconnected; pulling again", extra={"region": region})
+                    backoff.reset()
+                elif failures % _REBIND_AFTER_FAILURES == 0 and not self._finished(generation):
                     await self._rebind_quietly(region)
             else:
                 failures = 0
                 backoff.reset()
 
-    async def _sleep_unless_finished(self, delay: float, generation: int) -> None:
+    async def _sleep_unless_finished(self, delay: float, generation: int, reconnects: int) -> None:
+        """Sleep `delay` s, less if fetching ends or NATS reconnects meanwhile."""
         try:
             async with asyncio.timeout(delay):
-                await self._changed.wait_for(lambda: self._finished(generation))
+                await self._changed.wait_for(
+                    lambda: self._finished(generation) or self._reconnects != reconnects
+                )
         except TimeoutError:
             pass
 
@@ -365,7 +372,7 @@ class RequestConsumer:
                 logger.warning("could not terminate a message", extra={"error": str(term_error)})
             return
         request_id = request.requestId
-        if self._was_cancelled(request_id):
+        if request_id in self._cancelled:
             logger.warning(
                 "work item cancelled before it arrived; acked without running",
                 extra={"request_id": request_id, "region": region},
@@ -402,29 +409,13 @@ class RequestConsumer:
 
     def cancel_request(self, request_id: str, reason: str = "upstream cancel via NATS") -> bool:
         """Cancel the in-flight request `request_id`; False if this instance does not run it
-        (then the cancel is remembered for `CANCELLED_MEMORY_SECONDS`, see `handle_delivery`)."""
+        (then the cancel is remembered, see `handle_delivery`)."""
         cancelled = False
         for entry in self._in_flight.get(request_id, ()):
             cancelled = entry.cancel(reason) or cancelled
         if not cancelled:
-            self._remember_cancel(request_id)
+            self._cancelled.remember(request_id)
         return cancelled
-
-    def _remember_cancel(self, request_id: str) -> None:
-        now = time.monotonic()
-        self._cancelled[request_id] = now
-        self._cancelled.move_to_end(request_id)
-        while self._cancelled and (
-            len(self._cancelled) > CANCELLED_MEMORY_SIZE
-            or next(iter(self._cancelled.values())) < now - CANCELLED_MEMORY_SECONDS
-        ):
-            self._cancelled.popitem(last=False)
-
-    def _was_cancelled(self, request_id: str) -> bool:
-        cancelled_at = self._cancelled.get(request_id)
-        return (
-            cancelled_at is not None and cancelled_at >= time.monotonic() - CANCELLED_MEMORY_SECONDS
-        )
 
     async def _serve(
         self, request: WorkerInvokeFunctionRequest, region: str, entry: InFlightRequest

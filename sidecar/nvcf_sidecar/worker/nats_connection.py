@@ -126,6 +126,7 @@ class NatsConnection:
     `token` is called on every (re)connect and returns the current worker token. `on_closed` is
     called once if the connection closes for good while the block is still open (reconnects
     exhausted): the sidecar cannot serve without NATS, so the caller treats that as fatal.
+    `on_reconnected` is called after each reconnect (the consumer pulls again at once).
     """
 
     def __init__(
@@ -134,10 +135,12 @@ class NatsConnection:
         token: Callable[[], str],
         *,
         on_closed: Callable[[], None] | None = None,
+        on_reconnected: Callable[[], None] | None = None,
     ) -> None:
         self._config = config
         self._token = token
         self._on_closed = on_closed
+        self._on_reconnected_hook = on_reconnected
         self._client: NATS | None = None
         self._closing = False
         self._lame_duck: asyncio.Task[None] | None = None
@@ -231,6 +234,8 @@ class NatsConnection:
     async def _on_reconnected(self) -> None:
         url = self._client.connected_url if self._client is not None else None
         logger.info("reconnected to NATS", extra={"server": url.netloc if url else None})
+        if self._on_reconnected_hook is not None:
+            self._on_reconnected_hook()
 
     async def _on_closed_cb(self) -> None:
         if self._closing:

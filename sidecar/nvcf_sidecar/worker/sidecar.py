@@ -158,6 +158,10 @@ class Sidecar:
             reasons.append(f"inference container not healthy: {reason}")
         return reasons
 
+    def _nats_reconnected(self) -> None:
+        if self._consumer is not None:
+            self._consumer.nats_reconnected()
+
     def _container_changed(self, healthy: bool) -> None:
         if self._consumer is not None:
             self._consumer.health_changed(healthy)
@@ -218,6 +222,7 @@ class Sidecar:
                     config,
                     lambda: api.token,
                     on_closed=lambda: self._fail(StartupError("NATS connection lost for good")),
+                    on_reconnected=self._nats_reconnected,
                 )
             )
             self._container = await stack.enter_async_context(

@@ -11,7 +11,13 @@ import pytest
 
 from harness.modules import load_module
 from nvcf_sidecar.protocol import cancel_subject
-from nvcf_sidecar.worker.cancel import CancelListener
+from nvcf_sidecar.worker import cancel as cancel_module
+from nvcf_sidecar.worker.cancel import (
+    CANCELLED_MEMORY_SECONDS,
+    CANCELLED_MEMORY_SIZE,
+    CancelListener,
+    RecentCancels,
+)
 from nvcf_sidecar.worker.metrics import Outcome, WorkerMetrics
 
 pytestmark = pytest.mark.nats
@@ -124,3 +130,23 @@ async def test_a_cancel_before_the_request_starts_keeps_it_from_running() -> Non
     assert msg.acked
     assert metrics.requests.labels(Outcome.CANCELLED.value)._value.get() == 1
     assert consumer.slots.held == 0
+
+
+def test_recent_cancels_are_remembered_for_a_while_and_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(cancel_module.time, "monotonic", lambda: clock[0])
+    recent = RecentCancels()
+    recent.remember("a")
+    assert "a" in recent
+    assert "b" not in recent
+    clock[0] += CANCELLED_MEMORY_SECONDS + 1
+    assert "a" not in recent  # forgotten after the memory time
+    for n in range(CANCELLED_MEMORY_SIZE + 5):
+        recent.remember(str(n))
+    assert "0" not in recent
+    assert "4" not in recent
+    assert "5" in recent
+    assert str(CANCELLED_MEMORY_SIZE + 4) in recent
+    assert len(recent._at) == CANCELLED_MEMORY_SIZE
