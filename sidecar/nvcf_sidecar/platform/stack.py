@@ -9,7 +9,6 @@ restarted nats-server or platform finds it again.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import threading
 import time
@@ -19,15 +18,23 @@ from types import TracebackType
 from typing import Final, TextIO
 
 from nvcf_sidecar.platform.nats_server import EmbeddedNatsServer, NatsServerError
+from nvcf_sidecar.platform.stack_platform import (
+    PLATFORM_RESTART_TIMEOUT,
+    PlatformEndpoints,
+    PlatformPlan,
+    wait_listening,
+)
 from nvcf_sidecar.platform.stack_process import (
     ChildExited,
     StackError,
     StackProcess,
+    stop_in_order,
     wait_all_ready,
 )
 from nvcf_sidecar.platform.stack_spec import (
     HOST,
     FunctionSpec,
+    choose_ports,
     free_port,
     process_labels,
     registry_toml,
@@ -37,7 +44,6 @@ from nvcf_sidecar.platform.stack_spec import (
 
 __all__ = ["HOST", "ChildExited", "FunctionSpec", "LocalStack", "StackError", "StackProcess"]
 
-_POLL_INTERVAL: Final = 0.05
 NATS_RESTART_TIMEOUT: Final = 30.0
 """How long a restarted nats-server may take to be healthy (JetStream recovers its store)."""
 
@@ -54,6 +60,10 @@ class LocalStack:
     writers, so a caller that also writes there can share it). `progress` is told, in plain
     sentences, what `start()` does and waits for. Use it as a context manager, or call `start()`
     and `stop()`. Not thread-safe: drive it from one thread.
+
+    The platform listens on `platform_port` (0: a free port) for callers and on a free gRPC port
+    for the sidecars; both are chosen once, so `restart_platform` brings it back on them.
+    `platform_args` are appended to its command line.
     """
 
     def __init__(
@@ -62,6 +72,7 @@ class LocalStack:
         *,
         work_dir: Path,
         api_key: str = "nvcf-local-key",
+        platform_port: int = 0,
         platform_args: Sequence[str] = (),
         log_stream: TextIO | None = None,
         stream_lock: threading.Lock | None = None,
@@ -73,6 +84,7 @@ class LocalStack:
         self.functions: tuple[FunctionSpec, ...] = tuple(functions)
         self.work_dir = Path(work_dir)
         self.api_key = api_key
+        self._platform_port = platform_port
         self._platform_args = list(platform_args)
         self._log_stream = log_stream
         self._stream_lock = stream_lock or threading.Lock()
@@ -80,6 +92,8 @@ class LocalStack:
         self._labels = process_labels(self.functions)
         self._nats: EmbeddedNatsServer | None = None
         self._platform: StackProcess | None = None
+        self._platform_ports = (0, 0)  # (HTTP, gRPC), chosen by start()
+        self._platform_plan: PlatformPlan | None = None
         self._endpoints: dict[str, str] = {}
         self._containers: dict[str, StackProcess] = {}
         self._sidecars: dict[str, list[StackProcess]] = {v: [] for v in versions}
@@ -208,7 +222,9 @@ class LocalStack:
             raise StackError("the stack was already started")
         deadline = time.monotonic() + timeout
         try:
-            self._choose_health_ports()
+            # Chosen once: the registry names the health ports, a restarted platform reuses its.
+            health, self._platform_ports = choose_ports(self.functions, self._platform_port)
+            self._health_ports.update(health)
             self._start_nats(deadline)
             self._start_platform(deadline)
             for spec in self.functions:
@@ -237,16 +253,7 @@ class LocalStack:
             list(self._containers.values()),
             [] if self._platform is None else [self._platform],
         ]
-        errors: list[StackError] = []
-        for group in groups:
-            for process in group:
-                process.terminate()
-            deadline = time.monotonic() + timeout
-            for process in group:
-                try:
-                    process.finish_stop(deadline)
-                except StackError as error:
-                    errors.append(error)
+        errors = stop_in_order(groups, timeout)
         if self._nats is not None:
             try:
                 self._nats.close()
@@ -276,6 +283,21 @@ class LocalStack:
         except NatsServerError as error:
             raise StackError(str(error)) from error
         return nats
+
+    def restart_platform(self, timeout: float = PLATFORM_RESTART_TIMEOUT) -> StackProcess:
+        """Stop the platform (all of its group) and start the same command again; return once it
+        listens at the same HTTP and gRPC URLs, with the same registry, NATS, file-backed streams
+        and URL-signing secret (the sidecars keep serving). Attach tokens lived in the old
+        process only. ChildExited if it exits while starting, StackError after `timeout` s."""
+        old, plan = self.platform, self._platform_plan
+        assert plan is not None  # set with `_platform`
+        old.stop()
+        plan.ready_file.unlink(missing_ok=True)  # a killed platform leaves its file behind
+        fresh = old.respawn()
+        self._platform = fresh
+        before = PlatformEndpoints(self.base_url, self.grpc_url)
+        wait_listening(fresh, plan.ready_file, time.monotonic() + timeout, expected=before)
+        return fresh
 
     def restart_container(
         self, version_id: str, *, wait: bool = True, timeout: float = 60.0
@@ -312,15 +334,6 @@ class LocalStack:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _choose_health_ports(self) -> None:
-        taken = {spec.inference_port for spec in self.functions}
-        for spec in self.functions:
-            ports = self._health_ports[spec.version_id]
-            ports.clear()
-            for _ in range(spec.sidecars):
-                ports.append(free_port(avoid=taken))
-                taken.add(ports[-1])
-
     def _start_nats(self, deadline: float) -> None:
         self._progress("starting nats-server (JetStream)")
         self._nats = EmbeddedNatsServer(
@@ -337,34 +350,31 @@ class LocalStack:
         self._progress(f"nats-server ready: {self._nats.url} (pid {self._nats.pid})")
 
     def _start_platform(self, deadline: float) -> None:
-        registry = self.work_dir / "functions.toml"
-        ready_file = self.work_dir / "platform-ready.json"
         self.work_dir.mkdir(parents=True, exist_ok=True)
         urls = {
             spec.version_id: self.instance_health_urls(spec.version_id) for spec in self.functions
         }
+        registry = self.work_dir / "functions.toml"
         registry.write_text(registry_toml(self.functions, urls))
-        ready_file.unlink(missing_ok=True)
-        command = [*sidecar_executable(), "platform", "--config", str(registry)]
-        command += ["--nats", self.nats_url, "--host", HOST, "--port", "0", "--grpc-port", "0"]
-        command += ["--api-key", self.api_key, "--ready-file", str(ready_file)]
-        # State in the work directory outlives a restart of nats-server or of the platform.
-        command += ["--stream-storage", "file"]
-        command += ["--url-signing-secret-file", str(self.url_signing_secret_file)]
-        self._platform = self._spawn("platform", [*command, *self._platform_args], os.environ)
+        http_port, grpc_port = self._platform_ports
+        plan = PlatformPlan(
+            registry=registry,
+            ready_file=self.work_dir / "platform-ready.json",
+            nats_url=self.nats_url,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            api_key=self.api_key,
+            url_signing_secret_file=self.url_signing_secret_file,
+            extra_args=tuple(self._platform_args),
+        )
+        self._platform_plan = plan
+        plan.ready_file.unlink(missing_ok=True)
+        self._platform = self._spawn("platform", plan.command(), os.environ)
         self._progress(
             f"started the platform (pid {self._platform.pid}); waiting for its listeners"
         )
-        while not ready_file.exists():
-            self._platform.check_running()
-            if time.monotonic() >= deadline:
-                raise StackError(
-                    f"platform did not write {ready_file} in time; log ends with:\n"
-                    f"{self._platform.log_tail()}"
-                )
-            time.sleep(_POLL_INTERVAL)
-        endpoints = json.loads(ready_file.read_text())
-        self._endpoints.update(base_url=endpoints["base_url"], grpc_url=endpoints["grpc_url"])
+        endpoints = wait_listening(self._platform, plan.ready_file, deadline)
+        self._endpoints.update(base_url=endpoints.base_url, grpc_url=endpoints.grpc_url)
         self._progress(f"platform ready: {self.base_url} (nvcf.Worker gRPC at {self.grpc_url})")
 
     def _start_container(self, spec: FunctionSpec) -> StackProcess:

@@ -26,6 +26,7 @@ __all__ = [
     "http_status",
     "live_group_members",
     "signal_group",
+    "stop_in_order",
     "wait_all_ready",
     "wait_group_gone",
 ]
@@ -258,6 +259,22 @@ class StackProcess:
         except OSError:
             return ""
         return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+def stop_in_order(groups: Sequence[Sequence[StackProcess]], timeout: float) -> list[StackError]:
+    """Stop group after group: SIGTERM to each process of a group, `timeout` s for all of
+    them, then SIGKILL; the errors of processes that survived even that."""
+    errors: list[StackError] = []
+    for group in groups:
+        for process in group:
+            process.terminate()
+        deadline = time.monotonic() + timeout
+        for process in group:
+            try:
+                process.finish_stop(deadline)
+            except StackError as error:
+                errors.append(error)
+    return errors
 
 
 def wait_all_ready(

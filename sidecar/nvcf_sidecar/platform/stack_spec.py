@@ -19,6 +19,7 @@ from nvcf_sidecar.platform.stack_process import StackError
 __all__ = [
     "HOST",
     "FunctionSpec",
+    "choose_ports",
     "free_port",
     "process_labels",
     "registry_toml",
@@ -180,3 +181,20 @@ def free_port(avoid: Collection[int] = ()) -> int:
         if port not in avoid:
             return port
     raise StackError("no free loopback port found")
+
+
+def choose_ports(
+    functions: Sequence[FunctionSpec], platform_port: int
+) -> tuple[dict[str, list[int]], tuple[int, int]]:
+    """Free loopback ports for the stack, distinct from each other and the inference ports:
+    each version's sidecars' health ports (by version id), and the platform's HTTP port (given,
+    or a free one for 0) and gRPC port."""
+    taken = {spec.inference_port for spec in functions} | {platform_port}
+    health: dict[str, list[int]] = {}
+    for spec in functions:
+        ports = health.setdefault(spec.version_id, [])
+        for _ in range(spec.sidecars):
+            ports.append(free_port(avoid=taken))
+            taken.add(ports[-1])
+    http_port = platform_port or free_port(avoid=taken)
+    return health, (http_port, free_port(avoid=taken | {http_port}))
