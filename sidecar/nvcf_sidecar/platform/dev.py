@@ -4,9 +4,9 @@ Builds `FunctionSpec`s from the flags (`dev -- COMMAND`) or from a config file (
 FILE`, see `dev_config.py`), starts `LocalStack` (NATS, the platform, each version's server and
 sidecars) with every child's output copied to stdout as `[name] line` and its own progress as
 `[dev] line`, prints copy-paste `curl` lines for every function and version, and runs until
-SIGINT or SIGTERM (exit 0). nats-server, a server or a sidecar that exits stops the stack (exit 1),
-or with `--restart` is restarted within a budget (`dev_supervisor.py`). Usage and config errors
-exit 2.
+SIGINT or SIGTERM (exit 0). A child that exits (nats-server, the platform, a server, a sidecar)
+stops the stack (exit 1), or with `--restart` is restarted within a budget (`dev_supervisor.py`).
+Usage and config errors exit 2.
 """
 
 from __future__ import annotations
@@ -130,7 +130,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--restart",
         "--restart-on-crash",
         action="store_true",
-        help="restart nats-server, a server or a sidecar that exits (else the stack stops)",
+        help="restart nats-server, the platform, a server or a sidecar that exits "
+        "(else the stack stops)",
     )
     add("--max-restarts", type=_positive, default=5, metavar="N", help="per child (5) ...")
     add("--restart-window", type=_seconds, default=60.0, metavar="S", help="... within S s (60)")
@@ -214,7 +215,7 @@ def _run(specs: tuple[FunctionSpec, ...], args: argparse.Namespace, work_dir: Pa
         specs,
         work_dir=work_dir,
         api_key=args.api_key,
-        platform_args=["--port", str(args.port)],
+        platform_port=args.port,
         log_stream=sys.stdout,
         stream_lock=_OUTPUT_LOCK,
         progress=_say,
@@ -332,7 +333,7 @@ def _ready_text(stack: LocalStack, policy: RestartPolicy | None) -> str:
     ]
     if policy is not None:
         lines.append(
-            f"nats-server, a server or a sidecar that exits is restarted (at most "
+            f"nats-server, the platform, a server or a sidecar that exits is restarted (at most "
             f"{policy.max_restarts} times within {policy.window:g} s each)"
         )
     lines.append("Ctrl-C stops everything.")

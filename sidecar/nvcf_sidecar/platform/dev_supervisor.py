@@ -1,6 +1,6 @@
 """The dev stack once it is up: children that exit are reported, and restarted within a budget.
 
-nats-server, inference servers and sidecars are restarted with `--restart`; the platform never is.
+With `--restart`, nats-server, the platform, inference servers and sidecars are all restarted.
 
 `StackSupervisor.check()` is one round of watching, called from `nvcf-sidecar dev`'s main loop;
 `RestartPolicy` is the budget of `--restart` (N restarts per child within a sliding window).
@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from nvcf_sidecar.platform.stack import LocalStack, StackError, StackProcess
 
 _NATS = "nats-server"
+_PLATFORM = "platform"
 
 __all__ = ["RestartBudget", "RestartPolicy", "StackSupervisor", "describe_child", "describe_exit"]
 
 
 @dataclass(frozen=True)
 class RestartPolicy:
-    """Restart an exited nats-server, server or sidecar, at most `max_restarts` times within
-    `window` s (each counted on its own)."""
+    """Restart an exited nats-server, platform, server or sidecar, at most `max_restarts` times
+    within `window` s (each counted on its own)."""
 
     max_restarts: int = 5
     window: float = 60.0
@@ -65,10 +66,11 @@ def describe_exit(code: int) -> str:
 
 
 class StackSupervisor:
-    """Watches a started `LocalStack`: the platform must stay up; nats-server, an inference server
-    or a sidecar that exits stops the stack, or with a `RestartPolicy` is restarted in its place
-    (nats-server on the same port and store; a server or sidecar with the same name, log and
-    health URL) until it exits too often. `say` hears every event as a sentence.
+    """Watches a started `LocalStack`: a child that exits (nats-server, the platform, an inference
+    server or a sidecar; a clean exit too) stops the stack, or with a `RestartPolicy` is restarted
+    in its place (nats-server on the same port and store; the platform on the same ports; a server
+    or sidecar with the same name, log and health URL) until it exits too often. `say` hears every
+    event as a sentence.
     """
 
     def __init__(
@@ -91,7 +93,9 @@ class StackSupervisor:
         if not stack.nats.running:
             return self._nats_exited()
         if stack.platform.returncode is not None:
-            return self._fatal(stack.platform, "")
+            if self._budget is None:
+                return self._fatal(stack.platform, "; stopping the stack")
+            return self._platform_exited(self._budget)
         for process in stack.processes():
             code = process.returncode
             if code is None or process is stack.platform:
@@ -132,6 +136,33 @@ class StackSupervisor:
             return 1
         self._say(f"restarted nats-server (pid {nats.pid}) at {nats.url}")
         self._say("nats-server is ready again")
+        return None
+
+    def _platform_exited(self, budget: RestartBudget) -> int | None:
+        """Start the platform again on its ports; callers it held were cut off, new ones are
+        refused while it starts (about a second or two)."""
+        platform, policy = self._stack.platform, budget.policy
+        count = budget.take(_PLATFORM, self._clock())
+        if count is None:
+            return self._fatal(
+                platform,
+                f"; it was restarted {policy.max_restarts} times within {policy.window:g} s, "
+                "so the stack stops",
+            )
+        self._say(
+            f"platform exited with {describe_exit(platform.returncode or 0)}; restarting it on "
+            f"the same ports ({count} of {policy.max_restarts} within {policy.window:g} s)"
+        )
+        try:
+            fresh = self._stack.restart_platform()
+        except StackError as error:
+            self._say(f"error: cannot restart the platform: {error}")
+            return 1
+        self._say(
+            f"restarted platform (pid {fresh.pid}) at {self._stack.base_url} "
+            f"(nvcf.Worker gRPC at {self._stack.grpc_url})"
+        )
+        self._say("platform is ready again")
         return None
 
     def _restart(self, process: StackProcess, budget: RestartBudget) -> int | None:

@@ -256,7 +256,10 @@ inference_port = {port}
     )
     dev = start_dev(start_process, platform_port, "--config", str(config), "--restart")
     dev.wait_for_log(READY, timeout=60)
-    printed(dev, r"^\[dev\] nats-server, a server or a sidecar that exits is restarted \(at most 5")
+    printed(
+        dev,
+        r"^\[dev\] nats-server, the platform, a server or a sidecar that exits is restarted \(at most 5",
+    )
     function_id = printed(dev, r"^\[dev\] function echo, id (\S+):$").group(1)
     url = f"http://127.0.0.1:{platform_port}/v2/nvcf/pexec/functions/{function_id}"
     sidecar_url = printed(dev, r"^\[dev\] waiting for sidecar-echo-1: (\S+)$").group(1)
@@ -346,6 +349,60 @@ inference_port = {port}
         assert time.monotonic() < deadline, "the stack never served again after the restart"
         time.sleep(0.2)
     assert answer.status == 200, answer.body
+
+    pids = printed_pids(dev)
+    assert dev.pid is not None
+    os.kill(dev.pid, signal.SIGINT)
+    assert dev.wait_exit(30) == 0
+    assert_all_gone(pids)
+
+
+def test_dev_restart_brings_back_a_killed_or_stopped_platform_on_its_ports(
+    start_process: StartProcess, tmp_path: Path
+) -> None:
+    platform_port, port = free_ports(2)
+    config = tmp_path / "functions.toml"
+    config.write_text(
+        f"""
+[[functions]]
+name = "echo"
+command = {toml_list([sys.executable, str(E2E_CONTAINER), str(port)])}
+inference_port = {port}
+"""
+    )
+    dev = start_dev(start_process, platform_port, "--config", str(config), "--restart")
+    dev.wait_for_log(READY, timeout=60)
+    function_id = printed(dev, r"^\[dev\] function echo, id (\S+):$").group(1)
+    url = f"http://127.0.0.1:{platform_port}/v2/nvcf/pexec/functions/{function_id}"
+    endpoints = printed(dev, r"^\[dev\] platform ready: (\S+ \(nvcf.Worker gRPC at \S+\))$")
+    pids = printed_pids(dev)
+
+    # A crash (SIGKILL), then a graceful stop of the platform alone: both are restarted.
+    platform = pids["platform"]
+    ready_again = "[dev] platform is ready again"
+    for number, (signum, how) in enumerate(
+        [(signal.SIGKILL, r"signal 9 \(SIGKILL\)"), (signal.SIGTERM, "exit code 0")], start=1
+    ):
+        os.kill(platform, signum)
+        dev.wait_for(
+            lambda: dev.log_text().count(ready_again) == number,  # noqa: B023 (waited at once)
+            timeout=30,
+            what=f"restart {number} of the platform",
+        )
+        printed(
+            dev,
+            rf"^\[dev\] platform exited with {how}; restarting it on the same ports "
+            rf"\({number} of 5 within 60 s\)$",
+        )
+        # The same URLs: the sidecar (not restarted) keeps its gRPC URL, callers theirs.
+        restarts = re.findall(
+            r"^\[dev\] restarted platform \(pid (\d+)\) at (.*)$", dev.log_text(), re.M
+        )
+        assert restarts[-1][1] == endpoints.group(1)
+        platform = int(restarts[-1][0])
+        answer = invoke(url)
+        assert answer.status == 200, answer.body
+    assert "sidecar-echo-1 exited" not in dev.log_text()
 
     pids = printed_pids(dev)
     assert dev.pid is not None
