@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Final
@@ -44,6 +46,10 @@ __all__ = ["RequestConsumer"]
 logger = logging.getLogger(__name__)
 
 _REBIND_AFTER_FAILURES: Final = 10
+RECENT_ACK_SECONDS: Final = 10.0
+"""Acks sent this recently are sent again after a reconnect: one written just before the server
+died never reached it, and its item would run again after the ack wait."""
+_RECENT_ACK_LIMIT: Final = 4096
 
 
 class RequestConsumer:
@@ -83,6 +89,8 @@ class RequestConsumer:
         self._pulls: set[PullRequest] = set()
         self._ack_waits: dict[str, float | None] = {}
         self._cancelled = RecentCancels()
+        self._recent_acks: deque[tuple[float, str]] = deque(maxlen=_RECENT_ACK_LIMIT)
+        """(monotonic time, reply subject) of the latest acks."""
         self._keepalive_intervals: dict[str, float] = {}
 
     # --- state -----------------------------------------------------------------------------------
@@ -137,9 +145,31 @@ class RequestConsumer:
 
     def nats_reconnected(self) -> None:
         """NATS is back: pulls that failed while it was away are retried now, not after their
-        backoff (which may have grown to 30 s during a long outage)."""
+        backoff (which may have grown to 30 s during a long outage); in-flight items get a
+        `+WPI` and the acks of the last `RECENT_ACK_SECONDS` are sent again (acking twice is
+        harmless), so nothing finished or still running is redelivered for a lost ack."""
         self._reconnects += 1
         self._changed.notify()
+        if self._requests is not None:
+            self._requests.create_task(self._resend_after_reconnect(), name="resend acks")
+
+    async def _resend_after_reconnect(self) -> None:
+        horizon = time.monotonic() - RECENT_ACK_SECONDS
+        replies = [reply for at, reply in self._recent_acks if at >= horizon]
+        running = [entry.msg for entries in self._in_flight.values() for entry in entries]
+        try:
+            for reply in replies:
+                await self._nc.publish(reply, b"")
+            for msg in running:
+                await msg.in_progress()
+        except Exception as error:
+            logger.warning("could not resend acks after a reconnect", extra={"error": str(error)})
+            return
+        if replies or running:
+            logger.info(
+                "acks and keepalives sent again after a reconnect",
+                extra={"acks": len(replies), "in_flight": len(running)},
+            )
 
     def health_changed(self, healthy: bool) -> None:
         """Pause pulling while the container is unhealthy (in-flight requests go on)."""
@@ -440,6 +470,8 @@ class RequestConsumer:
                 self._metrics.count(outcome)
                 try:
                     await entry.msg.ack()
+                    if entry.msg.reply:
+                        self._recent_acks.append((time.monotonic(), entry.msg.reply))
                 except Exception as error:
                     logger.error("could not ack a work item", extra={"error": str(error)})
                 finally:

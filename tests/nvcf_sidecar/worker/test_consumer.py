@@ -340,3 +340,33 @@ async def test_region_change_rebinds_and_serves_the_new_region(nats_server: Any)
         await runner.wait_finished(1)
         assert runner.finished == ids
         assert state.consumer.regions == (REGION, "new-region")
+
+
+async def test_after_a_reconnect_recent_acks_and_keepalives_are_sent_again(
+    nats_server: Any,
+) -> None:
+    # An ack written just before nats-server died never reached it; sent again, the finished
+    # item is not redelivered (acking twice is harmless). A running item gets a +WPI at once.
+    await shell.provision_queue(nats_server.url, REGION)
+    runner = shell.StandInRunner()
+    observer = await nats.connect(nats_server.url)
+    try:
+        async with shell.serving(nats_server.url, runner, max_request_concurrency=2) as state:
+            await shell.publish_work(nats_server.url, [shell.work_item(), shell.work_item()])
+            await runner.wait_finished(2)
+            await shell.wait_for_state(nats_server.url, (0, 0, 0))
+            runner.hold = True
+            await shell.publish_work(nats_server.url, [shell.work_item()])
+            await runner.wait_started(3)
+            acks = await observer.subscribe(f"$JS.ACK.{request_stream_name(REGION, FVID)}.>")
+            await observer.flush()
+
+            state.consumer.nats_reconnected()
+
+            payloads = [(await acks.next_msg(timeout=5)).data for _ in range(3)]
+            assert sorted(payloads) == [b"", b"", b"+WPI"]
+            runner.release()
+            await runner.wait_finished(3)
+    finally:
+        await observer.close()
+    assert len(runner.started) == 3
