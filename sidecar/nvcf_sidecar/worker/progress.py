@@ -109,6 +109,7 @@ class ProgressWatch:
         self._last: tuple[int, Version] | None = None
         self._last_stamp = -1
         self._last_content: tuple[int, bytes] | None = None
+        self._refusals: dict[str, int] = {}  # by reason: only the first is logged as a warning
 
     def __enter__(self) -> ProgressWatch:
         self._monitor._register(self)
@@ -166,10 +167,14 @@ class ProgressWatch:
             return
         self._problem = read.problem
         metrics.progress_rejected.labels(read.reason).inc()
-        logger.warning(
-            "progress file refused",
+        # A function refused once is usually refused at every write: warn once per reason and
+        # request, the rest at DEBUG; the metric counts them all.
+        refusals = self._refusals[read.reason] = self._refusals.get(read.reason, 0) + 1
+        logger.log(
+            logging.WARNING if refusals == 1 else logging.DEBUG,
+            "progress file refused" if refusals == 1 else "progress file refused again",
             extra={"request_id": self.request_id, "reason": read.reason, "problem": read.problem,
-                   "path": path},
+                   "path": path, "refusals": refusals},
         )  # fmt: skip
 
 

@@ -1,7 +1,8 @@
 """One progress file (§7) read and checked: what a single version of `<reqid>/progress` says.
 
 Beyond NVIDIA's reader: symbolic links are never followed, a file over 250,000 bytes or malformed
-is refused with a problem that says what is wrong, and the NVCF Tasks form is accepted.
+is refused with a problem that says what is wrong, a fractional percent is relayed rounded down,
+and the NVCF Tasks form is accepted.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ _JSON_TYPES: Final[dict[type, str]] = {
     dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"
 }  # fmt: skip
 _SYMLINK_PROBLEM: Final = "progress file is a symbolic link; links are not followed"
+_NON_FINITE_PROBLEM: Final = "NaN and Infinity are not JSON numbers (Python's json writes them)"
+_NON_FINITE_TOKENS: Final = (b"NaN", b"Infinity", b"-Infinity")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,16 +61,16 @@ def _json_type(value: object) -> str:
 
 
 def _percent(document: dict[str, Any], field: str) -> int:
+    """A number from 0 to 100, relayed as its integer part: 55.5 is 55 (NVIDIA's worker drops a
+    file whose percent is not an unsigned integer; functions that compute it get floats)."""
     if field not in document:
         raise ValueError(f"{field!r} is missing")
     value = document[field]
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # 50.0 is 50; 50.5 is refused
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100:
-        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 100:
+        return int(value)  # truncation is the floor here; orjson never yields NaN or infinity
     scalar = isinstance(value, int | float | str) and not isinstance(value, bool)
     shown = repr(value)[:80] if scalar else _json_type(value)
-    raise ValueError(f"{field!r} must be an integer from 0 to 100, not {shown}")
+    raise ValueError(f"{field!r} must be a number from 0 to 100, not {shown}")
 
 
 def _object(document: dict[str, Any], field: str) -> bytes:
@@ -148,10 +151,18 @@ def _read_open_file(fd: int) -> FileRead:
     try:
         request_id, percent, body = _parse(orjson.loads(data))
     except orjson.JSONDecodeError as error:
-        return FileRead(TORN, mtime, version, problem=f"progress file is not valid JSON ({error})")
+        problem = f"progress file is not valid JSON ({error})"
+        if _non_finite(data, error):  # a whole file, not one caught mid-write: refuse it now
+            return refuse("malformed", f"{problem}; {_NON_FINITE_PROBLEM}", mtime, version)
+        return FileRead(TORN, mtime, version, problem=problem)
     except ValueError as error:
         return refuse("malformed", str(error), mtime, version)
     return FileRead(UPDATE, mtime, version, request_id, percent, body)
+
+
+def _non_finite(data: bytes, error: orjson.JSONDecodeError) -> bool:
+    """Whether parsing stopped at NaN or +-Infinity, or at a number too large for a double."""
+    return data.startswith(_NON_FINITE_TOKENS, error.pos) or "infinity" in error.msg
 
 
 def _too_large(size: int) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import threading
@@ -304,11 +305,18 @@ async def test_a_file_that_stays_unparsable_is_reported_after_re_reads(
     ("document", "problem"),
     [
         ([1, 2], "progress file must hold a JSON object, not an array"),
-        (nvcf("req-x", 101), "'progress' must be an integer from 0 to 100, not 101"),
-        (nvcf("req-x", -1), "'progress' must be an integer from 0 to 100, not -1"),
-        (nvcf("req-x", 50.5), "'progress' must be an integer from 0 to 100, not 50.5"),
-        (nvcf("req-x", "50"), "'progress' must be an integer from 0 to 100, not '50'"),
-        (nvcf("req-x", True), "'progress' must be an integer from 0 to 100, not a boolean"),
+        (nvcf("req-x", 101), "'progress' must be a number from 0 to 100, not 101"),
+        (nvcf("req-x", -1), "'progress' must be a number from 0 to 100, not -1"),
+        (nvcf("req-x", 100.5), "'progress' must be a number from 0 to 100, not 100.5"),
+        (nvcf("req-x", -0.5), "'progress' must be a number from 0 to 100, not -0.5"),
+        (nvcf("req-x", 1e30), "'progress' must be a number from 0 to 100, not 1e+30"),
+        (nvcf("req-x", "50"), "'progress' must be a number from 0 to 100, not '50'"),
+        (nvcf("req-x", True), "'progress' must be a number from 0 to 100, not a boolean"),
+        (nvcf("req-x", None), "'progress' must be a number from 0 to 100, not null"),
+        (
+            {"taskId": "t", "percentComplete": 100.01},
+            "'percentComplete' must be a number from 0 to 100, not 100.01",
+        ),
         ({"id": "req-x"}, "'progress' is missing"),
         (nvcf("req-x", 5, [1]), "'partialResponse' must be a JSON object, not an array"),
         (nvcf("req-x", 5, "text"), "'partialResponse' must be a JSON object, not a string"),
@@ -333,6 +341,83 @@ async def test_an_invalid_document_is_refused_with_what_is_wrong(
         assert message.startswith(problem)
         assert watch.pending() is None
     assert updates(metrics) == 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"id": "req-nan", "progress": NaN}',  # what Python's json.dump writes for nan
+        b'{"id": "req-nan", "progress": Infinity, "partialResponse": {}}',
+        b'{"id": "req-nan", "progress": -Infinity}',
+        b'{"id": "req-nan", "progress": 1e400}',  # a JSON number, but infinite as a double
+    ],
+    ids=["nan", "infinity", "minus-infinity", "overflow"],
+)
+async def test_a_non_finite_percent_is_refused_without_re_reads(
+    monitor: ProgressMonitor, base: Path, metrics: WorkerMetrics, data: bytes
+) -> None:
+    directory = request_dir(base, "req-nan")
+    with monitor.watch("req-nan", directory) as watch:
+        write_in_place(directory, data)
+        await until(lambda: rejected(metrics, "malformed") == 1)
+        message = watch.take_problem()
+        assert message is not None
+        assert message.startswith("progress file is not valid JSON (")
+        assert message.endswith(
+            "; NaN and Infinity are not JSON numbers (Python's json writes them)"
+        )
+        write_in_place(directory, nvcf("req-nan", 5))
+        assert (await next_update(watch)).percent == 5
+    assert rejected(metrics, "malformed") == 1
+
+
+async def test_a_fractional_percent_is_relayed_as_its_integer_part(
+    monitor: ProgressMonitor, base: Path, metrics: WorkerMetrics
+) -> None:
+    directory = request_dir(base, "req-float")
+    with monitor.watch("req-float", directory) as watch:
+        for written, relayed in [(0.5, 0), (55.5, 55), (55.55555555555556, 55), (99.99, 99),
+                                 (100.0, 100), (-0.0, 0), (7.0, 7)]:  # fmt: skip
+            write_in_place(directory, nvcf("req-float", written, {"at": written}))
+            update = await next_update(watch)
+            assert (update.percent, update.body) == (relayed, orjson.dumps({"at": written}))
+        writer = TaskProgressWriter(task_id="task-1", progress_file=directory / "progress")
+        writer.report(12)
+        assert (await next_update(watch)).percent == 12
+        write_in_place(directory, {"taskId": "task-1", "percentComplete": 33.9})
+        assert (await next_update(watch)).percent == 33
+        assert watch.take_problem() is None
+    assert rejected(metrics, "malformed") == 0
+
+
+async def test_refusals_warn_once_per_reason_and_request_then_log_at_debug(
+    monitor: ProgressMonitor,
+    base: Path,
+    metrics: WorkerMetrics,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="nvcf_sidecar.worker.progress")
+    dir_a, dir_b = request_dir(base, "req-a"), request_dir(base, "req-b")
+    refused = [nvcf("req-a", 100.5), b'{"id": "req-a", "progress": NaN}', nvcf("req-a", True),
+               nvcf("req-a", "50"), nvcf("req-a", 100.5, {"again": 1})]  # fmt: skip
+    with monitor.watch("req-a", dir_a) as watch_a, monitor.watch("req-b", dir_b):
+        for count, document in enumerate(refused, start=1):
+            write_in_place(dir_a, document)
+            await until(lambda count=count: rejected(metrics, "malformed") == count)
+        assert watch_a.take_problem() == "'progress' must be a number from 0 to 100, not 100.5"
+        write_in_place(dir_a, nvcf("req-a", 50, {"blob": "x" * 300_000}))
+        await until(lambda: rejected(metrics, "too_large") == 1)
+        write_in_place(dir_b, nvcf("req-b", -1))
+        await until(lambda: rejected(metrics, "malformed") == 6)
+
+    refusals = [r for r in caplog.records if r.message.startswith("progress file refused")]
+    warnings = [(r.request_id, r.reason) for r in refusals if r.levelno == logging.WARNING]
+    assert warnings == [("req-a", "malformed"), ("req-a", "too_large"), ("req-b", "malformed")]
+    debug = [(r.request_id, r.reason, r.refusals) for r in refusals if r.levelno == logging.DEBUG]
+    assert debug == [("req-a", "malformed", n) for n in (2, 3, 4, 5)]
+    assert {r.message for r in refusals if r.levelno == logging.DEBUG} == {
+        "progress file refused again"
+    }
 
 
 async def test_integral_floats_and_absent_or_null_partial_responses_are_accepted(
