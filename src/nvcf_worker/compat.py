@@ -1,25 +1,52 @@
 """Drop-in replacements for NVIDIA's `nv_cloud_function_helpers.nvcf_container` helpers.
 
-Same names and call signatures, so a function switches by changing one import; the difference is
-that values are validated and the progress file is written atomically and size-checked.
+Every name of NVIDIA's module, same call signatures, so a function switches by changing one import;
+values are validated and the progress file is written atomically and size-checked. The upload,
+NumPy and Pillow helpers live in `compat_media` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import numbers
+import operator
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from nvcf_worker import headers as h
+from nvcf_worker.compat_media import (
+    IMAGE_FORMAT,
+    IMAGE_QUALITY,
+    b64_pattern,
+    decode_base64_str_to_bytes,
+    decode_base64_to_image,
+    encode_bytes_base64_to_str,
+    encode_image_to_base64,
+    load_image,
+    load_npz,
+    save_image_with_directory,
+    upload,
+    upload_file,
+)
 from nvcf_worker.context import InvocationContext
-from nvcf_worker.errors import InvalidHeader
+from nvcf_worker.errors import InvalidHeader, InvalidProgress
 from nvcf_worker.logging import configure_logging, is_configured
 from nvcf_worker.progress import write_progress
 from nvcf_worker.secrets import DEFAULT_SECRETS_PATH, read_secrets
 
 __all__ = [
     "DEFAULT_MAX_NVCF_MSG_SIZE",
+    "IMAGE_FORMAT",
+    "IMAGE_QUALITY",
+    "SECRETS_PATH",
+    "_uppercase_dict_keys",
+    "b64_pattern",
+    "decode_base64_str_to_bytes",
+    "decode_base64_to_image",
+    "encode_bytes_base64_to_str",
+    "encode_image_to_base64",
     "get_asset_ids",
     "get_config_value",
     "get_function_id",
@@ -33,12 +60,29 @@ __all__ = [
     "get_request_id",
     "get_scalar_inputs",
     "get_secrets",
+    "load_image",
+    "load_npz",
+    "save_image_with_directory",
     "update_progress_file",
+    "upload",
+    "upload_file",
 ]
 
 DEFAULT_MAX_NVCF_MSG_SIZE = h.DEFAULT_MAX_RESPONSE_BYTES
 #: Module-level like NVIDIA's; a test or a local run may point it elsewhere.
 SECRETS_PATH = str(DEFAULT_SECRETS_PATH)
+
+
+_V = TypeVar("_V")
+
+
+def _uppercase_dict_keys(d: Mapping[str, _V]) -> dict[str, _V]:
+    """A dict of `d` with upper-cased keys; when two keys differ only in case, the first wins
+    (as `InvocationContext.from_headers`). Private in NVIDIA's module, but its samples use it."""
+    upper: dict[str, _V] = {}
+    for key, value in d.items():
+        upper.setdefault(key.upper(), value)
+    return upper
 
 
 def _text(request_parameters: Mapping[str, Any], name: str) -> str:
@@ -120,14 +164,35 @@ def get_function_name(request_parameters: Mapping[str, Any]) -> str:
     return _text(request_parameters, h.FUNCTION_NAME)
 
 
+def _whole_percent(progress_value: object) -> int:
+    """An integer as it is; a finite real number (`55.5`, NumPy's floats) rounded down and
+    clamped to 0..100, since `done / total * 100` may land a hair outside; nothing else."""
+    if isinstance(progress_value, bool):
+        raise InvalidProgress(f"progress must be a number from 0 to 100, not {progress_value!r}")
+    try:
+        return operator.index(progress_value)  # type: ignore[arg-type]
+    except TypeError:
+        pass
+    if isinstance(progress_value, numbers.Real):
+        value = float(progress_value)
+        if math.isfinite(value):
+            return min(100, max(0, math.floor(value)))
+    raise InvalidProgress(f"progress must be a finite number from 0 to 100, not {progress_value!r}")
+
+
 def update_progress_file(
     request_parameters: Mapping[str, Any],
-    progress_value: int,
+    progress_value: float,
     partial_response: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write the progress file atomically, validated and size-checked (`ProgressTooLarge`)."""
+    """Write the progress file atomically, validated and size-checked (`ProgressTooLarge`).
+
+    A float percent is written as an integer: rounded down, clamped to 0..100 (NaN, infinities
+    and non-numbers raise `InvalidProgress`); an integer must be from 0 to 100.
+    """
     context = InvocationContext.from_headers(request_parameters)
-    write_progress(context.output_dir, context.request_id, progress_value, partial_response)
+    percent = _whole_percent(progress_value)
+    write_progress(context.output_dir, context.request_id, percent, partial_response)
 
 
 def get_config_value(value_name: str, model_config: Mapping[str, Any] | None = None) -> str:
@@ -159,31 +224,6 @@ def get_scalar_inputs(request: Any, pairs: list[Any]) -> list[Any]:
             value = value.decode("utf-8", "ignore")
         values.append(value)
     return values
-
-
-_NOT_PROVIDED = frozenset(
-    {
-        "upload",
-        "upload_file",
-        "load_npz",
-        "load_image",
-        "encode_bytes_base64_to_str",
-        "encode_image_to_base64",
-        "decode_base64_str_to_bytes",
-        "decode_base64_to_image",
-        "save_image_with_directory",
-    }
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _NOT_PROVIDED:
-        raise AttributeError(
-            f"nvcf_worker.compat does not provide {name!r}: it needs requests, NumPy or Pillow, "
-            "which the library does not depend on; keep importing it from "
-            "nv_cloud_function_helpers.nvcf_container"
-        )
-    raise AttributeError(f"module 'nvcf_worker.compat' has no attribute {name!r}")
 
 
 def get_secrets() -> dict[str, Any]:

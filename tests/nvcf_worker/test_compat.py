@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -292,17 +293,6 @@ def test_get_config_value_prefers_the_environment_over_the_model_config(monkeypa
     assert compat.get_config_value("MODEL_NAME", config) == "from-env"
 
 
-def test_helpers_that_need_heavy_dependencies_explain_where_to_find_them() -> None:
-    import pytest
-
-    from nvcf_worker import compat
-
-    with pytest.raises(AttributeError, match="nv_cloud_function_helpers"):
-        compat.load_image  # noqa: B018
-    with pytest.raises(AttributeError, match="no attribute"):
-        compat.no_such_helper  # noqa: B018
-
-
 def test_missing_secrets_file_is_also_a_file_not_found_error(tmp_path, monkeypatch) -> None:
     import pytest
 
@@ -313,3 +303,166 @@ def test_missing_secrets_file_is_also_a_file_not_found_error(tmp_path, monkeypat
         compat.get_secrets()
     with pytest.raises(SecretsNotFound):
         compat.get_secrets()
+
+
+# -- every name of NVIDIA's module ------------------------------------------------------------
+
+#: Each name of `nv_cloud_function_helpers/nvcf_container/helpers.py`, with its parameters.
+NVIDIA_FUNCTIONS: dict[str, list[str]] = {
+    "upload_file": ["filename", "url", "headers", "timeout"],
+    "upload": ["stream", "url", "headers", "timeout"],
+    "_uppercase_dict_keys": ["d"],
+    "get_logger": [],
+    "update_progress_file": ["request_parameters", "progress_value", "partial_response"],
+    "get_scalar_inputs": ["request", "pairs"],
+    "get_output_path": ["request_parameters"],
+    "get_input_path": ["request_parameters"],
+    "get_max_msg_size": ["request_parameters"],
+    "get_nca_id": ["request_parameters"],
+    "get_request_id": ["request_parameters"],
+    "get_asset_ids": ["request_parameters"],
+    "get_properties_sub": ["request_parameters"],
+    "get_function_id": ["request_parameters"],
+    "get_function_name": ["request_parameters"],
+    "get_config_value": ["value_name", "model_config"],
+    "load_npz": ["input_str", "root_dir", "array_name"],
+    "load_image": ["input_str", "root_dir", "has_transparency"],
+    "encode_bytes_base64_to_str": ["b"],
+    "encode_image_to_base64": ["image", "image_format", "image_quality"],
+    "decode_base64_str_to_bytes": ["base64_str"],
+    "decode_base64_to_image": ["base64_str", "has_transparency"],
+    "save_image_with_directory": ["image", "path", "image_format", "image_quality"],
+    "get_secrets": [],
+}
+NVIDIA_CONSTANTS = {
+    "DEFAULT_MAX_NVCF_MSG_SIZE": 5 * 1000 * 1000,
+    "IMAGE_FORMAT": "JPEG",
+    "IMAGE_QUALITY": 90,
+    "SECRETS_PATH": "/var/secrets/secrets.json",
+}
+
+
+@pytest.mark.parametrize("name", sorted(NVIDIA_FUNCTIONS))
+def test_every_nvidia_function_exists_with_its_parameter_names(name: str) -> None:
+    helper: Callable[..., Any] = getattr(compat, name)
+    assert list(inspect.signature(helper).parameters) == NVIDIA_FUNCTIONS[name]
+    assert name in compat.__all__
+
+
+def test_every_nvidia_constant_exists_with_its_value() -> None:
+    for name, value in NVIDIA_CONSTANTS.items():
+        assert getattr(compat, name) == value, name
+        assert name in compat.__all__
+    assert compat.b64_pattern.match("aGVsbG8=")
+    assert compat.b64_pattern.match("/9j/4AAQ")
+    assert not compat.b64_pattern.match("image.png")
+
+
+def test_optional_parameters_default_as_nvidias(tmp_path: Path) -> None:
+    def defaults(name: str) -> dict[str, object]:
+        parameters = inspect.signature(getattr(compat, name)).parameters.values()
+        return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+    assert defaults("upload") == {"timeout": 30}
+    assert defaults("upload_file") == {"timeout": 30}
+    assert defaults("load_image") == {"has_transparency": False}
+    assert defaults("encode_image_to_base64") == {"image_format": "JPEG", "image_quality": 90}
+    assert defaults("save_image_with_directory") == {
+        "path": "",
+        "image_format": "JPEG",
+        "image_quality": 90,
+    }
+    assert defaults("get_config_value") == {"model_config": None}
+
+
+def test_every_nvidia_name_exists_without_numpy_or_pillow(tmp_path: Path) -> None:
+    """A bare install: NumPy and Pillow absent, yet `import nvcf_worker.compat` offers it all."""
+    names = sorted([*NVIDIA_FUNCTIONS, *NVIDIA_CONSTANTS, "b64_pattern"])
+    script = (
+        "import sys\n"
+        "sys.modules.update(numpy=None, PIL=None)\n"
+        "from nvcf_worker import compat\n"
+        f"missing = [n for n in {names!r} if not hasattr(compat, n)]\n"
+        "assert not missing, missing\n"
+        "try:\n"
+        "    compat.load_image('x', '.')\n"
+        "except ModuleNotFoundError as error:\n"
+        "    print(error)\n"
+    )
+    source_root = Path(compat.__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(source_root)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "pip install 'nvcf-worker[helpers]'" in result.stdout
+
+
+# -- _uppercase_dict_keys ---------------------------------------------------------------------
+
+
+def test_uppercase_dict_keys_upper_cases_the_names_as_nvidias_samples_expect() -> None:
+    headers = CIMultiDict(lower(PARAMS))  # what Starlette/aiohttp hand a function: lower case
+    upper = compat._uppercase_dict_keys(headers)
+    assert upper == PARAMS
+    assert type(upper) is dict
+    assert compat.get_output_path(upper) == "/mnt/out/req-1"
+    assert compat._uppercase_dict_keys({}) == {}
+
+
+def test_uppercase_dict_keys_keeps_the_first_of_names_that_differ_in_case() -> None:
+    assert compat._uppercase_dict_keys({"nvcf-reqid": "first", "NVCF-REQID": "second"}) == {
+        "NVCF-REQID": "first"
+    }
+
+
+# -- float progress, as NVIDIA's samples pass it ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        (0.5555555555555556 * 100, 55),
+        (5 / 9 * 100, 55),
+        (99.99, 99),
+        (100.0, 100),
+        (0.0, 0),
+        (-0.0, 0),
+        (100.00000000000001, 100),
+        (-1e-9, 0),
+        (250.0, 100),
+        (-3.5, 0),
+    ],
+)
+def test_update_progress_file_writes_a_float_as_an_integer_rounded_down_and_clamped(
+    tmp_path: Path, value: float, written: int
+) -> None:
+    params = {"nvcf-reqid": "r1", "nvcf-large-output-dir": str(tmp_path)}
+    compat.update_progress_file(params, progress_value=value)
+    data = (tmp_path / "progress").read_bytes()
+    assert json.loads(data)["progress"] == written
+    assert f'"progress":{written},'.encode() in data  # an integer, not 55.0
+
+
+def test_update_progress_file_accepts_numpy_numbers(tmp_path: Path) -> None:
+    numpy = pytest.importorskip("numpy")
+    params = {"NVCF-REQID": "r1", "NVCF-LARGE-OUTPUT-DIR": str(tmp_path)}
+    for value, written in [(numpy.float32(42.9), 42), (numpy.float64(7.5), 7), (numpy.int64(9), 9)]:
+        compat.update_progress_file(params, value)
+        assert json.loads((tmp_path / "progress").read_bytes())["progress"] == written
+
+
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), float("-inf"), "50", True, False, None, [50], 101, -1]
+)
+def test_update_progress_file_refuses_non_finite_non_numbers_and_integers_out_of_range(
+    tmp_path: Path, value: object
+) -> None:
+    params = {"NVCF-REQID": "r1", "NVCF-LARGE-OUTPUT-DIR": str(tmp_path)}
+    with pytest.raises(InvalidProgress, match="from 0 to 100"):
+        compat.update_progress_file(params, value)
+    assert os.listdir(tmp_path) == []

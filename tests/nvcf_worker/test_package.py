@@ -19,6 +19,7 @@ HEAVY_MODULES = [
     "starlette",
     "fastapi",
     "numpy",
+    "PIL",
     "pytriton",
     "nats",
     "orjson",
@@ -28,6 +29,7 @@ HEAVY_MODULES = [
 LIBRARY_MODULES = [
     "nvcf_worker",
     "nvcf_worker.compat",
+    "nvcf_worker.compat_media",
     "nvcf_worker.context",
     "nvcf_worker.errors",
     "nvcf_worker.headers",
