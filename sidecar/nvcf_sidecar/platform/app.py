@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from nvcf_sidecar.platform.drain import CallerDrain
 from nvcf_sidecar.platform.nats_link import NOT_CONNECTED, NatsLink
 from nvcf_sidecar.platform.objects import OBJECTS_PREFIX
 from nvcf_sidecar.platform.problems import (
@@ -81,12 +82,17 @@ def _health_handler(link: NatsLink) -> _Handler:
 
 
 def build_application(
-    nats_endpoints: Iterable[Endpoints], local_endpoints: Iterable[Endpoints], link: NatsLink
+    nats_endpoints: Iterable[Endpoints],
+    local_endpoints: Iterable[Endpoints],
+    link: NatsLink,
+    drain: CallerDrain | None = None,
 ) -> web.Application:
     """The application serving every group of endpoints and `/health` (NATS connectivity).
 
     `nats_endpoints` need NATS (queues, tracking, object store) and are refused with 503 while
-    it is down; `local_endpoints` (attach, functions) are served from memory either way.
+    it is down; `local_endpoints` (attach, functions) are served from memory either way. With
+    `drain`, the callers' routes among `nats_endpoints` (all but the presigned object URLs,
+    which workers use too) are counted and refused while the service drains.
     """
     needing_nats: set[web.AbstractResource] = set()
     app = web.Application()
@@ -98,4 +104,11 @@ def build_application(
         group.register(app.router)
     app.router.add_get(HEALTH_PATH, _health_handler(link), allow_head=False)
     app.middlewares.extend([_gate, _refuse_while_nats_is_down(link, frozenset(needing_nats))])
+    if drain is not None:
+        callers = frozenset(
+            resource
+            for resource in needing_nats
+            if not resource.canonical.startswith(OBJECTS_PREFIX)
+        )
+        app.middlewares.append(drain.middleware(callers))
     return app

@@ -79,6 +79,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(NVCF_PLATFORM_NATS_OUTAGE_GRACE, 10)",
     )
     add(
+        "--drain-grace",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM, let waiting callers get their answers this long "
+        "(NVCF_PLATFORM_DRAIN_GRACE, 5)",
+    )
+    add(
         "--url-signing-secret-file",
         type=Path,
         metavar="FILE",
@@ -112,6 +119,7 @@ def run_command(args: argparse.Namespace) -> int:
             consumer_ack_wait=args.consumer_ack_wait,
             stream_storage=args.stream_storage,
             nats_outage_grace=args.nats_outage_grace,
+            drain_grace=args.drain_grace,
             url_signing_secret_file=args.url_signing_secret_file,
             ready_file=args.ready_file,
             log_level=args.log_level,
@@ -153,6 +161,7 @@ async def serve(settings: PlatformSettings, registry: Registry) -> None:
                 if settings.ready_file is not None:
                     with contextlib.suppress(FileNotFoundError):
                         settings.ready_file.unlink()
+            await platform.drain(settings.drain_grace)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -25,6 +25,7 @@ from nvcf_sidecar.platform.app import build_application
 from nvcf_sidecar.platform.assets import AssetCatalog, AssetEndpoints, InvocationLinks
 from nvcf_sidecar.platform.attach import AttachEndpoints
 from nvcf_sidecar.platform.background import BackgroundTasks
+from nvcf_sidecar.platform.drain import CallerDrain
 from nvcf_sidecar.platform.errors import ConfigError, PlatformError
 from nvcf_sidecar.platform.exchange import WorkerExchange
 from nvcf_sidecar.platform.exec import ExecEndpoint
@@ -84,6 +85,7 @@ class PlatformService:
         self._tokens = AttachTokens()
         self._stack: AsyncExitStack | None = None
         self._link: NatsLink | None = None
+        self._drain = CallerDrain()
         self._queue: WorkQueue | None = None
         self._tracking: RequestTracking | None = None
         self._object_store: ObjectStore | None = None
@@ -171,6 +173,11 @@ class PlatformService:
     def grpc_url(self) -> str:
         """The gRPC stand-in as a worker's `NVCF_FQDN_GRPC` names it (`http://` = plaintext)."""
         return f"http://{_url_host(self._settings.host)}:{self.grpc_port}"
+
+    async def drain(self, grace: float) -> bool:
+        """Refuse new caller requests (503) and give those in progress up to `grace` s to be
+        answered; then leave the `async with` block. True when none was left over."""
+        return await self._drain.drain(grace)
 
     def endpoints(self) -> dict[str, Any]:
         """What a ready file or a dev stack needs to reach this platform, JSON-ready."""
@@ -323,7 +330,7 @@ class PlatformService:
             AttachEndpoints(self._tokens),
             FunctionEndpoints(self._registry, callers, states, region=settings.region),
         )
-        app = build_application(needing_nats, local, link)
+        app = build_application(needing_nats, local, link, self._drain)
         self._app = app
         # Handlers are cancelled when their client disconnects: a caller that leaves while
         # waiting gets its request withdrawn, as NVIDIA's service does.

@@ -60,6 +60,9 @@ class PlatformSettings:
     creates them) or `file` (queued work and tracking records outlive a nats-server restart)."""
     nats_outage_grace: float = 10.0
     """Seconds NATS may be down before callers still waiting for a worker are answered 503."""
+    drain_grace: float = 5.0
+    """On SIGTERM: seconds callers already waiting may still get their answers (new caller
+    requests are refused 503 meanwhile) before the platform stops and answers the rest 503."""
     url_signing_secret_file: Path | None = None
     """The presigned-URL secret, kept in this file (created 0600 when missing) so URLs outlive a
     platform restart; None: a random secret per process."""
@@ -98,6 +101,7 @@ class PlatformSettings:
             ("health_probe_interval", self.health_probe_interval),
             ("deploy_timeout", self.deploy_timeout),
             ("nats_outage_grace", self.nats_outage_grace),
+            ("drain_grace", self.drain_grace),
         ):
             if not seconds > 0:
                 raise ConfigError(f"{name}: {seconds} must be > 0 seconds")
@@ -176,6 +180,7 @@ ENV_VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "consumer_ack_wait": ("NVCF_PLATFORM_CONSUMER_ACK_WAIT", _float),
     "stream_storage": ("NVCF_PLATFORM_STREAM_STORAGE", str.lower),
     "nats_outage_grace": ("NVCF_PLATFORM_NATS_OUTAGE_GRACE", _float),
+    "drain_grace": ("NVCF_PLATFORM_DRAIN_GRACE", _float),
     "url_signing_secret_file": ("NVCF_PLATFORM_URL_SIGNING_SECRET_FILE", Path),
     "ready_file": ("NVCF_PLATFORM_READY_FILE", Path),
     "health_probe_interval": ("NVCF_PLATFORM_HEALTH_PROBE_INTERVAL", _float),
