@@ -35,6 +35,7 @@ from nvcf_sidecar.worker.binding import (
 )
 from nvcf_sidecar.worker.cancel import RecentCancels
 from nvcf_sidecar.worker.config import WorkerConfig
+from nvcf_sidecar.worker.deadline import request_time
 from nvcf_sidecar.worker.inflight import InFlightRequest, RequestHandler
 from nvcf_sidecar.worker.logs import bind_log_fields
 from nvcf_sidecar.worker.metrics import Outcome, WorkerMetrics
@@ -85,6 +86,9 @@ class RequestConsumer:
         self._wanted_regions: tuple[str, ...] | None = None
         self._generation = 0
         self._reconnects = 0
+        self._reconnected_at: float | None = None
+        """Wall time of the last NATS reconnect: items published before it may be copies of
+        ones already answered (a restarted server can lose acks and delivery counts)."""
         self._stopping = False
         self._pulls: set[PullRequest] = set()
         self._ack_waits: dict[str, float | None] = {}
@@ -149,6 +153,7 @@ class RequestConsumer:
         `+WPI` and the acks of the last `RECENT_ACK_SECONDS` are sent again (acking twice is
         harmless), so nothing finished or still running is redelivered for a lost ack."""
         self._reconnects += 1
+        self._reconnected_at = time.time()
         self._changed.notify()
         if self._requests is not None:
             self._requests.create_task(self._resend_after_reconnect(), name="resend acks")
@@ -417,7 +422,9 @@ class RequestConsumer:
         if self._requests is None or not self.slots.try_acquire():
             await self._nak(msg, "capacity")
             return
-        entry = InFlightRequest(request_id, msg, redelivered=_delivery_count(msg) > 1)
+        entry = InFlightRequest(
+            request_id, msg, redelivered=self._maybe_delivered_before(request, msg)
+        )
         self._in_flight.setdefault(request_id, []).append(entry)
         try:
             self._requests.create_task(
@@ -427,6 +434,17 @@ class RequestConsumer:
             self._forget(entry)
             self.slots.release()
             raise
+
+    def _maybe_delivered_before(self, request: WorkerInvokeFunctionRequest, msg: Msg) -> bool:
+        """A redelivery, or an item published before the last NATS reconnect."""
+        if _delivery_count(msg) > 1:
+            return True
+        published = request_time(request)
+        return (
+            self._reconnected_at is not None
+            and published is not None
+            and published <= self._reconnected_at
+        )
 
     def _forget(self, entry: InFlightRequest) -> None:
         entries = self._in_flight.get(entry.request_id)

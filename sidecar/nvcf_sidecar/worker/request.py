@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from nvcf_sidecar.protocol import (
     ASSET_DOWNLOAD_FAILED,
@@ -54,7 +54,12 @@ from nvcf_sidecar.worker.passthrough import Polling, serve_passthrough
 from nvcf_sidecar.worker.sessions import HttpSessions
 from nvcf_worker.headers import is_safe_component
 
-__all__ = ["RequestLog", "RequestRunner"]
+__all__ = ["STALE_ITEM_SECONDS", "RequestLog", "RequestRunner"]
+
+STALE_ITEM_SECONDS: Final = 1.0
+"""An item older than this when it arrives is checked like a redelivery (one GET to the
+platform) before it runs: it may be a redelivery whose count a nats-server restart lost, or its
+caller may be gone."""
 
 _logger = logging.getLogger(__name__)
 
@@ -103,8 +108,10 @@ class RequestRunner:
 
         Too late is never run (`EXPIRED`, the container is not called): an item whose poll
         budget is more than 2 s overdrawn (it still gets NVIDIA's 500 problem), and a
-        `redelivered` item whose response the platform says it no longer waits for (an earlier
-        worker answered it, or its caller is gone).
+        `redelivered` item, or one that waited in the queue over `STALE_ITEM_SECONDS`, whose
+        response the platform says it no longer waits for (an earlier worker answered it, or
+        its caller is gone). A nats-server restart can lose the delivery count of an item in
+        flight, so age stands in for "maybe delivered before".
 
         Never raises, except `asyncio.CancelledError` when the caller cancels the task (upstream
         cancel or shutdown): the container call and any attach transfer are stopped, the
@@ -122,7 +129,8 @@ class RequestRunner:
             log.error("no answer possible: %s", error)
             return Outcome.WORKER_ERROR
         attach = AttachClient(self._sessions.attach, connection)
-        expired = await self._expired(request, attach, redelivered, log)
+        stale = accepted is not None and received - accepted > STALE_ITEM_SECONDS
+        expired = await self._expired(request, attach, redelivered or stale, log)
         if expired is not None:
             return expired
         try:
@@ -144,7 +152,7 @@ class RequestRunner:
         self,
         request: WorkerInvokeFunctionRequest,
         attach: AttachClient,
-        redelivered: bool,
+        maybe_answered: bool,
         log: RequestLog,
     ) -> Outcome | None:
         """`EXPIRED` when the item's answer can no longer be delivered, else None."""
@@ -161,9 +169,10 @@ class RequestRunner:
                 attach, log, WORKER_SERVICE, INFERENCE_REQUEST_FAILED, Outcome.EXPIRED
             )
             return Outcome.EXPIRED
-        if redelivered and await attach.response_wanted() is False:
+        if maybe_answered and await attach.response_wanted() is False:
             log.warning(
-                "redelivered, but its response is no longer wanted; not calling the container"
+                "redelivered or long queued, and its response is no longer wanted; "
+                "not calling the container"
             )
             self._metrics.expired.labels("token_gone").inc()
             return Outcome.EXPIRED

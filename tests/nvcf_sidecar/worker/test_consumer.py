@@ -370,3 +370,23 @@ async def test_after_a_reconnect_recent_acks_and_keepalives_are_sent_again(
     finally:
         await observer.close()
     assert len(runner.started) == 3
+
+
+async def test_items_published_before_a_reconnect_are_treated_as_maybe_answered(
+    nats_server: Any,
+) -> None:
+    # A restarted nats-server can redeliver an answered item as a first delivery (its ack and
+    # delivery count lost): the runner is told to ask the platform before running it.
+    await shell.provision_queue(nats_server.url, REGION)
+    runner = shell.StandInRunner()
+    async with shell.serving(nats_server.url, runner, max_request_concurrency=2) as state:
+        before, after = shell.work_item(), shell.work_item()
+        before.requestTime.FromSeconds(int(time.time()) - 5)
+        state.consumer.nats_reconnected()
+        after.requestTime.FromNanoseconds(time.time_ns() + 1_000_000_000)
+        await shell.publish_work(nats_server.url, [before])
+        await runner.wait_finished(1)
+        await shell.publish_work(nats_server.url, [after])
+        await runner.wait_finished(2)
+    assert runner.started == [before.requestId, after.requestId]
+    assert runner.redelivered == [True, False]

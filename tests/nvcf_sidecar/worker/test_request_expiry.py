@@ -1,8 +1,8 @@
 """Too late is never executed: items whose answer can no longer be delivered skip the container.
 
-An item more than 2 s past its poll budget, and a redelivered item whose response the platform no
-longer waits for (its first worker answered, or its caller is gone), end as `EXPIRED` without a
-container call. A first delivery costs no extra round trip; an IS without the liveness route
+An item more than 2 s past its poll budget, and a redelivered (or long queued) item whose
+response the platform no longer waits for (its first worker answered, or its caller is gone), end
+as `EXPIRED` without a container call. A first delivery costs no extra round trip; an IS without the liveness route
 (NVIDIA's) changes nothing.
 """
 
@@ -19,7 +19,7 @@ from harness.http import http_request
 from harness.modules import load_module
 from nvcf_sidecar.worker.config import WorkerConfig
 from nvcf_sidecar.worker.metrics import Outcome, WorkerMetrics
-from nvcf_sidecar.worker.request import RequestRunner
+from nvcf_sidecar.worker.request import STALE_ITEM_SECONDS, RequestRunner
 from nvcf_sidecar.worker.sessions import HttpSessions
 
 SERVERS = Path(__file__).parent / "servers"
@@ -74,6 +74,20 @@ async def test_a_redelivered_item_already_answered_is_not_run_again(
     assert not started(container, "answered-before")
     assert attach_server.liveness_checks == ["token-answered-before"]
     assert attach_server.posts == []  # nothing to send: nobody waits
+    assert expired(metrics, "token_gone") == 1
+
+
+async def test_an_item_long_in_the_queue_whose_caller_is_gone_is_not_run(
+    runner: tuple[RequestRunner, Any], attach_server: Any, container: Any
+) -> None:
+    # A nats-server restart can lose an item's delivery count: its age makes the sidecar ask.
+    run, metrics = runner
+    request = sleeper(attach_server, "stale", request_time=time.time() - 3 * STALE_ITEM_SECONDS)
+
+    assert await run.run(request) is Outcome.EXPIRED
+
+    assert not started(container, "stale")
+    assert attach_server.liveness_checks == ["token-stale"]
     assert expired(metrics, "token_gone") == 1
 
 
