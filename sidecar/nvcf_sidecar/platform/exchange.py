@@ -223,7 +223,7 @@ class WorkerExchange:
                 self._withdraw_later(version, request_id)
                 raise refused(500, error.detail) from None
             except NatsUnavailable as error:
-                _log.warning("caller answered 503: NATS is down", extra=extra)
+                _log.warning("caller answered 503", extra={**extra, "reason": str(error)})
                 self._withdraw_later(version, request_id)
                 raise unavailable(error) from None
             except asyncio.CancelledError:
@@ -283,7 +283,7 @@ class WorkerExchange:
                 except WorkerResponseFailed as error:
                     raise refused(500, error.detail) from None
                 except NatsUnavailable as error:
-                    _log.warning("poll answered 503: NATS is down", extra=extra)
+                    _log.warning("poll answered 503", extra={**extra, "reason": str(error)})
                     raise unavailable(error) from None
                 except asyncio.CancelledError:
                     _log.info("caller left before the poll response", extra=extra)
