@@ -79,6 +79,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(NVCF_PLATFORM_NATS_OUTAGE_GRACE, 10)",
     )
     add(
+        "--http-fd",
+        type=int,
+        metavar="FD",
+        help="serve HTTP on this inherited listening socket instead of binding --host/--port "
+        "(NVCF_PLATFORM_HTTP_FD)",
+    )
+    add(
         "--drain-grace",
         type=float,
         metavar="SECONDS",
@@ -120,6 +127,7 @@ def run_command(args: argparse.Namespace) -> int:
             stream_storage=args.stream_storage,
             nats_outage_grace=args.nats_outage_grace,
             drain_grace=args.drain_grace,
+            http_fd=args.http_fd,
             url_signing_secret_file=args.url_signing_secret_file,
             ready_file=args.ready_file,
             log_level=args.log_level,

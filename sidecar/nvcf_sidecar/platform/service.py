@@ -248,7 +248,11 @@ class PlatformService:
         )
         self._tracking = tracking
         # Both ports are bound before either listener serves, so work items never name port 0.
-        http_socket = _bind(settings.host, settings.port)
+        http_socket = (
+            _bind(settings.host, settings.port)
+            if settings.http_fd is None
+            else _inherited(settings.http_fd)
+        )
         stack.callback(http_socket.close)
         self._http_port = http_socket.getsockname()[1]
         secret_file = settings.url_signing_secret_file
@@ -395,6 +399,21 @@ def _bind(host: str, port: int) -> socket.socket:
         return socket.create_server((host, port), family=family, backlog=1024)
     except OSError as error:
         raise PlatformError(f"cannot listen on {host}:{port}: {error}") from None
+
+
+def _inherited(fd: int) -> socket.socket:
+    """The listening socket a supervisor handed down (closing it here leaves the supervisor's)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as error:
+        raise PlatformError(f"cannot use the inherited socket (fd {fd}): {error}") from None
+    if sock.type != socket.SOCK_STREAM or not sock.getsockopt(
+        socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+    ):
+        sock.detach()
+        raise PlatformError(f"fd {fd} is not a listening TCP socket")
+    sock.setblocking(False)
+    return sock
 
 
 def _bracketed(host: str) -> str:

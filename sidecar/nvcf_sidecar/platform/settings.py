@@ -60,6 +60,9 @@ class PlatformSettings:
     creates them) or `file` (queued work and tracking records outlive a nats-server restart)."""
     nats_outage_grace: float = 10.0
     """Seconds NATS may be down before callers still waiting for a worker are answered 503."""
+    http_fd: int | None = None
+    """An inherited socket, already bound and listening, to serve HTTP on instead of binding
+    `host:port` (a supervisor that keeps it open across restarts: `LocalStack`, `dev`)."""
     drain_grace: float = 5.0
     """On SIGTERM: seconds callers already waiting may still get their answers (new caller
     requests are refused 503 meanwhile) before the platform stops and answers the rest 503."""
@@ -181,6 +184,7 @@ ENV_VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "stream_storage": ("NVCF_PLATFORM_STREAM_STORAGE", str.lower),
     "nats_outage_grace": ("NVCF_PLATFORM_NATS_OUTAGE_GRACE", _float),
     "drain_grace": ("NVCF_PLATFORM_DRAIN_GRACE", _float),
+    "http_fd": ("NVCF_PLATFORM_HTTP_FD", _int),
     "url_signing_secret_file": ("NVCF_PLATFORM_URL_SIGNING_SECRET_FILE", Path),
     "ready_file": ("NVCF_PLATFORM_READY_FILE", Path),
     "health_probe_interval": ("NVCF_PLATFORM_HEALTH_PROBE_INTERVAL", _float),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +23,7 @@ from nvcf_sidecar.platform.stack_platform import (
     PLATFORM_RESTART_TIMEOUT,
     PlatformEndpoints,
     PlatformPlan,
+    listening_socket,
     wait_listening,
 )
 from nvcf_sidecar.platform.stack_process import (
@@ -94,6 +96,8 @@ class LocalStack:
         self._platform: StackProcess | None = None
         self._platform_ports = (0, 0)  # (HTTP, gRPC), chosen by start()
         self._platform_plan: PlatformPlan | None = None
+        self._http_listener: socket.socket | None = None
+        """The platform's HTTP listening socket, owned here so that it outlives a restart."""
         self._endpoints: dict[str, str] = {}
         self._containers: dict[str, StackProcess] = {}
         self._sidecars: dict[str, list[StackProcess]] = {v: [] for v in versions}
@@ -254,6 +258,9 @@ class LocalStack:
             [] if self._platform is None else [self._platform],
         ]
         errors = stop_in_order(groups, timeout)
+        if self._http_listener is not None:
+            self._http_listener.close()
+            self._http_listener = None
         if self._nats is not None:
             try:
                 self._nats.close()
@@ -357,6 +364,8 @@ class LocalStack:
         registry = self.work_dir / "functions.toml"
         registry.write_text(registry_toml(self.functions, urls))
         http_port, grpc_port = self._platform_ports
+        if self._http_listener is None:
+            self._http_listener = listening_socket(HOST, http_port)
         plan = PlatformPlan(
             registry=registry,
             ready_file=self.work_dir / "platform-ready.json",
@@ -366,10 +375,13 @@ class LocalStack:
             api_key=self.api_key,
             url_signing_secret_file=self.url_signing_secret_file,
             extra_args=tuple(self._platform_args),
+            http_fd=self._http_listener.fileno(),
         )
         self._platform_plan = plan
         plan.ready_file.unlink(missing_ok=True)
-        self._platform = self._spawn("platform", plan.command(), os.environ)
+        self._platform = self._spawn(
+            "platform", plan.command(), os.environ, pass_fds=(self._http_listener.fileno(),)
+        )
         self._progress(
             f"started the platform (pid {self._platform.pid}); waiting for its listeners"
         )
@@ -413,6 +425,7 @@ class LocalStack:
         command: Sequence[str],
         env: Mapping[str, str],
         cwd: Path | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> StackProcess:
         process = StackProcess(
             name,
@@ -422,6 +435,7 @@ class LocalStack:
             log_stream=self._log_stream,
             stream_lock=self._stream_lock,
             cwd=cwd,
+            pass_fds=pass_fds,
         )
         return process.start()
 

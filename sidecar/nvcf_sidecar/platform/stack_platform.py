@@ -8,6 +8,7 @@ every URL the sidecars and callers hold; `wait_listening` reads its ready file.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,13 @@ from typing import Final
 from nvcf_sidecar.platform.stack_process import StackError, StackProcess
 from nvcf_sidecar.platform.stack_spec import HOST, sidecar_executable
 
-__all__ = ["PLATFORM_RESTART_TIMEOUT", "PlatformEndpoints", "PlatformPlan", "wait_listening"]
+__all__ = [
+    "PLATFORM_RESTART_TIMEOUT",
+    "PlatformEndpoints",
+    "PlatformPlan",
+    "listening_socket",
+    "wait_listening",
+]
 
 PLATFORM_RESTART_TIMEOUT: Final = 30.0
 """How long a restarted platform may take to listen again (it reconnects and re-provisions)."""
@@ -51,6 +58,10 @@ class PlatformPlan:
     url_signing_secret_file: Path
     extra_args: Sequence[str] = ()
     """Appended last, so they win (e.g. `--consumer-ack-wait 2`)."""
+    http_fd: int | None = None
+    """The stack's listening socket on `http_port`, inherited by every platform process: while
+    one stops and the next starts, callers' connections wait in its backlog instead of being
+    refused or reset."""
 
     def __post_init__(self) -> None:
         if not (0 < self.http_port < 65536 and 0 < self.grpc_port < 65536):
@@ -68,8 +79,18 @@ class PlatformPlan:
             *("--api-key", self.api_key, "--ready-file", str(self.ready_file)),
             *("--stream-storage", "file"),
             *("--url-signing-secret-file", str(self.url_signing_secret_file)),
+            *(() if self.http_fd is None else ("--http-fd", str(self.http_fd))),
             *self.extra_args,
         ]
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port for the platform processes to inherit, one after the
+    other (a deep backlog: connections queue there while a platform restarts)."""
+    try:
+        return socket.create_server((host, port), backlog=1024)
+    except OSError as error:
+        raise StackError(f"cannot listen on {host}:{port} for the platform: {error}") from None
 
 
 def wait_listening(

@@ -61,7 +61,8 @@ class StackProcess:
     Its stdout and stderr go to `log_path`; with a `log_stream` they are also copied there line
     by line as `[name] line` by a reader thread (`stream_lock` serialises the writers).
     `health_url` is polled by `wait_ready`; `metrics_url` is set for sidecars. `cwd` is the
-    working directory of the command (None: this process's).
+    working directory of the command (None: this process's). `pass_fds` are descriptors the
+    child inherits (the platform's listening socket, which the stack keeps across restarts).
     """
 
     def __init__(
@@ -76,8 +77,10 @@ class StackProcess:
         log_stream: TextIO | None = None,
         stream_lock: threading.Lock | None = None,
         cwd: Path | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         self.name = name
+        self.pass_fds = tuple(pass_fds)
         self.command = list(command)
         self.env = dict(env)
         self.log_path = log_path
@@ -124,6 +127,7 @@ class StackProcess:
                 env=self.env,
                 cwd=self.cwd,
                 start_new_session=True,
+                pass_fds=self.pass_fds,
             )
         except OSError as error:
             log.close()
@@ -155,6 +159,7 @@ class StackProcess:
             log_stream=self._log_stream,
             stream_lock=self._stream_lock,
             cwd=self.cwd,
+            pass_fds=self.pass_fds,
         )
         return clone.start()
 
