@@ -8,6 +8,7 @@ is left or the drain grace is over (the rest then get the shutdown 503).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -25,9 +26,11 @@ async def waiting_call(caller: Any) -> tuple[int, bytes]:
 
 
 async def until(condition: Any, what: str) -> None:
-    async with asyncio.timeout(WAIT):
-        while not condition():
-            await asyncio.sleep(0.01)
+    """Poll `condition` until true; fail naming `what` after WAIT seconds."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
 
 
 async def test_draining_refuses_new_callers_and_lets_waiting_ones_get_their_answers(
