@@ -31,13 +31,15 @@ from nvcf_sidecar.platform.dev_supervisor import (
     describe_exit,
 )
 from nvcf_sidecar.platform.errors import ConfigError
+from nvcf_sidecar.platform.process_tree import adopt_orphans, stop_orphans
 from nvcf_sidecar.platform.stack import HOST, ChildExited, FunctionSpec, LocalStack, StackError
 from nvcf_sidecar.platform.stack_spec import process_labels
 
 __all__ = ["add_arguments", "run_command"]
 
 _PREFIX: Final = "[dev] "
-_POLL_INTERVAL: Final = 0.2
+_POLL_INTERVAL: Final = 0.25  # the supervisor's round: exits, recoveries (4 a second)
+_ORPHAN_WAIT: Final = 5.0
 _EXAMPLE_BODY: Final = '{"hello": "world"}'
 # Flags of the one-function form (dest -> flag); with --config each version sets its own.
 _ONE_FUNCTION_FLAGS: Final = {
@@ -142,6 +144,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Run the stack until SIGINT/SIGTERM (0) or until a child exits for good (1)."""
     specs = _function_specs(args)
+    adopt_orphans()  # a server's helper whose parent dies stays ours to find and stop
     temporary = args.work_dir is None
     work_dir = Path(tempfile.mkdtemp(prefix="nvcf-dev-")) if temporary else args.work_dir
     try:
@@ -180,7 +183,9 @@ def _function_specs(args: argparse.Namespace) -> tuple[FunctionSpec, ...]:
     for spec in specs:
         if spec.inference_port == args.port:
             _usage_error(
-                args, f"function {spec.name} listens on {args.port}, the platform's --port"
+                args,
+                f"the server of function {spec.name!r} listens on {args.port}, "
+                "the platform's --port",
             )
     return specs
 
@@ -268,6 +273,10 @@ def _stop(stack: LocalStack, status: int) -> int:
         stack.stop()
     except StackError as error:
         _say(f"error while stopping: {error}")
+        return 1
+    left = stop_orphans(_ORPHAN_WAIT)  # helpers no child was known to have started
+    if left:
+        _say(f"error while stopping: processes {left} survived SIGKILL")
         return 1
     _say("stopped")
     return status

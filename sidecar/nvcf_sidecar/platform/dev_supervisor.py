@@ -90,6 +90,8 @@ class StackSupervisor:
     def check(self) -> int | None:
         """One round: None while the stack should go on, else the exit status to stop with (1)."""
         stack = self._stack
+        for spec in stack.functions:  # a server's helpers, found while it still runs
+            stack.container(spec.version_id).note_descendants()
         if not stack.nats.running:
             return self._nats_exited()
         if stack.platform.returncode is not None:

@@ -31,8 +31,8 @@ from nvcf_sidecar.platform.stack_process import (
     StackError,
     StackProcess,
     stop_in_order,
-    wait_all_ready,
 )
+from nvcf_sidecar.platform.stack_readiness import wait_all_ready
 from nvcf_sidecar.platform.stack_spec import (
     HOST,
     FunctionSpec,
@@ -40,6 +40,7 @@ from nvcf_sidecar.platform.stack_spec import (
     free_port,
     process_labels,
     registry_toml,
+    server_environment,
     sidecar_environment,
     sidecar_executable,
 )
@@ -390,7 +391,7 @@ class LocalStack:
         self._progress(f"platform ready: {self.base_url} (nvcf.Worker gRPC at {self.grpc_url})")
 
     def _start_container(self, spec: FunctionSpec) -> StackProcess:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.container_env}
+        env = server_environment(spec, os.environ)
         name = f"server-{self._labels[spec.version_id]}"
         container = self._spawn(name, spec.command, env, cwd=spec.cwd)
         container.health_url = f"http://{HOST}:{spec.inference_port}{spec.health_endpoint}"

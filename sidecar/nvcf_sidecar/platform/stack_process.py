@@ -13,11 +13,12 @@ import subprocess
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Final, TextIO
 
 from nvcf_sidecar.platform.errors import PlatformError
+from nvcf_sidecar.platform.process_tree import DescendantTracker
 
 __all__ = [
     "ChildExited",
@@ -27,14 +28,13 @@ __all__ = [
     "live_group_members",
     "signal_group",
     "stop_in_order",
-    "wait_all_ready",
     "wait_group_gone",
 ]
 
-_POLL_INTERVAL: Final = 0.05
+POLL_INTERVAL: Final = 0.25
+"""Seconds between two polls of a health URL while waiting for it (4 a second)."""
 _LOG_TAIL_LINES: Final = 40
 _KILL_WAIT: Final = 5.0
-_STILL_WAITING_EVERY: Final = 10.0  # seconds between "still waiting for ..." progress lines
 
 
 class StackError(PlatformError):
@@ -63,6 +63,9 @@ class StackProcess:
     `health_url` is polled by `wait_ready`; `metrics_url` is set for sidecars. `cwd` is the
     working directory of the command (None: this process's). `pass_fds` are descriptors the
     child inherits (the platform's listening socket, which the stack keeps across restarts).
+
+    Its descendants are remembered whenever `note_descendants()` runs (signals and stops do),
+    so a helper that left the group (PyTriton's `tritonserver`) is signalled and waited for too.
     """
 
     def __init__(
@@ -91,6 +94,9 @@ class StackProcess:
         self._stream_lock = stream_lock or threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
+        self._tree = DescendantTracker()
+        self.last_answer: int | None = None
+        """The status `health_url` last answered (None: nothing answered, or not polled yet)."""
 
     def __repr__(self) -> str:
         return f"<StackProcess {self.name} pid={self.pid} returncode={self.returncode}>"
@@ -187,10 +193,21 @@ class StackProcess:
         """Send SIGKILL to the process group."""
         self._signal(signal.SIGKILL)
 
+    def note_descendants(self) -> None:
+        """Remember the processes this one started (and they started) that run now."""
+        if self._process is not None:
+            self._tree.note(self._process.pid if self.running else None)
+
+    def descendants(self) -> list[int]:
+        """The remembered descendants still running, inside its group or not."""
+        return self._tree.alive()
+
     def _signal(self, signum: signal.Signals) -> None:
-        if self.returncode is not None and not live_group_members(self.pid):
-            return  # reaped and empty: the id may already belong to another group
-        signal_group(self.pid, signum)
+        self.note_descendants()
+        if self.returncode is None or live_group_members(self.pid):
+            # Reaped and empty, the id may already belong to another group: not signalled.
+            signal_group(self.pid, signum)
+        self._tree.signal(signum)
 
     def wait(self, timeout: float) -> int | None:
         """Wait up to `timeout` seconds for the main process to exit; its status, or None."""
@@ -204,8 +221,8 @@ class StackProcess:
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM the group, wait up to `timeout` s, then SIGKILL; returns the exit status.
 
-        Returns once no live process of the group is left (children included); idempotent.
-        Raises StackError if the group survives SIGKILL for 5 s.
+        Returns once no live process of the group, nor any remembered descendant, is left;
+        idempotent. Raises StackError if one survives SIGKILL for 5 s.
         """
         if self._process is None:
             return None
@@ -220,21 +237,36 @@ class StackProcess:
         if not self._wait_group_gone(deadline):
             self.kill()
             if not self._wait_group_gone(time.monotonic() + _KILL_WAIT):
-                raise StackError(f"{self.name}: process group {self.pid} survived SIGKILL")
+                left = sorted({*live_group_members(self.pid), *self.descendants()})
+                raise StackError(f"{self.name}: processes {left} survived SIGKILL")
         if self._reader is not None:
             self._reader.join(timeout=_KILL_WAIT)
 
     def _wait_group_gone(self, deadline: float) -> bool:
         assert self._process is not None
-        return wait_group_gone(self._process, deadline)
+        while wait_group_gone(self._process, deadline):
+            self.note_descendants()
+            if not self.descendants():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return False
 
     # -- readiness and logs -------------------------------------------------------------------
 
     def is_ready(self) -> bool:
-        """Whether GET `health_url` answers 200 right now."""
+        """Whether GET `health_url` answers 200 right now (kept as `last_answer`)."""
         if self.health_url is None:
             raise StackError(f"{self.name} has no health URL")
-        return http_status(self.health_url) == 200
+        self.last_answer = http_status(self.health_url)
+        return self.last_answer == 200
+
+    def describe_answer(self) -> str:
+        """What `health_url` last answered, as words: `answers 404`, `does not answer yet`."""
+        if self.last_answer is None:
+            return "does not answer yet"
+        return f"answers {self.last_answer}"
 
     def check_running(self) -> None:
         """Raise ChildExited (with the log tail) if the process has exited."""
@@ -252,10 +284,11 @@ class StackProcess:
                 return
             if time.monotonic() >= deadline:
                 raise StackError(
-                    f"{self.name} was not ready within {timeout:g} s ({self.health_url}); "
-                    f"log {self.log_path} ends with:\n{self.log_tail()}"
+                    f"{self.name} was not ready within {timeout:g} s ({self.health_url} "
+                    f"{self.describe_answer()}); log {self.log_path} ends with:\n"
+                    f"{self.log_tail()}"
                 )
-            time.sleep(_POLL_INTERVAL)
+            time.sleep(POLL_INTERVAL)
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         """The last `lines` lines the process wrote ('' before it wrote anything)."""
@@ -280,50 +313,6 @@ def stop_in_order(groups: Sequence[Sequence[StackProcess]], timeout: float) -> l
             except StackError as error:
                 errors.append(error)
     return errors
-
-
-def wait_all_ready(
-    processes: Sequence[StackProcess],
-    *,
-    also_report: Sequence[StackProcess] = (),
-    check_alive: Callable[[], None],
-    deadline: float,
-    timeout: float,
-    progress: Callable[[str], None],
-) -> None:
-    """Poll the `health_url` of every process until each answered 200 once.
-
-    `progress` hears what is awaited, each process as it becomes ready (and each of
-    `also_report`, polled only for that, as it becomes healthy) and, every 10 s, what is still
-    awaited. `check_alive` runs every round and raises to fail fast (e.g. `ChildExited`);
-    StackError naming the processes not ready at `deadline`.
-    """
-    pending = list(processes)
-    unhealthy = list(also_report)
-    for process in [*unhealthy, *pending]:
-        progress(f"waiting for {process.name}: {process.health_url}")
-    report_at = time.monotonic() + _STILL_WAITING_EVERY
-    while pending:
-        check_alive()
-        ready = [process for process in [*unhealthy, *pending] if process.is_ready()]
-        for process in ready:
-            progress(f"{process.name} {'ready' if process in pending else 'healthy'}")
-        unhealthy = [process for process in unhealthy if process not in ready]
-        pending = [process for process in pending if process not in ready]
-        if not pending:
-            return
-        now = time.monotonic()
-        if now >= deadline:
-            names = ", ".join(process.name for process in pending)
-            raise StackError(
-                f"not ready within {timeout:g} s: {names}; log of {pending[0].name} "
-                f"ends with:\n{pending[0].log_tail()}"
-            )
-        if now >= report_at:
-            report_at = now + _STILL_WAITING_EVERY
-            waiting = ", ".join(process.name for process in [*unhealthy, *pending])
-            progress(f"still waiting for {waiting} ({deadline - now:.0f} s left)")
-        time.sleep(_POLL_INTERVAL)
 
 
 def http_status(url: str, timeout: float = 1.0) -> int | None:

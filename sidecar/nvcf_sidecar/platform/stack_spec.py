@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Final
 
 from nvcf_sidecar.platform.stack_process import StackError
+from nvcf_worker.integrations.tritonserver import libpython_dir
 
 __all__ = [
     "HOST",
@@ -23,6 +24,7 @@ __all__ = [
     "free_port",
     "process_labels",
     "registry_toml",
+    "server_environment",
     "sidecar_environment",
     "sidecar_executable",
 ]
@@ -126,6 +128,21 @@ def registry_toml(
                 "",
             ]
     return "\n".join(lines)
+
+
+def server_environment(spec: FunctionSpec, inherited: Mapping[str, str]) -> dict[str, str]:
+    """The environment of `spec`'s inference server: `inherited`, with this Python's libpython
+    directory first on `LD_LIBRARY_PATH` (as `nvcf-tritonserver` does: the python-backend stub
+    of a PyTriton server then loads this libpython, not the system's of the same version, which
+    breaks pyenv- and uv-built Pythons), then `spec.container_env`, which wins."""
+    env = {**inherited, "PYTHONUNBUFFERED": "1"}
+    libraries = libpython_dir()
+    if libraries is not None:
+        rest = [e for e in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if e]
+        entries = dict.fromkeys([str(libraries), *rest])
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(entries)
+    env.update(spec.container_env)
+    return env
 
 
 def sidecar_environment(

@@ -514,7 +514,7 @@ def test_dev_reports_a_server_crashing_at_start_up_and_exits_non_zero(
         (["--config", "MISSING"], "cannot read dev config MISSING"),
         (
             ["--port", "9000", "--inference-port", "9000", "--", "server"],
-            "function function listens on 9000, the platform's --port",
+            "the server of function 'function' listens on 9000, the platform's --port",
         ),
     ],
 )

@@ -151,7 +151,11 @@ def test_a_sidecar_never_ready_times_out_naming_it(tmp_path: Path) -> None:
         name="silent",
     )
     stack = LocalStack([spec], work_dir=tmp_path)
-    with pytest.raises(StackError, match=r"not ready within 3 s: sidecar-silent-1"):
+    # The server's own health URL and its last answer are named first: the cause, not the symptom.
+    health = rf"http://127\.0\.0\.1:{spec.inference_port}/v2/health/ready does not answer yet"
+    with pytest.raises(
+        StackError, match=rf"not ready within 3 s: server-silent \({health}\); sidecar-silent-1 \("
+    ):
         stack.start(timeout=3)
     assert all(process.returncode is not None for process in stack.processes())
 
