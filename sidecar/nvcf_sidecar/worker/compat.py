@@ -143,12 +143,14 @@ async def serve_compatible(
     make_poll_call: Callable[[WorkerInvokeFunctionRequest], ContainerCall],
     metrics: WorkerMetrics,
     log: logging.LoggerAdapter[Any],
+    container_done: Callable[[], None] | None = None,
 ) -> Outcome:
     """Serve `request` in compatibility mode until its final answer is delivered or given up.
 
     `make_poll_call` turns a poll into the container call that answers it, for containers that
-    answer 202 themselves. Never raises except `asyncio.CancelledError`; the container call is
-    stopped on the way out.
+    answer 202 themselves. `container_done()` is called once the container gave its final
+    answer (not a 202 of its own): the request then only waits to deliver it. Never raises
+    except `asyncio.CancelledError`; the container call is stopped on the way out.
     """
     state = _Request(request, response_dir, log, target=budget.target)
     with services.progress.watch(request.requestId, response_dir) as watch:
@@ -156,6 +158,8 @@ async def serve_compatible(
             _final_answer(call, request, response_dir, services, gate, metrics, log),
             name=f"container {request.requestId}",
         )
+        if container_done is not None:
+            state.pending.add_done_callback(_when_final(container_done))
         try:
             return await _answer_until_final(
                 state,
@@ -273,6 +277,18 @@ async def _next_answer(
         update = progress.result()
         return _progress_answer(update.percent, update.body)
     return _GENERATED
+
+
+def _when_final(container_done: Callable[[], None]) -> Callable[[asyncio.Task[Answer]], None]:
+    def done(task: asyncio.Task[Answer]) -> None:
+        if (
+            not task.cancelled()
+            and task.exception() is None
+            and task.result().source != "container"
+        ):
+            container_done()
+
+    return done
 
 
 def _take(state: _Request) -> Answer:

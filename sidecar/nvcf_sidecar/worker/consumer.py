@@ -206,21 +206,21 @@ class RequestConsumer:
         Cancelled requests count as CANCELLED and are acked, like NVIDIA's abandoned work.
         """
         self.stop_fetching()
-        if self.slots.held:
+        if self.slots.busy:
             logger.info(
                 "waiting for in-flight requests",
-                extra={"in_flight": self.slots.held, "grace_seconds": grace},
+                extra={"in_flight": self.slots.busy, "grace_seconds": grace},
             )
         try:
             async with asyncio.timeout(grace):
-                await self._changed.wait_for(lambda: self.slots.held == 0)
+                await self._changed.wait_for(lambda: self.slots.busy == 0)
         except TimeoutError:
             logger.warning(
                 "shutdown grace period over; cancelling in-flight requests",
-                extra={"in_flight": self.slots.held},
+                extra={"in_flight": self.slots.busy},
             )
             self.cancel_all("shutdown grace period over")
-            await self._changed.wait_for(lambda: self.slots.held == 0)
+            await self._changed.wait_for(lambda: self.slots.busy == 0)
 
     def cancel_all(self, reason: str) -> int:
         """Cancel every in-flight request; returns how many were cancelled."""
@@ -469,6 +469,14 @@ class RequestConsumer:
         self, request: WorkerInvokeFunctionRequest, region: str, entry: InFlightRequest
     ) -> None:
         outcome = Outcome.CANCELLED
+        parked = False
+
+        def container_done() -> None:
+            # The container is free while the answer waits for a poll: so is the slot.
+            nonlocal parked
+            if not parked:
+                parked = self.slots.park()
+
         with bind_log_fields(
             request_id=entry.request_id,
             function_version_id=self._config.function_version_id,
@@ -480,6 +488,7 @@ class RequestConsumer:
                     request,
                     keepalive_interval=self.keepalive_interval(region),
                     metrics=self._metrics,
+                    container_done=container_done,
                 )
             finally:
                 # Always acked, also after failures, cancels and the shutdown deadline (§9):
@@ -493,7 +502,10 @@ class RequestConsumer:
                 except Exception as error:
                     logger.error("could not ack a work item", extra={"error": str(error)})
                 finally:
-                    self.slots.release()
+                    if parked:
+                        self.slots.unpark()
+                    else:
+                        self.slots.release()
                 logger.debug("request finished", extra={"outcome": outcome.value})
 
 

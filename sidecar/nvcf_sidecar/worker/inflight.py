@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -28,10 +29,16 @@ class RequestHandler(Protocol):
     """Runs one invocation to its end (the data path's `RequestRunner`)."""
 
     async def run(
-        self, request: WorkerInvokeFunctionRequest, *, redelivered: bool = False
+        self,
+        request: WorkerInvokeFunctionRequest,
+        *,
+        redelivered: bool = False,
+        container_done: Callable[[], None] | None = None,
     ) -> Outcome:
         """Never raises except asyncio.CancelledError (then it has cleaned up). `redelivered`:
-        the message was delivered before (an earlier worker may have answered it)."""
+        the message was delivered before (an earlier worker may have answered it).
+        `container_done()`, if called, says the container no longer works on the request (its
+        answer waits for a poll): the consumer may free its slot for new work."""
         ...
 
 
@@ -69,6 +76,7 @@ class InFlightRequest:
         *,
         keepalive_interval: float,
         metrics: WorkerMetrics,
+        container_done: Callable[[], None] | None = None,
     ) -> Outcome:
         """Run `handler` on `request`, with `+WPI` every `keepalive_interval` seconds beside it.
 
@@ -76,7 +84,7 @@ class InFlightRequest:
         raised. Raises only asyncio.CancelledError when the caller itself is cancelled.
         """
         async with asyncio.TaskGroup() as tasks:
-            handling = tasks.create_task(self._handle(handler, request))
+            handling = tasks.create_task(self._handle(handler, request, container_done))
             keepalive = tasks.create_task(self._keep_alive(keepalive_interval, metrics))
             try:
                 return await handling
@@ -84,7 +92,10 @@ class InFlightRequest:
                 keepalive.cancel()
 
     async def _handle(
-        self, handler: RequestHandler, request: WorkerInvokeFunctionRequest
+        self,
+        handler: RequestHandler,
+        request: WorkerInvokeFunctionRequest,
+        container_done: Callable[[], None] | None,
     ) -> Outcome:
         # Cancellable only from here on: a cancel that came earlier is seen by the check below.
         task = self.task = asyncio.current_task()
@@ -92,7 +103,9 @@ class InFlightRequest:
             logger.info("request cancelled before it started", extra={"reason": self.cancel_reason})
             return Outcome.CANCELLED
         try:
-            return await handler.run(request, redelivered=self.redelivered)
+            return await handler.run(
+                request, redelivered=self.redelivered, container_done=container_done
+            )
         except asyncio.CancelledError:
             if not self.cancelled():
                 raise

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -102,7 +102,11 @@ class RequestRunner:
         self._gate = ContainerGate(sessions.container, metrics, watch)
 
     async def run(
-        self, request: WorkerInvokeFunctionRequest, *, redelivered: bool = False
+        self,
+        request: WorkerInvokeFunctionRequest,
+        *,
+        redelivered: bool = False,
+        container_done: Callable[[], None] | None = None,
     ) -> Outcome:
         """Serve one decoded request end to end and return how it ended.
 
@@ -134,7 +138,7 @@ class RequestRunner:
         if expired is not None:
             return expired
         try:
-            outcome = await self._serve(request, attach, log)
+            outcome = await self._serve(request, attach, log, container_done)
         except asyncio.CancelledError:
             log.info("request cancelled; container call and attach transfers stopped")
             raise
@@ -179,7 +183,11 @@ class RequestRunner:
         return None
 
     async def _serve(
-        self, request: WorkerInvokeFunctionRequest, attach: AttachClient, log: RequestLog
+        self,
+        request: WorkerInvokeFunctionRequest,
+        attach: AttachClient,
+        log: RequestLog,
+        container_done: Callable[[], None] | None = None,
     ) -> Outcome:
         request_id = request.requestId
         if not is_safe_component(request_id):
@@ -217,7 +225,7 @@ class RequestRunner:
                         attach, log, WORKER_SERVICE, PREPARE_FAILED, Outcome.WORKER_ERROR
                     )
             try:
-                return await self._forward(request, attach, rest, response_dir, log)
+                return await self._forward(request, attach, rest, response_dir, log, container_done)
             finally:
                 if rest is not None and rest.error is not None:
                     self._metrics.attach_errors.labels("get").inc()
@@ -229,6 +237,7 @@ class RequestRunner:
         rest: RequestBodyStream | None,
         response_dir: Path,
         log: RequestLog,
+        container_done: Callable[[], None] | None,
     ) -> Outcome:
         method, path = request.requestMethod, request.requestPath
         caller: list[Header] = [(header.key, header.value) for header in request.requestHeaders]
@@ -292,6 +301,7 @@ class RequestRunner:
                 make_poll_call=poll_call,
                 metrics=self._metrics,
                 log=log,
+                container_done=container_done,
             )
         polling = (
             None

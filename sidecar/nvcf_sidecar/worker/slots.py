@@ -39,12 +39,15 @@ class RequestSlots:
     """`MAX_REQUEST_CONCURRENCY` slots: a request holds one from receipt to ack.
 
     Never more than `limit` are held; `metrics.in_flight` follows the held count, and every
-    release notifies `changed`.
+    release notifies `changed`. A request whose container call is over but whose answer waits
+    for its caller's next poll may `park()`: its slot is freed for new work while it lives on
+    (at most `limit` parked at once), and it `unpark()`s at its end instead of releasing.
     """
 
     def __init__(self, limit: int, metrics: WorkerMetrics, changed: StateSignal) -> None:
         self.limit = limit
         self._held = 0
+        self._parked = 0
         self._metrics = metrics
         self._changed = changed
 
@@ -52,6 +55,29 @@ class RequestSlots:
     def held(self) -> int:
         """Slots taken by requests now."""
         return self._held
+
+    @property
+    def busy(self) -> int:
+        """Requests alive: holding a slot, or parked waiting for a poll."""
+        return self._held + self._parked
+
+    def park(self) -> bool:
+        """Free a held slot for a request that lives on without using the container; False
+        (nothing changes) when `limit` requests are parked already."""
+        if self._parked >= self.limit or self._held <= 0:
+            return False
+        self._held -= 1
+        self._parked += 1
+        self._metrics.in_flight.set(self._held)
+        self._changed.notify()
+        return True
+
+    def unpark(self) -> None:
+        """A parked request ended."""
+        if self._parked <= 0:
+            raise RuntimeError("unparked a request that was not parked")
+        self._parked -= 1
+        self._changed.notify()
 
     @property
     def free(self) -> int:

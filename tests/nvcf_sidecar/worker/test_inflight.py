@@ -33,7 +33,11 @@ class _Handler:
         self.cancelled: list[str] = []
 
     async def run(
-        self, request: WorkerInvokeFunctionRequest, *, redelivered: bool = False
+        self,
+        request: WorkerInvokeFunctionRequest,
+        *,
+        redelivered: bool = False,
+        container_done: Any = None,
     ) -> Outcome:
         self.started.append(request.requestId)
         self.redelivered.append(redelivered)

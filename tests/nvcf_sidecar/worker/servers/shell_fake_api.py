@@ -290,7 +290,11 @@ class StandInRunner:
                 await self.changed.wait()
 
     async def run(
-        self, request: WorkerInvokeFunctionRequest, *, redelivered: bool = False
+        self,
+        request: WorkerInvokeFunctionRequest,
+        *,
+        redelivered: bool = False,
+        container_done: Any = None,
     ) -> Outcome:
         self.started.append(request.requestId)
         self.redelivered.append(redelivered)
