@@ -45,3 +45,20 @@ async def test_a_release_wakes_a_waiter_for_a_free_slot() -> None:
 async def test_a_signal_returns_at_once_when_the_condition_holds() -> None:
     async with asyncio.timeout(1):
         await StateSignal().wait_for(lambda: True)
+
+
+def test_a_parked_request_frees_its_slot_but_stays_busy_and_parking_is_bounded() -> None:
+    metrics = WorkerMetrics()
+    slots = RequestSlots(1, metrics, StateSignal())
+    assert slots.try_acquire()
+    assert slots.park()  # its container call is over; the answer waits for a poll
+    assert (slots.held, slots.free, slots.busy) == (0, 1, 1)
+    assert metrics.in_flight._value.get() == 0
+    assert slots.try_acquire()  # the next request runs meanwhile
+    assert not slots.park()  # at most `limit` parked: this one keeps its slot
+    assert (slots.held, slots.busy) == (1, 2)
+    slots.unpark()
+    slots.release()
+    assert (slots.held, slots.free, slots.busy) == (0, 1, 0)
+    with pytest.raises(RuntimeError, match="not parked"):
+        slots.unpark()
