@@ -34,7 +34,7 @@ from nvcf_worker.context import InvocationContext
 from nvcf_worker.errors import InvalidHeader, InvalidProgress
 from nvcf_worker.logging import configure_logging, is_configured
 from nvcf_worker.progress import write_progress
-from nvcf_worker.secrets import DEFAULT_SECRETS_PATH, read_secrets
+from nvcf_worker.secrets import DEFAULT_SECRETS_PATH, SECRETS_PATH_ENV, read_secrets
 
 __all__ = [
     "DEFAULT_MAX_NVCF_MSG_SIZE",
@@ -227,5 +227,6 @@ def get_scalar_inputs(request: Any, pairs: list[Any]) -> list[Any]:
 
 
 def get_secrets() -> dict[str, Any]:
-    """Read `/var/secrets/secrets.json`; raises `SecretsError` with a clear reason."""
-    return read_secrets(SECRETS_PATH)
+    """Read `/var/secrets/secrets.json` (or `$NVCF_SECRETS_PATH`, which `nvcf-sidecar dev` sets);
+    raises `SecretsError` with a clear reason."""
+    return read_secrets(os.environ.get(SECRETS_PATH_ENV) or SECRETS_PATH)

@@ -117,3 +117,18 @@ def test_read_secrets_turns_a_permission_error_into_a_secrets_error(
     with pytest.raises(SecretsError, match="not readable") as info:
         read_secrets(path)
     assert str(path) in str(info.value)
+
+
+def test_nvcf_secrets_path_moves_the_default_for_both_helpers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nvcf_worker import compat
+    from nvcf_worker.secrets import SECRETS_PATH_ENV, read_secrets, secrets_path
+
+    local = tmp_path / "secrets.json"
+    local.write_text('{"HF_TOKEN": "hf_local"}')
+    monkeypatch.setenv(SECRETS_PATH_ENV, str(local))
+    assert secrets_path() == local
+    assert read_secrets() == compat.get_secrets() == {"HF_TOKEN": "hf_local"}
+    monkeypatch.setenv(SECRETS_PATH_ENV, "")
+    assert str(secrets_path()) == "/var/secrets/secrets.json"

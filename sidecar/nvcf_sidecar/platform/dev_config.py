@@ -6,6 +6,7 @@ server's command, port and health endpoint, its sidecars and their environment.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import tomllib
@@ -27,6 +28,7 @@ __all__ = ["check_function_name", "load_dev_config", "specs_from_mapping"]
 _RUN_KEYS: Final = frozenset({
     "command", "inference_port", "default_invocation_path", "health_endpoint", "sidecars",
     "min_instances", "max_request_concurrency", "env", "sidecar_env", "sidecar_args",
+    "cwd", "model", "secrets",
 })
 # fmt: on
 _FUNCTION_KEYS: Final = _RUN_KEYS | {"id", "name", "versions"}
@@ -159,6 +161,7 @@ def _spec(
                 _DEFAULTS.default_invocation_path if path is None else _path(*path, "")
             ),
             health_endpoint=_endpoint(layers),
+            secrets=_secrets(layers, base_dir),
             sidecars=_integer(layers, "sidecars", _DEFAULTS.sidecars, 0),
             min_instances=_integer(layers, "min_instances", _DEFAULTS.min_instances, 0),
             max_request_concurrency=_integer(
@@ -167,7 +170,7 @@ def _spec(
             container_env=_environment(layers, "env"),
             sidecar_env=_environment(layers, "sidecar_env"),
             sidecar_args=_strings(layers, "sidecar_args"),
-            cwd=base_dir,
+            cwd=_directory(layers, base_dir),
         )
     except StackError as error:
         raise ConfigError(f"{layers.where}: {error}") from None
@@ -211,7 +214,14 @@ def _integer(
 
 
 def _endpoint(layers: _Layers) -> str:
-    found = layers.find("health_endpoint")
+    found, model = layers.find("health_endpoint"), layers.find("model")
+    if found is not None and model is not None:
+        raise ConfigError(f"{model[1]}.model: give either model or health_endpoint, not both")
+    if model is not None:
+        name, where = model
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ConfigError(f"{where}.model: {name!r} is not a Triton model name")
+        return f"/v2/models/{name}/ready"
     if found is None:
         return _DEFAULTS.health_endpoint
     value, where = found
@@ -221,6 +231,48 @@ def _endpoint(layers: _Layers) -> str:
             "or control characters"
         )
     return value
+
+
+def _relative(value: object, where: str, base_dir: Path | None) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: {value!r} must be a path (a string)")
+    path = Path(value).expanduser()
+    return path if base_dir is None else base_dir / path
+
+
+def _directory(layers: _Layers, base_dir: Path | None) -> Path | None:
+    """`cwd`, relative to the config file's directory; that directory itself by default."""
+    found = layers.find("cwd")
+    if found is None:
+        return base_dir
+    path = _relative(found[0], f"{found[1]}.cwd", base_dir)
+    if not path.is_dir():
+        raise ConfigError(f"{found[1]}.cwd: {found[0]!r} is not a directory ({path})")
+    return path
+
+
+def _secrets(layers: _Layers, base_dir: Path | None) -> Path | dict[str, Any] | None:
+    """`secrets`: a JSON file (relative to the config file's directory) or an inline table."""
+    found = layers.find("secrets")
+    if found is None:
+        return None
+    value, where = found
+    if isinstance(value, dict):
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}.secrets: only JSON values (no dates)") from None
+        return dict(value)
+    path = _relative(value, f"{where}.secrets", base_dir)
+    try:
+        document = json.loads(path.read_bytes())
+    except OSError as error:
+        raise ConfigError(f"{where}.secrets: cannot read {path}: {error.strerror}") from None
+    except ValueError as error:  # never echo the content: it holds secrets
+        raise ConfigError(f"{where}.secrets: {path} is not UTF-8 JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{where}.secrets: {path} must hold a JSON object")
+    return path
 
 
 def _environment(layers: _Layers, key: str) -> dict[str, str]:

@@ -391,7 +391,7 @@ class LocalStack:
         self._progress(f"platform ready: {self.base_url} (nvcf.Worker gRPC at {self.grpc_url})")
 
     def _start_container(self, spec: FunctionSpec) -> StackProcess:
-        env = server_environment(spec, os.environ)
+        env = server_environment(spec, os.environ, self._version_dir(spec.version_id))
         name = f"server-{self._labels[spec.version_id]}"
         container = self._spawn(name, spec.command, env, cwd=spec.cwd)
         container.health_url = f"http://{HOST}:{spec.inference_port}{spec.health_endpoint}"

@@ -16,6 +16,7 @@ from typing import Final
 
 from nvcf_sidecar.platform.stack_process import StackError
 from nvcf_worker.integrations.tritonserver import libpython_dir
+from nvcf_worker.secrets import SECRETS_PATH_ENV
 
 __all__ = [
     "HOST",
@@ -71,6 +72,9 @@ class FunctionSpec:
     """Extra `nvcf-sidecar run` flags, e.g. `("--health-check-interval", "1s")`."""
     cwd: Path | None = None
     """Working directory of the inference server (None: the caller's)."""
+    secrets: Path | Mapping[str, object] | None = None
+    """The server's secrets, as NVCF mounts them at `/var/secrets/secrets.json`: a JSON file, or
+    an object the stack writes to one; the server finds it at `$NVCF_SECRETS_PATH`."""
     wait_ready: bool = True
     """Whether `start()` waits for these sidecars to be ready (False: a server meant to start
     unhealthy)."""
@@ -130,8 +134,11 @@ def registry_toml(
     return "\n".join(lines)
 
 
-def server_environment(spec: FunctionSpec, inherited: Mapping[str, str]) -> dict[str, str]:
-    """The environment of `spec`'s inference server: `inherited`, with this Python's libpython
+def server_environment(
+    spec: FunctionSpec, inherited: Mapping[str, str], version_dir: Path
+) -> dict[str, str]:
+    """The environment of `spec`'s inference server: `inherited`, `NVCF_SECRETS_PATH` when it
+    has secrets (inline ones written to `version_dir/secrets.json`, 0600), this Python's libpython
     directory first on `LD_LIBRARY_PATH` (as `nvcf-tritonserver` does: the python-backend stub
     of a PyTriton server then loads this libpython, not the system's of the same version, which
     breaks pyenv- and uv-built Pythons), then `spec.container_env`, which wins."""
@@ -141,6 +148,15 @@ def server_environment(spec: FunctionSpec, inherited: Mapping[str, str]) -> dict
         rest = [e for e in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if e]
         entries = dict.fromkeys([str(libraries), *rest])
         env["LD_LIBRARY_PATH"] = os.pathsep.join(entries)
+    if isinstance(spec.secrets, Path):
+        env[SECRETS_PATH_ENV] = str(spec.secrets.resolve())
+    elif spec.secrets is not None:
+        version_dir.mkdir(parents=True, exist_ok=True)
+        written = version_dir / "secrets.json"
+        descriptor = os.open(written, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(dict(spec.secrets), file)
+        env[SECRETS_PATH_ENV] = str(written)
     env.update(spec.container_env)
     return env
 
