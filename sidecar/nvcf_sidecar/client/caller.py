@@ -13,7 +13,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Final
@@ -53,6 +53,7 @@ DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
 ASSET_DESCRIPTION_HEADER: Final = "x-amz-meta-nvcf-asset-description"
 """NVCF's S3 upload URLs are signed with the asset's description in this header."""
 _ASSETS_PATH: Final = "/v2/nvcf/assets"
+_ASSET_PLACEHOLDER: Final = re.compile(rb"\{asset(?:(\d+)|:([^{}]+))\}")
 _PEXEC_PATH: Final = "/v2/nvcf/pexec"
 _SMALL_BODY_BYTES: Final = 1024 * 1024
 """Most of a 202's partial body or an error body that is read."""
@@ -171,7 +172,10 @@ class _Call:
         defaults = {"Content-Type": "application/json", **self._poll_defaults()}
         if asset_ids:
             defaults[NVCF_INPUT_ASSET_REFERENCES] = ",".join(asset_ids)
-        with _opened(self._settings.body) as data:
+        body = self._settings.body
+        if isinstance(body, bytes) and asset_ids:
+            body = fill_asset_ids(body, self._settings.assets, asset_ids)
+        with _opened(body) as data:
             async with self._session.post(
                 self._settings.invoke_url,
                 data=data,
@@ -309,6 +313,26 @@ class _Call:
                     raise http_error(put.status, put.reason, body, what=f"uploading asset {path}")
         self._display.say(f"asset {asset_id} <- {path} ({content_type})")
         return asset_id
+
+
+def fill_asset_ids(body: bytes, assets: Sequence[Path], ids: Sequence[str]) -> bytes:
+    """`body` with `{asset0}`, `{asset1}`, ... (by `--asset` order) and `{asset:NAME}` (by the
+    file's name) replaced by the uploaded assets' ids; LocalFileError for one that names no
+    asset."""
+    by_name = {path.name: asset_id for path, asset_id in zip(assets, ids, strict=True)}
+
+    def asset_id(match: re.Match[bytes]) -> bytes:
+        number, name = match.group(1), match.group(2)
+        if number is not None and int(number) < len(ids):
+            return ids[int(number)].encode()
+        if name is not None and name.decode(errors="replace") in by_name:
+            return by_name[name.decode(errors="replace")].encode()
+        raise LocalFileError(
+            f"--data names {match.group(0).decode(errors='replace')}, but the --asset files are "
+            f"{', '.join(f'{{asset{i}}} {path.name}' for i, path in enumerate(assets))}"
+        )
+
+    return _ASSET_PLACEHOLDER.sub(asset_id, body)
 
 
 @contextlib.contextmanager

@@ -308,3 +308,18 @@ def test_stream_prints_events_as_they_arrive(stack: LocalStack) -> None:
     assert running_at_first_event, "the first event was printed only at the end"
     lines = [line for line in (first + rest).splitlines() if line.startswith(b"data: ")]
     assert [json.loads(line[6:])["i"] for line in lines] == [0, 1, 2, 3, 4]
+
+
+def test_data_names_uploaded_assets_by_number_or_file_name(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("some words")
+    data = '{"first": "{asset0}", "by_name": "{asset:notes.txt}"}'
+    result = call(stack, "--asset", str(text), "--data", data)
+    assert result.returncode == 0, stderr_of(result)
+    (asset_id,) = re.findall(r"asset ([0-9a-f-]{36}) <- ", stderr_of(result))
+    assert json.loads(result.stdout)["body"] == {"first": asset_id, "by_name": asset_id}
+    wrong = call(stack, "--asset", str(text), "--data", '{"x": "{asset1}"}')
+    assert wrong.returncode != 0
+    assert "--data names {asset1}, but the --asset files are {asset0} notes.txt" in stderr_of(wrong)
