@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Final
@@ -35,11 +33,11 @@ from nvcf_sidecar.worker.binding import (
 )
 from nvcf_sidecar.worker.cancel import RecentCancels
 from nvcf_sidecar.worker.config import WorkerConfig
-from nvcf_sidecar.worker.deadline import request_time
 from nvcf_sidecar.worker.inflight import InFlightRequest, RequestHandler
 from nvcf_sidecar.worker.logs import bind_log_fields
 from nvcf_sidecar.worker.metrics import Outcome, WorkerMetrics
 from nvcf_sidecar.worker.pull import PullFailed, PullRequest
+from nvcf_sidecar.worker.reconnect import ReconnectMemory
 from nvcf_sidecar.worker.slots import RequestSlots, StateSignal
 
 __all__ = ["RequestConsumer"]
@@ -47,10 +45,6 @@ __all__ = ["RequestConsumer"]
 logger = logging.getLogger(__name__)
 
 _REBIND_AFTER_FAILURES: Final = 10
-RECENT_ACK_SECONDS: Final = 10.0
-"""Acks sent this recently are sent again after a reconnect: one written just before the server
-died never reached it, and its item would run again after the ack wait."""
-_RECENT_ACK_LIMIT: Final = 4096
 
 
 class RequestConsumer:
@@ -86,15 +80,11 @@ class RequestConsumer:
         self._wanted_regions: tuple[str, ...] | None = None
         self._generation = 0
         self._reconnects = 0
-        self._reconnected_at: float | None = None
-        """Wall time of the last NATS reconnect: items published before it may be copies of
-        ones already answered (a restarted server can lose acks and delivery counts)."""
         self._stopping = False
         self._pulls: set[PullRequest] = set()
         self._ack_waits: dict[str, float | None] = {}
         self._cancelled = RecentCancels()
-        self._recent_acks: deque[tuple[float, str]] = deque(maxlen=_RECENT_ACK_LIMIT)
-        """(monotonic time, reply subject) of the latest acks."""
+        self._reconnect_memory = ReconnectMemory()
         self._keepalive_intervals: dict[str, float] = {}
 
     # --- state -----------------------------------------------------------------------------------
@@ -150,17 +140,15 @@ class RequestConsumer:
     def nats_reconnected(self) -> None:
         """NATS is back: pulls that failed while it was away are retried now, not after their
         backoff (which may have grown to 30 s during a long outage); in-flight items get a
-        `+WPI` and the acks of the last `RECENT_ACK_SECONDS` are sent again (acking twice is
+        `+WPI` and the recent acks are sent again (`reconnect.py`) (acking twice is
         harmless), so nothing finished or still running is redelivered for a lost ack."""
         self._reconnects += 1
-        self._reconnected_at = time.time()
+        replies = self._reconnect_memory.reconnected()
         self._changed.notify()
         if self._requests is not None:
-            self._requests.create_task(self._resend_after_reconnect(), name="resend acks")
+            self._requests.create_task(self._resend_after_reconnect(replies), name="resend acks")
 
-    async def _resend_after_reconnect(self) -> None:
-        horizon = time.monotonic() - RECENT_ACK_SECONDS
-        replies = [reply for at, reply in self._recent_acks if at >= horizon]
+    async def _resend_after_reconnect(self, replies: list[str]) -> None:
         running = [entry.msg for entries in self._in_flight.values() for entry in entries]
         try:
             for reply in replies:
@@ -423,7 +411,7 @@ class RequestConsumer:
             await self._nak(msg, "capacity")
             return
         entry = InFlightRequest(
-            request_id, msg, redelivered=self._maybe_delivered_before(request, msg)
+            request_id, msg, redelivered=self._reconnect_memory.maybe_delivered_before(request, msg)
         )
         self._in_flight.setdefault(request_id, []).append(entry)
         try:
@@ -434,17 +422,6 @@ class RequestConsumer:
             self._forget(entry)
             self.slots.release()
             raise
-
-    def _maybe_delivered_before(self, request: WorkerInvokeFunctionRequest, msg: Msg) -> bool:
-        """A redelivery, or an item published before the last NATS reconnect."""
-        if _delivery_count(msg) > 1:
-            return True
-        published = request_time(request)
-        return (
-            self._reconnected_at is not None
-            and published is not None
-            and published <= self._reconnected_at
-        )
 
     def _forget(self, entry: InFlightRequest) -> None:
         entries = self._in_flight.get(entry.request_id)
@@ -498,7 +475,7 @@ class RequestConsumer:
                 try:
                     await entry.msg.ack()
                     if entry.msg.reply:
-                        self._recent_acks.append((time.monotonic(), entry.msg.reply))
+                        self._reconnect_memory.acked(entry.msg.reply)
                 except Exception as error:
                     logger.error("could not ack a work item", extra={"error": str(error)})
                 finally:
@@ -507,11 +484,3 @@ class RequestConsumer:
                     else:
                         self.slots.release()
                 logger.debug("request finished", extra={"outcome": outcome.value})
-
-
-def _delivery_count(msg: Msg) -> int:
-    """How many times JetStream delivered `msg` (1 for a first delivery; 1 when unknown)."""
-    try:
-        return int(msg.metadata.num_delivered)
-    except Exception:  # not a JetStream message (tests), or a reply subject of another shape
-        return 1
