@@ -304,12 +304,14 @@ class WorkerExchange:
         """The worker's response head within poll + 2 s; the response token dies either way.
 
         The answer comes over HTTP, so an outage shorter than the grace changes nothing; a longer
-        one (or shutdown) raises `NatsUnavailable`.
+        one (or shutdown) fails the slot with `NatsUnavailable` (`AttachTokens.give_up`).
         """
         try:
             raise_if_cancelled()  # a caller gone while a NATS call swallowed the cancel
+            if (reason := self._link.gave_up) is not None:
+                raise NatsUnavailable(reason)
             async with asyncio.timeout(poll_seconds + POLL_GRACE_SECONDS):
-                return await self._link.while_reachable(slot.wait())
+                return await slot.wait()
         finally:
             self._tokens.revoke(slot.token)
 

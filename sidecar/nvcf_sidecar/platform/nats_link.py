@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Final
 
 import nats
 from nats.aio.client import Client
@@ -34,7 +34,6 @@ CLOSE_TIMEOUT: Final = 5.0
 NOT_CONNECTED: Final = "NATS is not connected"
 """Detail of the 503 answered at once while the connection is down (as `/health` says it)."""
 
-_T = TypeVar("_T")
 _log = logging.getLogger(__name__)
 
 
@@ -42,10 +41,11 @@ class NatsLink:
     """`async with NatsLink(url, outage_grace=10) as link:` the connection, `link.client`.
 
     While the connection is down, `require()` raises `NatsUnavailable` at once. Callers already
-    waiting (for a worker's POST attach) wait through `while_reachable`, which gives up once NATS
-    has been down for `outage_grace` seconds in a row, or once `stop_waiting()` was called at
-    shutdown; a reconnect within the grace changes nothing for them. After every reconnect
-    `on_reconnect` runs (one run at a time) to re-create what a restarted server may have lost.
+    waiting (for a worker's POST attach) are given up by `on_give_up(reason)` once NATS has been
+    down for `outage_grace` seconds in a row, or once `stop_waiting()` was called at shutdown;
+    a reconnect within the grace changes nothing for them, and `gave_up` says whether a wait
+    that starts now would be given up at once. After every reconnect `on_reconnect` runs (one
+    run at a time) to re-create what a restarted server may have lost.
     """
 
     def __init__(
@@ -54,15 +54,16 @@ class NatsLink:
         *,
         outage_grace: float,
         on_reconnect: Callable[[], Awaitable[None]] | None = None,
+        on_give_up: Callable[[str], None] | None = None,
     ) -> None:
         self._url = url
         self._grace = outage_grace
         self._on_reconnect = on_reconnect
+        self._on_give_up = on_give_up
         self._client: Client | None = None
         self._down_since: float | None = None
         self._expiry: asyncio.TimerHandle | None = None
-        self._give_up = asyncio.Event()
-        self._give_up_reason = ""
+        self._give_up_reason: str | None = None
         self._connected = asyncio.Event()
         self._stopped = asyncio.Event()
         self._rebind: asyncio.Task[None] | None = None
@@ -99,27 +100,10 @@ class NatsLink:
         if not self.up:
             raise NatsUnavailable(NOT_CONNECTED)
 
-    async def while_reachable(self, work: Coroutine[Any, Any, _T]) -> _T:
-        """The result of `work`, unless NATS stays down for the grace (or shutdown begins) first.
-
-        Then `work` is cancelled and `NatsUnavailable` raised with the reason. A result that is
-        already there wins over giving up.
-        """
-        task = asyncio.ensure_future(work)
-        given_up = asyncio.ensure_future(self._give_up.wait())
-        try:
-            await asyncio.wait({task, given_up}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            task.cancel()  # our caller left
-            raise
-        finally:
-            given_up.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.wait({task})
-        if task.cancelled():
-            raise NatsUnavailable(self._give_up_reason)
-        return task.result()
+    @property
+    def gave_up(self) -> str | None:
+        """Why waiting callers are given up now (outage past its grace, shutdown), else None."""
+        return self._give_up_reason
 
     async def wait_connected(self) -> bool:
         """Whether the connection is (or comes) up; bound it with `asyncio.timeout`. Once
@@ -140,8 +124,12 @@ class NatsLink:
         """Shutdown began: every waiting caller gives up now (503), and so does `wait_connected`."""
         self._stopped.set()
         self._cancel_expiry()
-        self._give_up_reason = "the invocation service is shutting down"
-        self._give_up.set()
+        self._give_up("the invocation service is shutting down")
+
+    def _give_up(self, reason: str) -> None:
+        self._give_up_reason = reason
+        if self._on_give_up is not None:
+            self._on_give_up(reason)
 
     # -- lifetime -------------------------------------------------------------------------------
 
@@ -204,8 +192,7 @@ class NatsLink:
 
     def _outage_expired(self) -> None:
         self._expiry = None
-        self._give_up_reason = f"NATS has been unreachable for {self._grace:g} s"
-        self._give_up.set()
+        self._give_up(f"NATS has been unreachable for {self._grace:g} s")
         _log.error(
             "NATS still down after the outage grace; waiting callers are answered 503",
             extra={"nats_url": self._url, "outage_grace": self._grace},
@@ -216,7 +203,7 @@ class NatsLink:
         self._down_since = None
         self._cancel_expiry()
         if not self._stopped.is_set():
-            self._give_up.clear()
+            self._give_up_reason = None
         self._connected.set()
         _log.info("NATS reconnected", extra={"nats_url": self._url, "down_for": f"{down_for:.3f}"})
         if self._on_reconnect is not None and not self._stopped.is_set():

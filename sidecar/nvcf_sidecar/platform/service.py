@@ -26,7 +26,7 @@ from nvcf_sidecar.platform.assets import AssetCatalog, AssetEndpoints, Invocatio
 from nvcf_sidecar.platform.attach import AttachEndpoints
 from nvcf_sidecar.platform.background import BackgroundTasks
 from nvcf_sidecar.platform.drain import CallerDrain
-from nvcf_sidecar.platform.errors import ConfigError, PlatformError
+from nvcf_sidecar.platform.errors import ConfigError, NatsUnavailable, PlatformError
 from nvcf_sidecar.platform.exchange import WorkerExchange
 from nvcf_sidecar.platform.exec import ExecEndpoint
 from nvcf_sidecar.platform.functions import FunctionEndpoints, FunctionStates
@@ -228,7 +228,10 @@ class PlatformService:
     async def _start(self, stack: AsyncExitStack) -> None:
         settings = self._settings
         link = NatsLink(
-            settings.nats_url, outage_grace=settings.nats_outage_grace, on_reconnect=self._rebind
+            settings.nats_url,
+            outage_grace=settings.nats_outage_grace,
+            on_reconnect=self._rebind,
+            on_give_up=lambda reason: self._tokens.interrupt_waiting(NatsUnavailable(reason)),
         )
         self._link = await stack.enter_async_context(link)
         nc = link.client

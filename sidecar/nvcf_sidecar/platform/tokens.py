@@ -129,6 +129,13 @@ class ResponseSlot:
         self._future.set_exception(WorkerResponseFailed(self.request_id, detail))
         return True
 
+    def interrupt(self, error: Exception) -> bool:
+        """Make the waiter raise `error` (the platform gives it up); False when it is gone."""
+        if self._future.done():
+            return False
+        self._future.set_exception(error)
+        return True
+
     def abandon(self) -> None:
         """Close the slot for good; a response already delivered but not relayed is released."""
         if not self._future.done():
@@ -205,6 +212,11 @@ class AttachTokens:
     def claim_response(self, token: str) -> ResponseSlot | None:
         """The slot of a response token, removing it; None if unknown or already used."""
         return self._responses.pop(token, None)
+
+    def interrupt_waiting(self, error: Exception) -> None:
+        """Make every caller still waiting for a worker's response raise `error`."""
+        for slot in list(self._responses.values()):
+            slot.interrupt(error)
 
     def response_waiting(self, token: str) -> bool:
         """Whether a response token is unused and its caller still waits (nothing is claimed)."""

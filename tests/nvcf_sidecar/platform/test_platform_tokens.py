@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from nvcf_sidecar.platform.background import BackgroundTasks
-from nvcf_sidecar.platform.errors import WorkerResponseFailed
+from nvcf_sidecar.platform.errors import NatsUnavailable, WorkerResponseFailed
 from nvcf_sidecar.platform.tokens import (
     AttachTokens,
     BodyIncomplete,
@@ -174,3 +174,15 @@ async def test_background_task_failures_are_logged_and_close_is_bounded(
     assert any(record.message == "background task failed" for record in caplog.records)
     tasks.spawn(finishes(), name="refused")  # after close: refused, coroutine closed
     assert len(tasks) == 0
+
+
+async def test_interrupting_waiters_fails_only_those_still_waiting() -> None:
+    tokens = AttachTokens()
+    waiting, answered = tokens.mint_response("r1"), tokens.mint_response("r2")
+    answer = response(Chunks(b"ok"))
+    assert answered.deliver(answer)
+    tokens.interrupt_waiting(NatsUnavailable("NATS has been unreachable for 10 s"))
+    with pytest.raises(NatsUnavailable, match="unreachable for 10 s"):
+        await waiting.wait()
+    assert await answered.wait() is answer  # an answer already there wins
+    waiting.abandon()  # retrieves nothing more, raises nothing
