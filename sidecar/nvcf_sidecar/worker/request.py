@@ -133,12 +133,13 @@ class RequestRunner:
             log.error("no answer possible: %s", error)
             return Outcome.WORKER_ERROR
         attach = AttachClient(self._sessions.attach, connection)
+        caller: list[Header] = [(header.key, header.value) for header in request.requestHeaders]
         stale = accepted is not None and received - accepted > STALE_ITEM_SECONDS
-        expired = await self._expired(request, attach, redelivered or stale, log)
+        expired = await self._expired(request, caller, attach, redelivered or stale, log)
         if expired is not None:
             return expired
         try:
-            outcome = await self._serve(request, attach, log, container_done)
+            outcome = await self._serve(request, caller, attach, log, container_done)
         except asyncio.CancelledError:
             log.info("request cancelled; container call and attach transfers stopped")
             raise
@@ -155,13 +156,13 @@ class RequestRunner:
     async def _expired(
         self,
         request: WorkerInvokeFunctionRequest,
+        caller: list[Header],
         attach: AttachClient,
         maybe_answered: bool,
         log: RequestLog,
     ) -> Outcome | None:
         """`EXPIRED` when the item's answer can no longer be delivered, else None."""
-        headers = [(header.key, header.value) for header in request.requestHeaders]
-        budget = item_budget(request, headers)
+        budget = item_budget(request, caller)
         if budget.too_late:
             log.warning(
                 "response target too far in the past (%.1f s left); not calling the container",
@@ -185,6 +186,7 @@ class RequestRunner:
     async def _serve(
         self,
         request: WorkerInvokeFunctionRequest,
+        caller: list[Header],
         attach: AttachClient,
         log: RequestLog,
         container_done: Callable[[], None] | None = None,
@@ -225,7 +227,9 @@ class RequestRunner:
                         attach, log, WORKER_SERVICE, PREPARE_FAILED, Outcome.WORKER_ERROR
                     )
             try:
-                return await self._forward(request, attach, rest, response_dir, log, container_done)
+                return await self._forward(
+                    request, caller, attach, rest, response_dir, log, container_done
+                )
             finally:
                 if rest is not None and rest.error is not None:
                     self._metrics.attach_errors.labels("get").inc()
@@ -233,14 +237,15 @@ class RequestRunner:
     async def _forward(
         self,
         request: WorkerInvokeFunctionRequest,
+        caller: list[Header],
         attach: AttachClient,
         rest: RequestBodyStream | None,
         response_dir: Path,
         log: RequestLog,
         container_done: Callable[[], None] | None,
     ) -> Outcome:
+        """`caller` is the item's request headers; a stream-full head's are added to it."""
         method, path = request.requestMethod, request.requestPath
-        caller: list[Header] = [(header.key, header.value) for header in request.requestHeaders]
         if not method:
             # Stream-full mode: method, target and headers come from the head of GET attach.
             if rest is None:
