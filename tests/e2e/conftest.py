@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import nats
 import pytest
 
@@ -204,3 +205,11 @@ def queue_state() -> Callable[..., Any]:
             await asyncio.sleep(0.05)
 
     return read
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A caller's client session (no proxies from the environment, 60 s per call at most)."""
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session:
+        yield session

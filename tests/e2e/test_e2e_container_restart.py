@@ -12,12 +12,13 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 from multidict import CIMultiDict
+
+from harness.waits import wait_for
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(90)]
 
@@ -32,21 +33,6 @@ CONNECTION_PROBLEM = {
     "status": 500,
     "detail": "Inference connection error while making inference request",
 }
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=60), trust_env=False
-    ) as session:
-        yield session
-
-
-async def wait_for(condition: Callable[[], bool], what: str, within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not await asyncio.to_thread(condition):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def invoke(

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 from multidict import CIMultiDict
+
+from harness.waits import wait_for
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(60)]
 
@@ -33,21 +33,6 @@ CONNECTION_ERROR_DETAIL = (
     "urn:inference-connection:problem-details:internal-server-error",
     "Inference connection error while making inference request",
 )
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    timeout = aiohttp.ClientTimeout(total=45)
-    async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session:
-        yield session
-
-
-async def wait_for(condition: Callable[[], bool], what: str, within: float = 15.0) -> None:
-    """Poll a blocking condition (in a thread) every 50 ms; fail naming `what` after `within`."""
-    deadline = time.monotonic() + within
-    while not await asyncio.to_thread(condition):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def call(

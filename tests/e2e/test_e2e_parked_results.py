@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -20,14 +19,6 @@ import pytest
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(60)]
 
 IN_FLIGHT = "nvcf_worker_requests_in_flight"
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=30), trust_env=False
-    ) as session:
-        yield session
 
 
 async def test_a_parked_answer_frees_the_only_slot_and_can_still_be_fetched(

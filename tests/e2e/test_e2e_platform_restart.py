@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import grpc
 import pytest
 
+from harness.waits import wait_for
 from nvcf_sidecar.protocol import WorkerConnect, WorkerStub
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(90)]
@@ -25,21 +26,6 @@ pytestmark = [pytest.mark.nats, pytest.mark.timeout(90)]
 TOKEN_GONE = 'nvcf_worker_expired_total{reason="token_gone"}'
 ATTACH_POST_ERRORS = 'nvcf_worker_attach_errors_total{direction="post"}'
 DELIVERED = 'nvcf_worker_requests_total{outcome="delivered"}'
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    timeout = aiohttp.ClientTimeout(total=45)
-    async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session:
-        yield session
-
-
-async def wait_for(condition: Callable[[], bool], what: str, within: float = 20.0) -> None:
-    """Poll a blocking condition (in a thread) every 50 ms; fail naming `what` after `within`."""
-    deadline = time.monotonic() + within
-    while not await asyncio.to_thread(condition):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def connect_once(grpc_url: str, bearer: str, function: Any) -> str:
@@ -123,6 +109,7 @@ async def test_a_restarted_platform_serves_through_the_same_sidecar_and_keeps_it
     await wait_for(
         lambda: scrape(sidecar.metrics_url).get(TOKEN_GONE, 0) == 1,
         "the cut-off caller's item to expire unrun",
+        within=20,
     )
     assert scrape(sidecar.metrics_url).get(ATTACH_POST_ERRORS, 0) == 0
     assert fresh.running
@@ -133,7 +120,9 @@ async def test_a_restarted_platform_serves_through_the_same_sidecar_and_keeps_it
         assert response.status == 200, await response.read()
         assert response.headers["nvcf-status"] == "fulfilled"
     await wait_for(
-        lambda: scrape(sidecar.metrics_url).get(DELIVERED) == delivered + 1, "one more delivered"
+        lambda: scrape(sidecar.metrics_url).get(DELIVERED) == delivered + 1,
+        "one more delivered",
+        within=20,
     )
 
     # A presigned URL minted by the killed platform is honoured by the new one.
