@@ -108,6 +108,8 @@ class PlatformSettings:
         ):
             if not seconds > 0:
                 raise ConfigError(f"{name}: {seconds} must be > 0 seconds")
+        if self.http_fd is not None and self.http_fd < 0:
+            raise ConfigError(f"http_fd: {self.http_fd} is not a file descriptor")
         if self.stream_storage not in _STORAGE:
             raise ConfigError(
                 f"stream_storage: {self.stream_storage!r} is not one of {sorted(_STORAGE)}"

@@ -162,6 +162,9 @@ def test_every_setting_has_an_environment_variable() -> None:
         ({}, {"stream_max_messages": 0}, "stream_max_messages: 0"),
         ({}, {"consumer_ack_wait": 0.0}, "consumer_ack_wait"),
         ({"NVCF_PLATFORM_STREAM_STORAGE": "disk"}, {}, "stream_storage: 'disk'"),
+        ({}, {"drain_grace": 0.0}, "drain_grace: 0.0 must be > 0"),
+        ({"NVCF_PLATFORM_HTTP_FD": "three"}, {}, "NVCF_PLATFORM_HTTP_FD='three': not an integer"),
+        ({}, {"http_fd": -1}, "http_fd: -1 is not a file descriptor"),
     ],
 )
 def test_invalid_settings_raise_config_error_naming_the_input(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -125,3 +128,29 @@ async def test_service_reports_ports_only_while_running(
 def test_service_needs_a_registry() -> None:
     with pytest.raises(ConfigError, match="config_path"):
         PlatformService(PlatformSettings())
+
+
+async def test_an_inherited_listening_socket_is_served_and_a_wrong_fd_refused(
+    platform_settings: PlatformSettings, registry: Any, tmp_path: Path
+) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    try:
+        # As a child inherits it: its own descriptor of the supervisor's socket.
+        settings = dataclasses.replace(platform_settings, http_fd=os.dup(listener.fileno()))
+        async with PlatformService(settings, registry) as service:
+            assert service.http_port == port
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{port}/health") as response,
+            ):
+                assert response.status == 200
+        # The platform closed its copy only: the supervisor's socket still listens.
+        assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    finally:
+        listener.close()
+    with (tmp_path / "not-a-socket").open("w") as plain:
+        settings = dataclasses.replace(platform_settings, http_fd=plain.fileno())
+        with pytest.raises(PlatformError, match=f"fd {plain.fileno()}"):
+            async with PlatformService(settings, registry):
+                pass
