@@ -114,8 +114,14 @@ async def test_a_restarted_platform_serves_through_the_same_sidecar_and_keeps_it
     assert scrape(sidecar.metrics_url).get(ATTACH_POST_ERRORS, 0) == 0
     assert fresh.running
 
-    # New calls: served by the same sidecar.
-    delivered = scrape(sidecar.metrics_url).get(DELIVERED, 0)
+    # New calls: served by the same sidecar. The 202 request is counted once its POST attach
+    # was answered, just after its caller got the result: wait for that count first.
+    await wait_for(
+        lambda: scrape(sidecar.metrics_url).get(DELIVERED, 0) == 1,
+        "the 202 request's delivery to be counted",
+        within=20,
+    )
+    delivered = 1
     async with http.post(url, data=b'{"after": true}', headers=auth) as response:
         assert response.status == 200, await response.read()
         assert response.headers["nvcf-status"] == "fulfilled"
