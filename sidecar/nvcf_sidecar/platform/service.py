@@ -49,6 +49,9 @@ __all__ = ["PlatformService"]
 GRPC_STOP_GRACE: Final = 5.0
 HANDLER_STOP_GRACE: Final = 5.0
 """Room for callers' answers still being relayed at shutdown (waiting callers get 503 at once)."""
+ACCEPTED_LINGER: Final = 0.2
+"""After a drain stops accepting: time for requests on connections just accepted to arrive (and
+be refused 503) before the shutdown closes every connection."""
 BACKGROUND_CLOSE_TIMEOUT: Final = 15.0
 """Room for pending cancel broadcasts and purges (each bounded by 10 s) at shutdown."""
 REBIND_ATTEMPTS: Final = 10
@@ -86,6 +89,7 @@ class PlatformService:
         self._stack: AsyncExitStack | None = None
         self._link: NatsLink | None = None
         self._drain = CallerDrain()
+        self._site: web.SockSite | None = None
         self._queue: WorkQueue | None = None
         self._tracking: RequestTracking | None = None
         self._object_store: ObjectStore | None = None
@@ -177,7 +181,14 @@ class PlatformService:
     async def drain(self, grace: float) -> bool:
         """Refuse new caller requests (503) and give those in progress up to `grace` s to be
         answered; then leave the `async with` block. True when none was left over."""
-        return await self._drain.drain(grace)
+        drained = await self._drain.drain(grace)
+        if self._site is not None:
+            # Stop accepting before the shutdown closes connections: a caller that connected just
+            # now still gets the drain's 503 instead of a dropped connection; later ones wait in
+            # the socket's backlog when a supervisor keeps it (`--http-fd`), else are refused.
+            await self._site.stop()
+            await asyncio.sleep(ACCEPTED_LINGER)
+        return drained
 
     def endpoints(self) -> dict[str, Any]:
         """What a ready file or a dev stack needs to reach this platform, JSON-ready."""
@@ -348,7 +359,8 @@ class PlatformService:
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
             stack.callback(link.stop_waiting)  # before the cleanup: waiting callers get 503 now
-            await web.SockSite(runner, http_socket).start()
+            self._site = web.SockSite(runner, http_socket)
+            await self._site.start()
             await grpc_server.start()
         except BaseException:
             await grpc_server.stop(None)  # releases the bound port
@@ -391,6 +403,7 @@ class PlatformService:
         self._object_store = None
         self._states = None
         self._app = None
+        self._site = None
         self._http_port = 0
         self._grpc_port = 0
 
