@@ -34,7 +34,7 @@ import orjson
 from bench.harness import Case, Measurement, RunSettings, SuiteReport, filesystem_type, machine_info
 from bench.servers.compat_bench_server import OUTPUT_NAME, pattern_block
 from bench.sidecar import percentile
-from nvcf_sidecar.platform.stack import FunctionSpec, LocalStack
+from nvcf_platform.devstack.stack import FunctionSpec, LocalStack
 
 __all__ = [
     "DEFAULT_SETTINGS",

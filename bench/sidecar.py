@@ -27,7 +27,7 @@ import aiohttp
 import orjson
 
 from bench.harness import Case, Measurement, RunSettings, SuiteReport, machine_info
-from nvcf_sidecar.platform.stack import FunctionSpec, LocalStack
+from nvcf_platform.devstack.stack import FunctionSpec, LocalStack
 
 __all__ = [
     "AIMS",

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Sequence
+from typing import Final
 
-__all__ = ["main"]
+__all__ = ["ENTRY_POINT_GROUP", "commands", "main"]
 
 # subcommand -> (module, one-line help). Modules are imported only when their command runs.
 _COMMANDS: dict[str, tuple[str, str]] = {
@@ -19,19 +21,23 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "nvcf_sidecar.worker.main",
         "run the utils sidecar next to a function's inference server",
     ),
-    "platform": (
-        "nvcf_sidecar.platform.main",
-        "run the local invocation service and the nvcf.Worker gRPC stand-in",
-    ),
-    "dev": (
-        "nvcf_sidecar.platform.dev",
-        "run the whole local stack: dev [OPTIONS] -- COMMAND, or dev --config functions.toml",
-    ),
     "invoke": (
         "nvcf_sidecar.client.invoke",
         "call a function as an NVCF client does: assets, status polls, large responses",
     ),
 }
+ENTRY_POINT_GROUP: Final = "nvcf_sidecar.commands"
+"""Installed packages add subcommands here (the platform adds `platform`, `dev`, `function`): each
+entry point names a mapping shaped like `_COMMANDS`, so the sidecar never imports them itself."""
+
+
+def commands() -> dict[str, tuple[str, str]]:
+    """The sidecar's own subcommands and those installed packages add, in that order."""
+    found = dict(_COMMANDS)
+    for entry in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)):
+        for name, command in entry.load().items():
+            found.setdefault(name, command)
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,9 +58,9 @@ def _full_parser(command: str | None) -> argparse.ArgumentParser:
         prog="nvcf-sidecar",
         description="NVCF utils sidecar and local platform, wire-compatible with NVIDIA's NVCF.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, summary) in _COMMANDS.items():
-        sub = commands.add_parser(name, help=summary, description=summary)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, summary) in commands().items():
+        sub = subparsers.add_parser(name, help=summary, description=summary)
         sub.set_defaults(_module=module_name)
         if name == command:
             importlib.import_module(module_name).add_arguments(sub)

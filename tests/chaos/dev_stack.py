@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
 
-from nvcf_sidecar.platform.stack_spec import free_port
+from nvcf_platform.devstack.stack_spec import free_port
 
 __all__ = ["DevError", "DevStack", "StackLayout"]
 

@@ -22,7 +22,7 @@ import pytest
 
 from harness.http import http_request
 from harness.ports import LOOPBACK, free_port
-from nvcf_sidecar.platform.stack import FunctionSpec, LocalStack
+from nvcf_platform.devstack.stack import FunctionSpec, LocalStack
 from nvcf_sidecar.protocol import consumer_name, request_stream_name
 
 SERVERS = Path(__file__).parent / "servers"

@@ -23,7 +23,7 @@ import pytest
 
 from harness.modules import load_module
 from harness.ports import free_port
-from nvcf_sidecar.platform.stack import FunctionSpec, LocalStack
+from nvcf_platform.devstack.stack import FunctionSpec, LocalStack
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(120)]
 

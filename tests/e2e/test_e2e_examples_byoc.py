@@ -35,9 +35,9 @@ import pytest
 from packaging.requirements import Requirement
 
 from harness.ports import free_port, free_ports
-from nvcf_sidecar.platform import dev
-from nvcf_sidecar.platform.stack import FunctionSpec, LocalStack
-from nvcf_sidecar.platform.stack_process import live_group_members, signal_group
+from nvcf_platform.devstack import dev
+from nvcf_platform.devstack.stack import FunctionSpec, LocalStack
+from nvcf_platform.devstack.stack_process import live_group_members, signal_group
 
 ROOT = Path(__file__).resolve().parents[2]
 BYOC = ROOT / "examples" / "byoc"

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 
 from harness.ports import LOOPBACK, free_ports
-from nvcf_sidecar.platform.stack import FunctionSpec, LocalStack
+from nvcf_platform.devstack.stack import FunctionSpec, LocalStack
 
 pytestmark = [pytest.mark.nats, pytest.mark.triton, pytest.mark.timeout(180)]
 

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from nvcf_sidecar.platform.stack_process import http_status
+from nvcf_platform.devstack.stack_process import http_status
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(60)]
 

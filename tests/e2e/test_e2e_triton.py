@@ -25,8 +25,8 @@ import aiohttp
 import pytest
 
 from harness.ports import free_ports
-from nvcf_sidecar.platform.stack import FunctionSpec
-from nvcf_sidecar.platform.stack_process import http_status
+from nvcf_platform.devstack.stack import FunctionSpec
+from nvcf_platform.devstack.stack_process import http_status
 
 pytestmark = [pytest.mark.nats, pytest.mark.triton, pytest.mark.timeout(150)]
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from nvcf_sidecar.platform.nats_server import EmbeddedNatsServer
+from nvcf_platform.devstack.nats_server import EmbeddedNatsServer
 
 __all__ = ["StartNatsServer", "nats_server", "start_nats_server"]
 

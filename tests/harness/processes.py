@@ -18,7 +18,7 @@ from typing import IO, Protocol
 import pytest
 
 from harness.http import http_request
-from nvcf_sidecar.platform.stack_process import signal_group, wait_group_gone
+from nvcf_platform.devstack.stack_process import signal_group, wait_group_gone
 
 __all__ = [
     "HarnessError",

@@ -16,7 +16,7 @@ import pytest
 
 from harness.ports import LOOPBACK, free_ports
 from harness.processes import StartProcess
-from nvcf_sidecar.platform.nats_server import find_nats_server
+from nvcf_platform.devstack.nats_server import find_nats_server
 from nvcf_sidecar.worker.config import ConfigError, WorkerConfig
 from nvcf_sidecar.worker.nats_connection import (
     NatsConnection,

@@ -1,0 +1,349 @@
+"""`nvcf-sidecar dev`: the whole local NVCF stack around one function, or several, one command.
+
+Builds `FunctionSpec`s from the flags (`dev -- COMMAND`) or from a config file (`dev --config
+FILE`, see `dev_config.py`), starts `LocalStack` (NATS, the platform, each version's server and
+sidecars) with every child's output copied to stdout as `[name] line` and its own progress as
+`[dev] line`, prints copy-paste `curl` lines for every function and version, and runs until
+SIGINT or SIGTERM (exit 0). A child that exits (nats-server, the platform, a server, a sidecar)
+stops the stack (exit 1), or with `--restart` is restarted within a budget (`dev_supervisor.py`).
+Usage and config errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+from types import FrameType
+from typing import Final, NoReturn
+
+from nvcf_platform.devstack.dev_config import check_function_name, load_dev_config
+from nvcf_platform.devstack.dev_supervisor import (
+    RestartPolicy,
+    StackSupervisor,
+    describe_child,
+    describe_exit,
+)
+from nvcf_platform.devstack.process_tree import adopt_orphans, stop_orphans
+from nvcf_platform.devstack.stack import HOST, ChildExited, FunctionSpec, LocalStack, StackError
+from nvcf_platform.devstack.stack_spec import process_labels
+from nvcf_platform.errors import ConfigError
+
+__all__ = ["add_arguments", "run_command"]
+
+_PREFIX: Final = "[dev] "
+_POLL_INTERVAL: Final = 0.25  # the supervisor's round: exits, recoveries (4 a second)
+_ORPHAN_WAIT: Final = 5.0
+_EXAMPLE_BODY: Final = '{"hello": "world"}'
+# Flags of the one-function form (dest -> flag); with --config each version sets its own.
+_ONE_FUNCTION_FLAGS: Final = {
+    "inference_port": "--inference-port",
+    "path": "--path",
+    "health_endpoint": "--health-endpoint",
+    "function_id": "--function-id",
+    "version_id": "--version-id",
+    "name": "--name",
+    "max_request_concurrency": "--max-request-concurrency",
+}
+# stdout is shared with the children's output copiers (LocalStack's `stream_lock`).
+_OUTPUT_LOCK: Final = threading.Lock()
+
+
+class _Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived while the stack was starting."""
+
+
+def _uuid(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a UUID: {value!r}") from None
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port: {value!r}") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"port out of range: {port}")
+    return port
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {number}")
+    return number
+
+
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {value}")
+    return number
+
+
+def _path(value: str) -> str:
+    if value and not value.startswith("/"):
+        raise argparse.ArgumentTypeError(f"must start with '/': {value!r}")
+    return value
+
+
+def _name(value: str) -> str:
+    try:
+        return check_function_name(value)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `dev` subcommand's flags; the function's server command follows `--`."""
+    parser.usage = "%(prog)s [OPTIONS] (--config FILE | -- COMMAND [ARG ...])"
+    add = parser.add_argument
+    add("--config", type=Path, metavar="FILE", help="functions and versions (docs/platform.md)")
+    one = parser.add_argument_group("one function (dev -- COMMAND)")
+    one.add_argument("--inference-port", type=_port, metavar="N", help="where COMMAND listens")
+    one.add_argument("--path", type=_path, help="default invocation path (/)")
+    one.add_argument("--health-endpoint", type=_path, help="its health (/v2/health/ready)")
+    one.add_argument("--function-id", type=_uuid, help="function id (random UUID)")
+    one.add_argument("--version-id", type=_uuid, help="function version id (random UUID)")
+    one.add_argument("--name", type=_name, help="function name (function)")
+    one.add_argument(
+        "--max-request-concurrency", type=_positive, metavar="N", help="per sidecar (1)"
+    )
+    add("--port", type=_port, default=8080, metavar="N", help="the platform's HTTP port (8080)")
+    add("--api-key", default="nvcf-local-key", metavar="KEY", help="callers' bearer token")
+    add("--work-dir", type=Path, metavar="DIR", help="logs and state (a temporary directory)")
+    add("--timeout", type=_seconds, default=120.0, metavar="S", help="start-up limit (120)")
+    add(
+        "--restart",
+        "--restart-on-crash",
+        action="store_true",
+        help="restart nats-server, the platform, a server or a sidecar that exits "
+        "(else the stack stops)",
+    )
+    add("--max-restarts", type=_positive, default=5, metavar="N", help="per child (5) ...")
+    add("--restart-window", type=_seconds, default=60.0, metavar="S", help="... within S s (60)")
+    add("server_command", nargs=argparse.REMAINDER, metavar="COMMAND", help="after --")
+    parser.set_defaults(_dev_parser=parser)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the stack until SIGINT/SIGTERM (0) or until a child exits for good (1)."""
+    specs = _function_specs(args)
+    adopt_orphans()  # a server's helper whose parent dies stays ours to find and stop
+    temporary = args.work_dir is None
+    work_dir = Path(tempfile.mkdtemp(prefix="nvcf-dev-")) if temporary else args.work_dir
+    try:
+        return _run(specs, args, work_dir)
+    finally:
+        if temporary:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _function_specs(args: argparse.Namespace) -> tuple[FunctionSpec, ...]:
+    """The versions to run, from `--config` or from the flags and COMMAND; usage errors exit 2."""
+    command = list(args.server_command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if args.config is not None:
+        if command:
+            _usage_error(args, "give either --config FILE or -- COMMAND, not both")
+        given = [f for dest, f in _ONE_FUNCTION_FLAGS.items() if getattr(args, dest) is not None]
+        if given:
+            _usage_error(
+                args,
+                f"{', '.join(given)}: only for `dev -- COMMAND`; "
+                f"with --config, set per function or version in {args.config}",
+            )
+        try:
+            specs = load_dev_config(args.config)
+        except ConfigError as error:
+            _usage_error(args, str(error))
+    else:
+        if not command:
+            _usage_error(args, "the function's server command is missing: dev [OPTIONS] -- COMMAND")
+        try:
+            specs = (_one_function(args, command),)
+        except StackError as error:
+            _usage_error(args, str(error))
+    for spec in specs:
+        if spec.inference_port == args.port:
+            _usage_error(
+                args,
+                f"the server of function {spec.name!r} listens on {args.port}, "
+                "the platform's --port",
+            )
+    return specs
+
+
+def _one_function(args: argparse.Namespace, command: list[str]) -> FunctionSpec:
+    return FunctionSpec(
+        command=command,
+        inference_port=args.inference_port or 8000,
+        function_id=args.function_id or str(uuid.uuid4()),
+        version_id=args.version_id or str(uuid.uuid4()),
+        name=args.name or "function",
+        default_invocation_path="/" if args.path is None else args.path,
+        health_endpoint=args.health_endpoint or "/v2/health/ready",
+        max_request_concurrency=args.max_request_concurrency or 1,
+    )
+
+
+def _usage_error(args: argparse.Namespace, message: str) -> NoReturn:
+    parser: argparse.ArgumentParser = args._dev_parser
+    parser.error(message)  # exits 2
+
+
+def _say(text: str) -> None:
+    lines = text.splitlines() or [""]
+    with _OUTPUT_LOCK:
+        sys.stdout.write("".join(f"{_PREFIX}{line}\n" for line in lines))
+        sys.stdout.flush()
+
+
+def _run(specs: tuple[FunctionSpec, ...], args: argparse.Namespace, work_dir: Path) -> int:
+    stack = LocalStack(
+        specs,
+        work_dir=work_dir,
+        api_key=args.api_key,
+        platform_port=args.port,
+        log_stream=sys.stdout,
+        stream_lock=_OUTPUT_LOCK,
+        progress=_say,
+    )
+    policy = RestartPolicy(args.max_restarts, args.restart_window) if args.restart else None
+    stop = threading.Event()
+    starting = [True]
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        if starting[0]:
+            starting[0] = False  # raise once; LocalStack.start stops what it started
+            raise _Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            _say(_plan(stack, args, work_dir))
+            stack.start(timeout=args.timeout)
+        except _Interrupted:
+            _say("interrupted during start-up; stopped")
+            return 0
+        except ChildExited as error:
+            what = describe_child(stack, error.name)
+            text = f"error: {what} exited with {describe_exit(error.returncode)} during start-up"
+            tail = error.log_tail
+            _say(f"{text}; its output ended with:\n{tail}" if tail else text)
+            return 1
+        except StackError as error:
+            _say(f"error: {error}")
+            return 1
+        starting[0] = False
+        if stop.is_set():
+            return _stop(stack, 0)
+        _say(_ready_text(stack, policy))
+        supervisor = StackSupervisor(stack, restart=policy, say=_say)
+        while not stop.wait(_POLL_INTERVAL):
+            status = supervisor.check()
+            if status is not None:
+                return _stop(stack, status)
+        _say("stopping: sidecars, servers, the platform, nats-server")
+        return _stop(stack, 0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop(stack: LocalStack, status: int) -> int:
+    try:
+        stack.stop()
+    except StackError as error:
+        _say(f"error while stopping: {error}")
+        return 1
+    left = stop_orphans(_ORPHAN_WAIT)  # helpers no child was known to have started
+    if left:
+        _say(f"error while stopping: processes {left} survived SIGKILL")
+        return 1
+    _say("stopped")
+    return status
+
+
+def _plan(stack: LocalStack, args: argparse.Namespace, work_dir: Path) -> str:
+    """What is about to start, and what start-up waits for."""
+    labels = process_labels(stack.functions)
+    lines = [f"work dir {work_dir}" + (" (removed at exit)" if args.work_dir is None else "")]
+    for spec in stack.functions:
+        sidecars = f"{spec.sidecars} sidecar{'' if spec.sidecars == 1 else 's'}"
+        lines.append(
+            f"function {spec.name}, version {spec.version_id}: server-{labels[spec.version_id]} "
+            f"runs {shlex.join(spec.command)} (port {spec.inference_port}, {sidecars})"
+        )
+    health = ", ".join(
+        f"http://{HOST}:{spec.inference_port}{spec.health_endpoint}" for spec in stack.functions
+    )
+    lines.append(
+        f"waiting up to {args.timeout:g} s for: nats-server, the platform on "
+        f"http://{HOST}:{args.port}, the servers' health ({health}), then every sidecar ready"
+    )
+    return "\n".join(lines)
+
+
+def _ready_text(stack: LocalStack, policy: RestartPolicy | None) -> str:
+    """Where to call each function and version, copy-paste ready."""
+    key = stack.api_key
+    auth = f"-H {shlex.quote(f'Authorization: Bearer {key}')}"
+    post = f"curl -sS -X POST {auth} -H 'Content-Type: application/json'"
+    body = f"-d {shlex.quote(_EXAMPLE_BODY)}"
+    lines = [f"ready: {stack.base_url} (API key {key})"]
+    functions: dict[str, list[FunctionSpec]] = {}
+    for spec in stack.functions:
+        functions.setdefault(spec.function_id, []).append(spec)
+    for function_id, versions in functions.items():
+        url = shlex.quote(stack.invoke_url(function_id))
+        lines += [
+            f"function {versions[0].name}, id {function_id}:",
+            "  invoke (any version):",
+            f"    {post} {url} {body}",
+            "  stream (server-sent events):",
+            f"    {post} -N -H 'Accept: text/event-stream' {url} {body}",
+        ]
+        for spec in versions:
+            server = stack.container(spec.version_id).name
+            path = spec.default_invocation_path or "/"
+            lines += [
+                f"  version {spec.version_id} ({server}, invocation path {path}):",
+                f"    {post} {shlex.quote(stack.invoke_url(function_id, spec.version_id))} {body}",
+            ]
+        lines += [
+            "  with the CLI:",
+            f"    nvcf-sidecar invoke {function_id} --url {stack.base_url} --api-key "
+            f"{shlex.quote(key)} --data {shlex.quote(_EXAMPLE_BODY)}",
+        ]
+    status_url = f"{stack.base_url}/v2/nvcf/pexec/status/REQUEST_ID"
+    pids = [("nats-server", stack.nats.pid)] + [(p.name, p.pid) for p in stack.processes()]
+    lines += [
+        "status of a request answered 202 (REQUEST_ID: its nvcf-reqid header):",
+        f"  curl -sS {auth} {status_url}",
+        f"pids: {' '.join(f'{name}={pid}' for name, pid in pids)}",
+    ]
+    if policy is not None:
+        lines.append(
+            f"nats-server, the platform, a server or a sidecar that exits is restarted (at most "
+            f"{policy.max_restarts} times within {policy.window:g} s each)"
+        )
+    lines.append("Ctrl-C stops everything.")
+    return "\n".join(lines)

@@ -1,0 +1,196 @@
+"""The platform process's settings: one frozen dataclass, from `NVCF_PLATFORM_*` variables and flags.
+
+Built and validated once at start-up (`PlatformSettings.from_env`), then passed down explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Final
+
+from nats.js.api import StorageType
+
+from nvcf_platform.errors import ConfigError
+from nvcf_sidecar.protocol import (
+    ACK_WAIT_SECONDS,
+    MAX_QUEUED_MESSAGES,
+    InvalidSubjectToken,
+    request_stream_name,
+)
+
+__all__ = ["ENV_VARIABLES", "PlatformSettings"]
+
+_STORAGE: Final = {"memory": StorageType.MEMORY, "file": StorageType.FILE}
+_LOG_LEVELS: Final = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformSettings:
+    """Everything `nvcf-sidecar platform` can be told; defaults suit one developer machine."""
+
+    config_path: Path | None = None
+    """The function registry (TOML, see docs/platform.md); required by the command line."""
+    nats_url: str = "nats://127.0.0.1:4222"
+    host: str = "127.0.0.1"
+    """Interface of the HTTP (invocation + attach) and gRPC listeners."""
+    port: int = 8080
+    """HTTP port, NVIDIA's invocation-service port; 0 picks a free one."""
+    grpc_port: int = 9090
+    """Port of the `nvcf.Worker` stand-in; 0 picks a free one."""
+    region: str = "local"
+    """The platform's region: stream names, `nvcf-invocation-region`, ConnectOnce's answer."""
+    api_keys: tuple[str, ...] = ()
+    """Bearer tokens callers may present; empty accepts any bearer (a warning is logged)."""
+    nca_id: str = "local-nca"
+    """`ncaId` of the caller in every work item."""
+    client_subject: str = "local-client"
+    """`subject` (the caller's auth subject) in every work item."""
+    public_url: str | None = None
+    """Base URL workers use to reach the attach endpoints; default `http://<host>:<port>`."""
+    stream_max_messages: int = MAX_QUEUED_MESSAGES
+    """Max messages of each work-queue stream; a publish beyond it is answered 429."""
+    consumer_ack_wait: float = ACK_WAIT_SECONDS
+    """Ack wait of each durable consumer: redelivery after this long without ack/keepalive."""
+    stream_storage: str = "memory"
+    """Storage of the queue and tracking streams: `memory` (as NVIDIA's invocation service
+    creates them) or `file` (queued work and tracking records outlive a nats-server restart)."""
+    nats_outage_grace: float = 10.0
+    """Seconds NATS may be down before callers still waiting for a worker are answered 503."""
+    http_fd: int | None = None
+    """An inherited socket, already bound and listening, to serve HTTP on instead of binding
+    `host:port` (a supervisor that keeps it open across restarts: `LocalStack`, `dev`)."""
+    drain_grace: float = 5.0
+    """On SIGTERM: seconds callers already waiting may still get their answers (new caller
+    requests are refused 503 meanwhile) before the platform stops and answers the rest 503."""
+    url_signing_secret_file: Path | None = None
+    """The presigned-URL secret, kept in this file (created 0600 when missing) so URLs outlive a
+    platform restart; None: a random secret per process."""
+    ready_file: Path | None = None
+    """Where `nvcf-sidecar platform` writes its bound ports as JSON once listening."""
+    health_probe_interval: float = 2.0
+    """Seconds between two probes of the versions' `instance_health_urls`."""
+    deploy_timeout: float = 900.0
+    """Seconds a version with instance health URLs may be DEPLOYING before it is in ERROR."""
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        for name, port in (("port", self.port), ("grpc_port", self.grpc_port)):
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"{name}: {port} is not a TCP port (0-65535; 0 picks a free one)")
+        try:
+            request_stream_name(self.region, "0")
+        except InvalidSubjectToken as error:
+            raise ConfigError(f"region: {error}") from None
+        scheme = urllib.parse.urlsplit(self.nats_url).scheme
+        if scheme not in {"nats", "tls", "ws", "wss"}:
+            raise ConfigError(f"nats_url: {self.nats_url!r} is not a nats:// URL")
+        if any(not key or key != key.strip() for key in self.api_keys):
+            raise ConfigError("api_keys: keys must be non-empty and have no surrounding spaces")
+        if self.public_url is not None:
+            parts = urllib.parse.urlsplit(self.public_url)
+            if parts.scheme not in {"http", "https"} or not parts.netloc:
+                raise ConfigError(f"public_url: {self.public_url!r} is not an http(s) URL")
+            if parts.path not in {"", "/"} or parts.query or parts.fragment:
+                raise ConfigError(f"public_url: {self.public_url!r} must not have a path")
+        if self.stream_max_messages < 1:
+            raise ConfigError(f"stream_max_messages: {self.stream_max_messages} must be >= 1")
+        if not self.consumer_ack_wait > 0:
+            raise ConfigError(f"consumer_ack_wait: {self.consumer_ack_wait} must be > 0 seconds")
+        for name, seconds in (
+            ("health_probe_interval", self.health_probe_interval),
+            ("deploy_timeout", self.deploy_timeout),
+            ("nats_outage_grace", self.nats_outage_grace),
+            ("drain_grace", self.drain_grace),
+        ):
+            if not seconds > 0:
+                raise ConfigError(f"{name}: {seconds} must be > 0 seconds")
+        if self.http_fd is not None and self.http_fd < 0:
+            raise ConfigError(f"http_fd: {self.http_fd} is not a file descriptor")
+        if self.stream_storage not in _STORAGE:
+            raise ConfigError(
+                f"stream_storage: {self.stream_storage!r} is not one of {sorted(_STORAGE)}"
+            )
+        if self.log_level not in _LOG_LEVELS:
+            raise ConfigError(f"log_level: {self.log_level!r} is not one of {sorted(_LOG_LEVELS)}")
+
+    @property
+    def storage_type(self) -> StorageType:
+        """`stream_storage` as the JetStream storage type."""
+        return _STORAGE[self.stream_storage]
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> PlatformSettings:
+        """Defaults, then `NVCF_PLATFORM_*` variables, then `overrides` that are not None.
+
+        Flags arrive as `overrides`, so a flag beats its variable. Bad values raise `ConfigError`
+        naming the variable.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, (variable, parse) in ENV_VARIABLES.items():
+            text = env.get(variable)
+            if text is None or text == "":
+                continue
+            try:
+                values[name] = parse(text)
+            except ValueError as error:
+                raise ConfigError(f"{variable}={text!r}: {error}") from None
+        known = {field.name for field in fields(cls)}
+        for name, value in overrides.items():
+            if name not in known:
+                raise TypeError(f"PlatformSettings has no setting {name!r}")
+            if value is not None:
+                values[name] = value
+        return cls(**values)
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("not an integer") from None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("not a number") from None
+
+
+def _keys(text: str) -> tuple[str, ...]:
+    return tuple(key.strip() for key in text.split(",") if key.strip())
+
+
+ENV_VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
+    "config_path": ("NVCF_PLATFORM_CONFIG", Path),
+    "nats_url": ("NVCF_PLATFORM_NATS_URL", str),
+    "host": ("NVCF_PLATFORM_HOST", str),
+    "port": ("NVCF_PLATFORM_PORT", _int),
+    "grpc_port": ("NVCF_PLATFORM_GRPC_PORT", _int),
+    "region": ("NVCF_PLATFORM_REGION", str),
+    "api_keys": ("NVCF_PLATFORM_API_KEYS", _keys),
+    "nca_id": ("NVCF_PLATFORM_NCA_ID", str),
+    "client_subject": ("NVCF_PLATFORM_CLIENT_SUBJECT", str),
+    "public_url": ("NVCF_PLATFORM_PUBLIC_URL", str),
+    "stream_max_messages": ("NVCF_PLATFORM_STREAM_MAX_MESSAGES", _int),
+    "consumer_ack_wait": ("NVCF_PLATFORM_CONSUMER_ACK_WAIT", _float),
+    "stream_storage": ("NVCF_PLATFORM_STREAM_STORAGE", str.lower),
+    "nats_outage_grace": ("NVCF_PLATFORM_NATS_OUTAGE_GRACE", _float),
+    "drain_grace": ("NVCF_PLATFORM_DRAIN_GRACE", _float),
+    "http_fd": ("NVCF_PLATFORM_HTTP_FD", _int),
+    "url_signing_secret_file": ("NVCF_PLATFORM_URL_SIGNING_SECRET_FILE", Path),
+    "ready_file": ("NVCF_PLATFORM_READY_FILE", Path),
+    "health_probe_interval": ("NVCF_PLATFORM_HEALTH_PROBE_INTERVAL", _float),
+    "deploy_timeout": ("NVCF_PLATFORM_DEPLOY_TIMEOUT", _float),
+    "log_level": ("NVCF_PLATFORM_LOG_LEVEL", str.upper),
+}
+"""Setting name -> (environment variable, parser). API keys are comma-separated."""

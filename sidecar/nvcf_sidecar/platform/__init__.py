@@ -1,1 +1,0 @@
-"""The local NVCF platform: the other side of the worker wire, small but faithful."""
