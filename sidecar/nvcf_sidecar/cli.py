@@ -35,7 +35,11 @@ def commands() -> dict[str, tuple[str, str]]:
     """The sidecar's own subcommands and those installed packages add, in that order."""
     found = dict(_COMMANDS)
     for entry in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)):
-        for name, command in entry.load().items():
+        try:
+            table = entry.load()
+        except ImportError:
+            continue  # declared but not installed, e.g. the sidecar image, which ships no platform
+        for name, command in table.items():
             found.setdefault(name, command)
     return found
 
