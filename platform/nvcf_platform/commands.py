@@ -18,4 +18,5 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
         "nvcf_platform.devstack.dev",
         "run the whole local stack: dev [OPTIONS] -- COMMAND, or dev --config functions.toml",
     ),
+    "function": ("nvcf_platform.cli.function", "manage functions and deployments, as nvcf-cli"),
 }
