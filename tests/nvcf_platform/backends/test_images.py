@@ -61,7 +61,7 @@ def test_a_reference_without_tag_is_latest_on_both_sides(tmp_path: Path) -> None
 def test_unknown_images_and_models_are_named(tmp_path: Path) -> None:
     catalog = ImageCatalog.from_toml(write_catalog(tmp_path, GOOD))
 
-    with pytest.raises(ImageNotFound, match="nvcr.io/acme/other:1"):
+    with pytest.raises(ImageNotFound, match=r"nvcr\.io/acme/other:1"):
         catalog.image("nvcr.io/acme/other:1")
     with pytest.raises(ModelNotFound, match="model 'echo' version '2'"):
         catalog.model("echo", "2")
@@ -151,9 +151,7 @@ def test_every_error_names_the_file_and_key(tmp_path: Path, text: str, message: 
     with pytest.raises(ConfigError) as raised:
         ImageCatalog.from_toml(path)
 
-    assert str(raised.value).startswith(f"{path}: ") or str(raised.value).startswith(
-        "cannot read"
-    )
+    assert str(raised.value).startswith(f"{path}: ") or str(raised.value).startswith("cannot read")
     assert message.removeprefix("images.toml: ") in str(raised.value)
 
 
@@ -162,5 +160,5 @@ def test_an_unreadable_or_invalid_file_is_a_config_error(tmp_path: Path) -> None
         ImageCatalog.from_toml(tmp_path / "missing.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[[images]\n")
-    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+    with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
         ImageCatalog.from_toml(bad)

@@ -1,0 +1,369 @@
+"""`LocalBackend`: instances of function versions as child processes of the platform, on this
+machine — the inference server of the version's image (from the local catalog) or
+`nvcf-tritonserver` for a models-only function, beside one `nvcf-sidecar run` pointed at the
+platform, laid out as NVCF's pod (reference §7.2) in `<work_dir>/instances/<instance_id>/`.
+
+Locally the server listens on a free port (its command's `{port}`, `$INFERENCE_PORT`), not
+the definition's `inferencePort`; `{models}` in a command is the instance's model repository
+(NVCF's `/config/models`). A models-only function's `containerArgs` are not applied: the
+launcher sets the flags NVCF's default Triton command has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shlex
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Final, TypeVar
+
+import aiohttp
+
+from nvcf_platform.backends.errors import BackendError, InstanceNotFound
+from nvcf_platform.backends.images import ImageCatalog
+from nvcf_platform.backends.instance import (
+    Instance,
+    InstanceState,
+    InstanceStatus,
+    Probes,
+    SupervisionPolicy,
+)
+from nvcf_platform.backends.plan import InstancePlan
+from nvcf_platform.backends.process import ChildProcess
+from nvcf_platform.control.problems import ControlError
+from nvcf_platform.devstack.stack_spec import (
+    FunctionSpec,
+    free_port,
+    server_environment,
+    sidecar_environment,
+    sidecar_executable,
+)
+
+__all__ = ["InstanceState", "InstanceStatus", "LocalBackend"]
+
+_log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_TRITON_HEALTH: Final = "/v2/health/ready"
+_KEPT_TERMINATED: Final = 100
+"""Terminated instances still listed (the newest), for a look at how they ended."""
+
+
+class LocalBackend:
+    """Runs, supervises and stops instances on this machine; `async with` is its lifetime
+    (leaving it stops every instance, draining, within `stop_timeout` seconds)."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        images: ImageCatalog,
+        *,
+        grpc_url: str,
+        nats_url: str,
+        work_dir: Path,
+        host: str = "127.0.0.1",
+        restart_budget: int = 3,
+        ready_timeout: float = 120.0,
+        stop_timeout: float = 30.0,
+        region: str = "local",
+        sidecar_args: tuple[str, ...] = (),
+        triton_backend_directory: Path | None = None,
+    ) -> None:
+        if restart_budget < 0 or ready_timeout <= 0:
+            raise ValueError("restart_budget >= 0 and ready_timeout > 0")
+        self.images = images
+        self.grpc_url = grpc_url
+        self.nats_url = nats_url
+        self.work_dir = Path(work_dir)
+        self.host = host
+        self.region = region
+        self.stop_timeout = stop_timeout
+        self.sidecar_args = sidecar_args
+        """Extra `nvcf-sidecar run` flags (e.g. `--health-check-interval 1s`)."""
+        self.triton_backend_directory = triton_backend_directory or (
+            self.work_dir / "tritonserver" / "backends"
+        )
+        self.policy = SupervisionPolicy(restart_budget=restart_budget, ready_timeout=ready_timeout)
+        self._instances: dict[str, Instance] = {}
+        self._ports: dict[str, set[int]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+
+    def __repr__(self) -> str:
+        return f"<LocalBackend instances={len(self._instances)} work_dir={self.work_dir}>"
+
+    async def __aenter__(self) -> LocalBackend:
+        self._session = aiohttp.ClientSession()
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        live = [i for i in self._instances.values() if not i.finished]
+        try:
+            await asyncio.gather(
+                *(i.stop(drain=True, grace=self.stop_timeout) for i in live),
+                return_exceptions=True,
+            )
+        finally:
+            tasks, self._tasks = self._tasks, None
+            if tasks is not None:
+                await tasks.__aexit__(exc_type, exc, traceback)
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
+
+    # -- the backend API ---------------------------------------------------------------------
+
+    def check(self, plan: InstancePlan) -> None:
+        """Raise `ControlError(400, ...)` if this backend cannot run `plan`."""
+        chart = _read(plan, lambda: plan.helm_chart)
+        if chart is not None:
+            raise ControlError(
+                400, f"the local backend cannot run Helm chart functions: {chart} (helmChart)"
+            )
+        image = _read(plan, lambda: plan.container_image)
+        models = _read(plan, lambda: plan.models)
+        _read(plan, lambda: (plan.container_args, plan.container_environment, plan.secrets))
+        _read(plan, lambda: plan.health)
+        if image is None and not models:
+            raise ControlError(400, "the function names neither a containerImage nor models")
+        for field, value in (
+            ("function_id", plan.function_id),
+            ("function_version_id", plan.function_version_id),
+        ):
+            try:
+                uuid.UUID(value)
+            except ValueError:
+                raise ControlError(400, f"{field} {value!r} is not a UUID") from None
+        try:
+            if image is not None:
+                self.images.image(image)
+            for model in models:
+                self.images.model(model.name, model.version)
+        except BackendError as error:
+            raise ControlError(400, str(error)) from None
+
+    async def start(self, plan: InstancePlan) -> InstanceStatus:
+        """Start an instance of `plan` (checked first); returns at once, STARTING. Its
+        supervision runs in a task of the backend."""
+        if self._tasks is None or self._session is None:
+            raise BackendError("the local backend is not running (use `async with`)")
+        self.check(plan)
+        if plan.instance_id in self._instances:
+            raise ControlError(409, f"instance {plan.instance_id!r} already exists")
+        instance = self._prepare(plan, self._session)
+        self._instances[plan.instance_id] = instance
+        self._tasks.create_task(instance.supervise(), name=f"instance {plan.instance_id}")
+        _log.info(
+            "instance starting",
+            extra={
+                "instance_id": plan.instance_id,
+                "function_version_id": plan.function_version_id,
+                "server_command": instance.server.command,
+            },
+        )
+        return instance.status
+
+    async def stop(
+        self,
+        instance_id: str,
+        *,
+        drain: bool = True,
+        timeout: float = 30.0,  # noqa: ASYNC109 - the drain's budget, not a call timeout
+    ) -> None:
+        """Stop an instance: with `drain`, SIGTERM its sidecar, which finishes the requests it
+        holds, wait for it (up to `timeout` s), then stop the server; without, both at once.
+        Returns when both are gone; the instance is then TERMINATED."""
+        instance = self._instances.get(instance_id)
+        if instance is None:
+            raise InstanceNotFound(instance_id)
+        await instance.stop(drain=drain, grace=timeout)
+        self._ports.pop(instance_id, None)
+        self._forget_old()
+
+    def instances(self, function_version_id: str | None = None) -> list[InstanceStatus]:
+        """The status of every instance (of one version), in start order; TERMINATED ones stay
+        listed for a while."""
+        return [
+            instance.status
+            for instance in self._instances.values()
+            if function_version_id is None
+            or instance.plan.function_version_id == function_version_id
+        ]
+
+    def instance(self, instance_id: str) -> Instance:
+        """The supervised instance (its processes, `running_after`); InstanceNotFound."""
+        try:
+            return self._instances[instance_id]
+        except KeyError:
+            raise InstanceNotFound(instance_id) from None
+
+    # -- laying out an instance --------------------------------------------------------------
+
+    def _prepare(self, plan: InstancePlan, session: aiohttp.ClientSession) -> Instance:
+        directory = self.work_dir / "instances" / plan.instance_id
+        for sub in ("response", "assets", "shared"):
+            (directory / sub).mkdir(parents=True, exist_ok=True)
+        port = self._port(plan.instance_id)
+        health_port = self._port(plan.instance_id)
+        models_dir = self._model_repository(plan, directory / "models")
+        health = plan.health
+        image_ref = plan.container_image
+        if image_ref is not None:
+            image = self.images.image(image_ref)
+            command = [*image.command, *plan.container_args]
+            cwd, image_env, health_uri = image.cwd, dict(image.env), health.uri
+        else:
+            command = self._tritonserver_command(plan.instance_id, models_dir)
+            cwd, image_env = None, {"PYTHONDONTWRITEBYTECODE": "1"}
+            health_uri = health.uri if "health" in plan.definition else _TRITON_HEALTH
+        command = [
+            part.replace("{port}", str(port)).replace("{models}", str(models_dir))
+            for part in command
+        ]
+        spec = FunctionSpec(
+            command=command,
+            inference_port=port,
+            function_id=plan.function_id,
+            version_id=plan.function_version_id,
+            name=plan.function_name,
+            health_endpoint=health_uri,
+            max_request_concurrency=max(1, plan.max_request_concurrency),
+            container_env={
+                **image_env,
+                **plan.container_environment,
+                **self._platform_variables(plan),
+                "INFERENCE_PORT": str(port),
+            },
+            sidecar_env=self._sidecar_variables(plan, image_ref),
+            cwd=cwd,
+            secrets=plan.secrets or None,
+            wait_ready=False,
+        )
+        server_env = server_environment(spec, os.environ, directory)
+        sidecar_env = sidecar_environment(
+            spec,
+            os.environ,
+            instance=plan.instance_id,
+            health_port=health_port,
+            grpc_url=self.grpc_url,
+            nats_url=self.nats_url,
+            version_dir=directory,
+            shared_dir=directory / "shared",
+        )
+        sidecar_command = [*sidecar_executable(), "run", "--health-host", self.host]
+        server = ChildProcess(
+            "server", command, env=server_env, log_path=directory / "server.log", cwd=cwd
+        )
+        sidecar = ChildProcess(
+            "sidecar",
+            [*sidecar_command, *self.sidecar_args],
+            env=sidecar_env,
+            log_path=directory / "sidecar.log",
+        )
+        http_health = health.protocol.upper() == "HTTP"
+        probes = Probes(
+            sidecar_ready_url=f"http://{self.host}:{health_port}/v1/health/ready",
+            server_health_url=f"http://{self.host}:{port}{health_uri}" if http_health else None,
+            server_expected_status=health.expected_status_code or 200,
+        )
+        return Instance(plan, server, sidecar, probes, session=session, policy=self.policy)
+
+    def _port(self, instance_id: str) -> int:
+        taken = set().union(*self._ports.values()) if self._ports else set()
+        port = free_port(avoid=taken)
+        self._ports.setdefault(instance_id, set()).add(port)
+        return port
+
+    def _model_repository(self, plan: InstancePlan, repository: Path) -> Path:
+        """`repository/<name>` linked to each model's catalog directory (NVCF downloads them
+        into `/config/models/<name>`)."""
+        repository.mkdir(parents=True, exist_ok=True)
+        for model in plan.models:
+            link = repository / model.name
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            link.symlink_to(self.images.model(model.name, model.version).path.resolve())
+        return repository
+
+    def _tritonserver_command(self, instance_id: str, repository: Path) -> list[str]:
+        script = Path(sys.executable).parent / "nvcf-tritonserver"
+        if script.is_file() and os.access(script, os.X_OK):
+            launcher = [str(script)]
+        else:
+            launcher = [sys.executable, "-m", "nvcf_worker.integrations.tritonserver"]
+        grpc_port, metrics_port = self._port(instance_id), self._port(instance_id)
+        return [
+            *launcher,
+            f"--model-repository={repository}",
+            f"--address={self.host}",
+            "--http-port={port}",
+            f"--grpc-port={grpc_port}",
+            f"--metrics-port={metrics_port}",
+            f"--backend-directory={self.triton_backend_directory}",
+        ]
+
+    def _platform_variables(self, plan: InstancePlan) -> dict[str, str]:
+        """What NVCA's downward API gives the inference container (platform wins)."""
+        return {
+            "NVCF_REGION": self.region,
+            "NVCF_INSTANCETYPE": plan.instance_type,
+            "NVCF_INSTANCETYPE_VALUE": plan.instance_type,
+            "NVCF_BACKEND": self.name,
+            "NVCF_ENV": "local",
+            "NVCF_NCA_ID": plan.nca_id,
+            "NVCF_FUNCTION_ID": plan.function_id,
+            "NVCF_FUNCTION_VERSION_ID": plan.function_version_id,
+            "NVCF_FUNCTION_NAME": plan.function_name,
+        }
+
+    def _sidecar_variables(self, plan: InstancePlan, image: str | None) -> dict[str, str]:
+        """NVIDIA's utils-container variables beyond what the dev stack sets (reference §7.1)."""
+        health = plan.health
+        grpc_health = health.protocol.upper() == "GRPC"
+        env = {
+            "NCA_ID": plan.nca_id,
+            "NVCF_INSTANCE_ID": plan.instance_id,
+            "INSTANCE_TYPE": plan.instance_type,
+            "GPU_NAME": plan.gpu,
+            "INFERENCE_CONTAINER": image or "tritonserver",
+            "INFERENCE_CONTAINER_ARGS": shlex.join(plan.container_args),
+            "INFERENCE_URL": plan.inference_url,
+            "INFERENCE_HEALTH_PROTOCOL": "gRPC" if grpc_health else "HTTP",
+            "INFERENCE_PROTOCOL": "GRPC" if grpc_health else "REST",
+        }
+        if health.timeout:
+            env["INFERENCE_HEALTH_TIMEOUT"] = health.timeout
+        if health.expected_status_code:
+            env["INFERENCE_HEALTH_EXPECTED_RESPONSE_CODE"] = str(health.expected_status_code)
+        return env
+
+    def _forget_old(self) -> None:
+        ended = [
+            key
+            for key, instance in self._instances.items()
+            if instance.state is InstanceState.TERMINATED
+        ]
+        for key in ended[: max(0, len(ended) - _KEPT_TERMINATED)]:
+            del self._instances[key]
+
+
+def _read(plan: InstancePlan, reader: Callable[[], _T]) -> _T:
+    """A definition reading, its BackendError as 400."""
+    try:
+        return reader()
+    except BackendError as error:
+        raise ControlError(400, f"function definition: {error}") from None
