@@ -11,6 +11,7 @@ import asyncio
 import logging
 import secrets
 import socket
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Final
@@ -21,13 +22,17 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
 from nvcf_platform.control.functions import FunctionEndpoints, FunctionStates
-from nvcf_platform.control.registry import Registry
+from nvcf_platform.control.plane import ControlPlane
+from nvcf_platform.control.problems import ControlError
+from nvcf_platform.control.registry import FunctionVersion, Registry
+from nvcf_platform.control.routes import ControlEndpoints
+from nvcf_platform.control.runtime import ControlRuntime
 from nvcf_platform.errors import ConfigError, NatsUnavailable, PlatformError
 from nvcf_platform.invocation.app import build_application
 from nvcf_platform.invocation.attach import AttachEndpoints
 from nvcf_platform.invocation.background import BackgroundTasks
 from nvcf_platform.invocation.drain import CallerDrain
-from nvcf_platform.invocation.exchange import WorkerExchange
+from nvcf_platform.invocation.exchange import WorkerExchange, refused
 from nvcf_platform.invocation.exec import ExecEndpoint
 from nvcf_platform.invocation.invocation import CallerIdentity, ObjectLinks, PexecEndpoint
 from nvcf_platform.invocation.nats_link import NatsLink
@@ -94,6 +99,7 @@ class PlatformService:
         self._tracking: RequestTracking | None = None
         self._object_store: ObjectStore | None = None
         self._states: FunctionStates | None = None
+        self._control: ControlRuntime | None = None
         self._app: web.Application | None = None
         self._http_port = 0
         self._grpc_port = 0
@@ -148,6 +154,13 @@ class PlatformService:
         if self._states is None:
             raise PlatformError("the platform is not running")
         return self._states
+
+    @property
+    def control(self) -> ControlRuntime:
+        """The control plane: functions, versions, deployments and their instances."""
+        if self._control is None:
+            raise PlatformError("the platform is not running")
+        return self._control
 
     @property
     def app(self) -> web.Application:
@@ -328,8 +341,14 @@ class PlatformService:
             grpc_url=self.grpc_url,
         )
         links = self._objects if self._objects is not None else InvocationLinks(catalog, objects)
+        control = ControlRuntime(settings, self._registry, nc, queue, grpc_url=self.grpc_url)
+        self._control = control
         pexec = PexecEndpoint(
-            registry=self._registry, callers=callers, exchange=exchange, objects=links
+            registry=self._registry,
+            callers=callers,
+            exchange=exchange,
+            objects=links,
+            resolve=_invocation_resolver(control.plane),
         )
         status = StatusEndpoint(
             registry=self._registry, callers=callers, exchange=exchange, tracking=tracking
@@ -346,7 +365,12 @@ class PlatformService:
         )
         local = (
             AttachEndpoints(self._tokens),
-            FunctionEndpoints(self._registry, callers, states, region=settings.region),
+            ControlEndpoints(
+                control.plane,
+                control.reconciler,
+                callers,
+                FunctionEndpoints(self._registry, callers, states, region=settings.region),
+            ),
         )
         app = build_application(needing_nats, local, link, self._drain)
         self._app = app
@@ -366,6 +390,8 @@ class PlatformService:
             await grpc_server.stop(None)  # releases the bound port
             raise
         stack.push_async_callback(grpc_server.stop, GRPC_STOP_GRACE)
+        # Last in, first out: instances stop (drained) while HTTP and gRPC still serve them.
+        await stack.enter_async_context(control)
 
     async def _provision(self) -> None:
         """Create every queue stream and consumer, the tracking stream and the object buckets
@@ -375,6 +401,8 @@ class PlatformService:
             raise PlatformError("the platform is not running")
         for version in self._registry.versions:
             await queue.provision(version.function_version_id)
+        if self._control is not None:
+            await self._control.provision()
         await tracking.provision()
         await objects.provision()
 
@@ -402,10 +430,23 @@ class PlatformService:
         self._tracking = None
         self._object_store = None
         self._states = None
+        self._control = None
         self._app = None
         self._site = None
         self._http_port = 0
         self._grpc_port = 0
+
+
+def _invocation_resolver(plane: ControlPlane) -> Callable[[str, str | None], FunctionVersion]:
+    """The version an invocation reaches, or the invocation service's refusal (404/400)."""
+
+    def resolve(function_id: str, version_id: str | None) -> FunctionVersion:
+        try:
+            return plane.resolve(function_id, version_id)
+        except ControlError as error:
+            raise refused(error.status, error.detail) from None
+
+    return resolve
 
 
 def _bind(host: str, port: int) -> socket.socket:

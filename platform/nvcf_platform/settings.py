@@ -74,7 +74,21 @@ class PlatformSettings:
     health_probe_interval: float = 2.0
     """Seconds between two probes of the versions' `instance_health_urls`."""
     deploy_timeout: float = 900.0
-    """Seconds a version with instance health URLs may be DEPLOYING before it is in ERROR."""
+    """Seconds a version may be DEPLOYING before it is in ERROR (probed registry versions and
+    deployments alike; NVIDIA's API has none, its cluster agent gives up after 10 min to 2 h)."""
+    images_path: Path | None = None
+    """The local image and model catalog (TOML `[[images]]`, `[[models]]`): what a deployed
+    function's `containerImage` and `models` run as on this machine. None: an empty catalog."""
+    instances_dir: Path | None = None
+    """Where deployed instances keep their directories and logs; None: a temporary directory."""
+    control_state: bool = True
+    """Keep functions, versions and deployments in the `nvcf_control` KV bucket (file storage)
+    and load them at start-up."""
+    reconcile_interval: float = 1.0
+    """Seconds between two reconcile rounds (an API change starts one at once)."""
+    undeploy_drain_timeout: float = 60.0
+    """On undeploy: seconds the version's instances may take to serve its queued requests
+    before they stop (in-flight requests always finish)."""
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -105,6 +119,8 @@ class PlatformSettings:
             ("deploy_timeout", self.deploy_timeout),
             ("nats_outage_grace", self.nats_outage_grace),
             ("drain_grace", self.drain_grace),
+            ("reconcile_interval", self.reconcile_interval),
+            ("undeploy_drain_timeout", self.undeploy_drain_timeout),
         ):
             if not seconds > 0:
                 raise ConfigError(f"{name}: {seconds} must be > 0 seconds")
@@ -166,6 +182,15 @@ def _float(text: str) -> float:
         raise ValueError("not a number") from None
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("not a boolean (true/false)")
+
+
 def _keys(text: str) -> tuple[str, ...]:
     return tuple(key.strip() for key in text.split(",") if key.strip())
 
@@ -191,6 +216,11 @@ ENV_VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "ready_file": ("NVCF_PLATFORM_READY_FILE", Path),
     "health_probe_interval": ("NVCF_PLATFORM_HEALTH_PROBE_INTERVAL", _float),
     "deploy_timeout": ("NVCF_PLATFORM_DEPLOY_TIMEOUT", _float),
+    "images_path": ("NVCF_PLATFORM_IMAGES", Path),
+    "instances_dir": ("NVCF_PLATFORM_INSTANCES_DIR", Path),
+    "control_state": ("NVCF_PLATFORM_CONTROL_STATE", _boolean),
+    "reconcile_interval": ("NVCF_PLATFORM_RECONCILE_INTERVAL", _float),
+    "undeploy_drain_timeout": ("NVCF_PLATFORM_UNDEPLOY_DRAIN_TIMEOUT", _float),
     "log_level": ("NVCF_PLATFORM_LOG_LEVEL", str.upper),
 }
 """Setting name -> (environment variable, parser). API keys are comma-separated."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from nvcf_platform.control.records import FunctionStatus
 from nvcf_platform.control.registry import Function, FunctionVersion, Registry
 from nvcf_platform.errors import FunctionNotFound, FunctionVersionNotFound, PlatformError
 from nvcf_platform.invocation.invocation import CallerIdentity
@@ -47,17 +47,6 @@ PROBE_TIMEOUT: Final = 1.0
 """Bound on one readiness GET (never longer than the probe interval)."""
 
 _log = logging.getLogger(__name__)
-
-
-class FunctionStatus(enum.StrEnum):
-    """NVCF's function-version statuses (DELETED aside: the registry cannot delete)."""
-
-    ACTIVE = "ACTIVE"
-    DEPLOYING = "DEPLOYING"
-    DEGRADING = "DEGRADING"
-    DEGRADED = "DEGRADED"
-    ERROR = "ERROR"
-    INACTIVE = "INACTIVE"
 
 
 _WAS_ACTIVE: Final = frozenset(
@@ -323,6 +312,10 @@ class FunctionEndpoints:
         self._callers = callers
         self._states = states
         self._region = region
+
+    @property
+    def registry(self) -> Registry:
+        return self._registry
 
     def register(self, router: web.UrlDispatcher) -> None:
         router.add_get(FUNCTIONS_PATH, self.list_functions, allow_head=False)

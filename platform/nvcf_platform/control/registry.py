@@ -75,7 +75,8 @@ class Function:
 class Registry:
     """Functions by id and versions by id; lookups raise `FunctionNotFound`/`...VersionNotFound`.
 
-    Immutable once built. Version ids are unique across all functions, as in NVCF.
+    Built from the registry file; the control plane adds and removes the versions it registers
+    through the API (`add`, `remove`). Version ids are unique across all functions, as in NVCF.
     """
 
     __slots__ = ("_functions", "_versions")
@@ -122,6 +123,36 @@ class Registry:
             _function(entry, f"{source}: functions[{i}]") for i, entry in enumerate(entries)
         ]
         return cls(functions)
+
+    def add(self, version: FunctionVersion) -> None:
+        """Add (or replace) one version; its function is created with it when new."""
+        function = self._functions.get(version.function_id)
+        if function is None:
+            function = Function(version.function_id, version.function_name, (version,))
+        else:
+            kept = tuple(
+                v for v in function.versions if v.function_version_id != version.function_version_id
+            )
+            function = Function(function.function_id, function.name, (*kept, version))
+        self._functions[version.function_id] = function
+        self._versions[version.function_version_id] = version
+
+    def remove(self, function_version_id: str) -> None:
+        """Forget one version (no-op when unknown); a function goes with its last version."""
+        version = self._versions.pop(function_version_id, None)
+        if version is None:
+            return
+        function = self._functions[version.function_id]
+        kept = tuple(v for v in function.versions if v.function_version_id != function_version_id)
+        if kept:
+            self._functions[version.function_id] = Function(
+                function.function_id, kept[0].function_name, kept
+            )
+        else:
+            del self._functions[version.function_id]
+
+    def contains(self, function_version_id: str) -> bool:
+        return function_version_id in self._versions
 
     @property
     def functions(self) -> tuple[Function, ...]:

@@ -11,7 +11,7 @@ import hmac
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -185,8 +185,10 @@ class PexecEndpoint:
         callers: CallerIdentity,
         exchange: WorkerExchange,
         objects: ObjectLinks | None = None,
+        resolve: Callable[[str, str | None], FunctionVersion] | None = None,
     ) -> None:
         self._registry = registry
+        self._resolve = resolve
         self._callers = callers
         self._exchange = exchange
         self._objects = objects
@@ -205,13 +207,16 @@ class PexecEndpoint:
         """The version a pexec or exec request invokes, after checking the caller's bearer.
 
         Raises `InvocationRefused`: 401 problem for a bearer that is not an accepted key, 404 for
-        an unknown function or version.
+        an unknown function or version; `resolve` (the control plane's) also refuses versions
+        that are not deployed (404) or DEGRADED (400).
         """
         self._callers.check(request)
+        function_id = request.match_info["function_id"]
+        version_id = request.match_info.get("function_version_id")
+        if self._resolve is not None:
+            return self._resolve(function_id, version_id)
         try:
-            return self._registry.resolve(
-                request.match_info["function_id"], request.match_info.get("function_version_id")
-            )
+            return self._registry.resolve(function_id, version_id)
         except FunctionNotFound:
             raise refused(404, "function not found") from None
         except FunctionVersionNotFound:

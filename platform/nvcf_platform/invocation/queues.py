@@ -81,6 +81,11 @@ class QueueInspector:
         info = await self._consumer_info(function_version_id)
         return 0 if info is None else info.num_pending or 0
 
+    async def backlog(self, function_version_id: str) -> int:
+        """Messages queued or delivered and not yet acknowledged (waiting plus being served)."""
+        info = await self._consumer_info(function_version_id)
+        return 0 if info is None else (info.num_pending or 0) + (info.num_ack_pending or 0)
+
     async def position(self, function_version_id: str, request_id: str) -> int | None:
         """The 1-based position of `request_id` among the version's undelivered messages.
 

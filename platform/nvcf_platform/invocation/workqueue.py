@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js.api import StorageType
 from nats.js.client import JetStreamContext
-from nats.js.errors import APIError, NoStreamResponseError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from nvcf_platform.errors import NatsUnavailable, PublishFailed, QueueFull
 from nvcf_platform.invocation.nats_link import NOT_CONNECTED
@@ -128,6 +128,17 @@ class WorkQueue:
             "queue provisioned",
             extra={"stream": stream.name, "consumer": consumer.durable_name},
         )
+
+    async def remove(self, function_version_id: str) -> bool:
+        """Delete the version's stream and consumer (an undeployed version's queue, §4.4);
+        False when there was none."""
+        self._require_connection()
+        try:
+            return bool(
+                await self._js.delete_stream(request_stream_name(self._region, function_version_id))
+            )
+        except NotFoundError:
+            return False
 
     async def publish(self, function_version_id: str, request_id: str, payload: bytes) -> None:
         """Publish one work item on `rq.<region>.<fvid>.<reqid>` (reference §5.1 step 5).

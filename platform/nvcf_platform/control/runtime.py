@@ -1,0 +1,132 @@
+"""`ControlRuntime`: the control plane's parts as one async resource inside `PlatformService`.
+
+Opens, in order: the KV store (and loads the stored versions), the instance backend, the
+reconcile loop; closes in reverse, so instances stop (drained) before the platform does.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from nats.aio.client import Client
+
+from nvcf_platform.backends.images import ImageCatalog
+from nvcf_platform.backends.local import LocalBackend
+from nvcf_platform.backends.plan import InstancePlan
+from nvcf_platform.control.catalog import Catalog, detect_catalog
+from nvcf_platform.control.plane import ControlPlane
+from nvcf_platform.control.reconciler import Reconciler
+from nvcf_platform.control.records import VersionRecord
+from nvcf_platform.control.registry import Registry
+from nvcf_platform.control.store import ControlStore
+from nvcf_platform.errors import PlatformError
+from nvcf_platform.invocation.queues import QueueInspector
+from nvcf_platform.invocation.workqueue import WorkQueue
+from nvcf_platform.settings import PlatformSettings
+
+__all__ = ["ControlRuntime", "instance_plan"]
+
+
+def instance_plan(record: VersionRecord, spec: dict[str, Any], instance_id: str) -> InstancePlan:
+    """What the backend needs to run one instance of `record` under GPU specification `spec`."""
+    return InstancePlan(
+        instance_id=instance_id,
+        function_id=record.function_id,
+        function_version_id=record.version_id,
+        function_name=record.name,
+        nca_id=record.nca_id,
+        deployment_id="" if record.deployment is None else record.deployment.deployment_id,
+        gpu_specification_id=str(spec.get("gpuSpecificationId", "")),
+        gpu=str(spec.get("gpu", "")),
+        instance_type=str(spec.get("instanceType", "")),
+        definition=record.definition,
+        max_request_concurrency=int(spec.get("maxRequestConcurrency", 1)),
+    )
+
+
+class ControlRuntime:
+    """`async with ControlRuntime(...)`: stored versions loaded, instances reconciled inside;
+    leaving it stops the reconcile loop, then every instance (drained)."""
+
+    def __init__(
+        self,
+        settings: PlatformSettings,
+        registry: Registry,
+        nc: Client,
+        queue: WorkQueue,
+        *,
+        grpc_url: str,
+        catalog: Catalog | None = None,
+        images: ImageCatalog | None = None,
+    ) -> None:
+        if images is None:
+            path = settings.images_path
+            images = ImageCatalog() if path is None else ImageCatalog.from_toml(path)
+        self._settings = settings
+        self._store = ControlStore(nc)
+        self._own_work_dir = settings.instances_dir is None
+        self._work_dir = settings.instances_dir or Path(tempfile.mkdtemp(prefix="nvcf-instances-"))
+        self.plane = ControlPlane(
+            registry,
+            self._store,
+            catalog or detect_catalog(),
+            nca_id=settings.nca_id,
+            provision=queue.provision,
+        )
+        self.backend = LocalBackend(
+            images,
+            grpc_url=grpc_url,
+            nats_url=settings.nats_url,
+            work_dir=self._work_dir,
+            region=settings.region,
+        )
+        self.reconciler = Reconciler(
+            self.plane,
+            self.backend,
+            instance_plan,
+            remove_queue=queue.remove,
+            queue_backlog=QueueInspector(nc, region=settings.region).backlog,
+            interval=settings.reconcile_interval,
+            deploy_timeout=settings.deploy_timeout,
+            drain_timeout=settings.undeploy_drain_timeout,
+            region=settings.region,
+        )
+        self.plane.attach(self.reconciler)
+        self._stack: AsyncExitStack | None = None
+
+    @property
+    def store(self) -> ControlStore:
+        return self._store
+
+    async def provision(self) -> None:
+        """Create the KV bucket unless it exists (start-up and after reconnects)."""
+        await self._store.provision()
+
+    async def __aenter__(self) -> ControlRuntime:
+        if self._stack is not None:
+            raise PlatformError("the control plane is already running")
+        async with AsyncExitStack() as stack:
+            if self._own_work_dir:
+                stack.callback(shutil.rmtree, self._work_dir, ignore_errors=True)
+            await self._store.provision()
+            if self._settings.control_state:
+                await self.plane.load()
+            await stack.enter_async_context(self.backend)
+            await stack.enter_async_context(self.reconciler)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
