@@ -95,6 +95,7 @@ class LocalBackend:
         self._ports: dict[str, set[int]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._tasks: asyncio.TaskGroup | None = None
+        self._supervisors: dict[str, asyncio.Task[None]] = {}
 
     def __repr__(self) -> str:
         return f"<LocalBackend instances={len(self._instances)} work_dir={self.work_dir}>"
@@ -118,6 +119,9 @@ class LocalBackend:
                 return_exceptions=True,
             )
         finally:
+            for task in self._supervisors.values():
+                task.cancel()  # only one stuck past its stop's bound is still running: killed
+            self._supervisors.clear()
             tasks, self._tasks = self._tasks, None
             if tasks is not None:
                 await tasks.__aexit__(exc_type, exc, traceback)
@@ -166,7 +170,9 @@ class LocalBackend:
             raise ControlError(409, f"instance {plan.instance_id!r} already exists")
         instance = self._prepare(plan, self._session)
         self._instances[plan.instance_id] = instance
-        self._tasks.create_task(instance.supervise(), name=f"instance {plan.instance_id}")
+        self._supervisors[plan.instance_id] = self._tasks.create_task(
+            instance.supervise(), name=f"instance {plan.instance_id}"
+        )
         _log.info(
             "instance starting",
             extra={
@@ -359,6 +365,7 @@ class LocalBackend:
         ]
         for key in ended[: max(0, len(ended) - _KEPT_TERMINATED)]:
             del self._instances[key]
+            self._supervisors.pop(key, None)
 
 
 def _read(plan: InstancePlan, reader: Callable[[], _T]) -> _T:
