@@ -27,6 +27,9 @@ from nvcf_platform.errors import NatsUnavailable, PlatformError
 __all__ = ["InstanceBackend", "Reconciler", "next_status"]
 
 _ZERO_UUID: Final = "00000000-0000-0000-0000-000000000000"
+REPLACE_BACKOFF: Final = 2.0
+"""Seconds before a failed instance is replaced; doubled after each further failure in a row."""
+REPLACE_BACKOFF_CAP: Final = 30.0
 _LIVE: Final = frozenset({"STARTING", "RUNNING"})
 _log = logging.getLogger(__name__)
 
@@ -109,10 +112,13 @@ class Reconciler:
         self._clock = clock
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._teardowns: set[asyncio.Task[None]] = set()
+        self._teardowns: set[asyncio.Task[Any]] = set()
         self._removing: set[str] = set()
         self._failures: dict[str, list[str]] = {}
         """Per version: errors of the instances that failed since its deployment began."""
+        self._replace_after: dict[str, float] = {}
+        """Per GPU specification: no replacement instance before this time (after failures)."""
+        self._consecutive: dict[str, int] = {}
         self._ticks = 0
         self._tick_done = asyncio.Condition()
 
@@ -213,17 +219,18 @@ class Reconciler:
             for instance in own:
                 if str(instance.state) == "FAILED":
                     failures.append(instance.error or "instance failed")
+                    self._note_failure(spec_id)
                     await self._backend.stop(instance.instance_id, drain=False)
             alive = [i for i in own if str(i.state) in _LIVE]
             target = self.desired(record, spec)
-            if len(alive) < target:
+            if len(alive) < target and self._clock() >= self._replace_after.get(spec_id, 0.0):
                 for _ in range(target - len(alive)):
                     await self._start(record, spec)
             elif len(alive) > target:
                 # Prefer stopping instances that are not serving yet.
                 extra = sorted(alive, key=lambda i: (str(i.state) == "RUNNING", i.created_at))
                 for instance in extra[: len(alive) - target]:
-                    await self._backend.stop(instance.instance_id, drain=True)
+                    self._stop_later(instance.instance_id, drain=True)
             current = [
                 i
                 for i in self._backend.instances(record.version_id)
@@ -248,11 +255,31 @@ class Reconciler:
         if status is FunctionStatus.ERROR:
             health_info = self._health_info(record, failures, timed_out)
             for instance in self._backend.instances(record.version_id):
-                await self._backend.stop(instance.instance_id, drain=False)
+                if str(instance.state) in _LIVE:
+                    self._stop_later(instance.instance_id, drain=False)
         elif status is FunctionStatus.ACTIVE:
             health_info = ()
             failures.clear()
+            for spec in deployment.specifications:
+                self._consecutive.pop(spec["gpuSpecificationId"], None)
         await self._plane.set_status(record.version_id, status, health_info=health_info)
+
+    def _note_failure(self, spec_id: str) -> None:
+        """An instance of `spec_id` failed: its replacement waits, longer after each failure in
+        a row (2, 4, 8 ... 30 s), so a crash-looping image does not spin."""
+        count = self._consecutive.get(spec_id, 0) + 1
+        self._consecutive[spec_id] = count
+        delay = min(REPLACE_BACKOFF * 2 ** (count - 1), REPLACE_BACKOFF_CAP)
+        self._replace_after[spec_id] = self._clock() + delay
+
+    def _stop_later(self, instance_id: str, *, drain: bool) -> None:
+        """Stop an instance in the background (a drained stop may take its in-flight requests'
+        time; the reconcile round does not wait for it)."""
+        task = asyncio.create_task(
+            self._backend.stop(instance_id, drain=drain), name=f"nvcf-stop-{instance_id}"
+        )
+        self._teardowns.add(task)
+        task.add_done_callback(self._teardowns.discard)
 
     def desired(self, record: VersionRecord, spec: dict[str, Any]) -> int:
         """Instances a specification should have now: its minimum (the autoscaler's hook)."""

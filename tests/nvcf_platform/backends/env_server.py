@@ -6,7 +6,8 @@
 - `POST /`: `{"argv", "env", "secrets"}` (env: the NVCF_* / INFERENCE_PORT / TEST_* variables;
   secrets: the JSON at $NVCF_SECRETS_PATH); a body `{"sleep": s}` answers after `s` seconds,
   logging `request started` first.
-With `EXIT_AT_START=<code>` in its environment it prints a line and exits with that code; with
+With `EXIT_AT_START=<code>` in its environment it prints a line and exits with that code (with
+`TEST_EXIT_IF_EXISTS=<path>`: exits 3 while that file exists); with
 `TEST_UNHEALTHY=1` its health endpoint answers 503.
 """
 
@@ -21,6 +22,9 @@ from aiohttp import web
 if os.environ.get("EXIT_AT_START"):
     print("env_server: refusing to start (EXIT_AT_START)", flush=True)
     sys.exit(int(os.environ["EXIT_AT_START"]))
+if os.environ.get("TEST_EXIT_IF_EXISTS") and Path(os.environ["TEST_EXIT_IF_EXISTS"]).exists():
+    print("env_server: refusing to start (TEST_EXIT_IF_EXISTS)", flush=True)
+    sys.exit(3)
 
 
 async def infer(request: web.Request) -> web.Response:

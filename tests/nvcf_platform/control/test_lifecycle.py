@@ -4,95 +4,24 @@ ACTIVE), invoke, undeploy (INACTIVE, invocations refused), delete; state kept ac
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-
-from nvcf_platform.service import PlatformService
 
 pytestmark = pytest.mark.nats
 
-ROOT = Path(__file__).resolve().parents[3]
-API_KEY = "nvapi-test-key"  # the key of conftest.platform_settings
-IMAGE = "nvcr.io/acme/hello:1.0"
 HELLO = {
     "name": "hello",
     "inferenceUrl": "/",
     "inferencePort": 8000,
     "healthUri": "/v2/health/ready",
-    "containerImage": IMAGE,
+    "containerImage": "nvcr.io/acme/hello:1.0",
 }
 CPU_SPEC = {"gpu": "CPU", "instanceType": "LOCAL.CPU", "minInstances": 1, "maxInstances": 2}
 
 
-@pytest.fixture
-def images_file(tmp_path: Path) -> Path:
-    path = tmp_path / "images.toml"
-    path.write_text(
-        f'[[images]]\nimage = "{IMAGE}"\n'
-        f'command = ["{sys.executable}", "{ROOT / "examples/byoc/hello/server.py"}",'
-        ' "--port", "{port}"]\n'
-    )
-    return path
-
-
-class Api:
-    """The control-plane and invocation routes of one platform, as a caller uses them."""
-
-    def __init__(self, platform: PlatformService, session: aiohttp.ClientSession) -> None:
-        self.base = platform.base_url
-        self.session = session
-        self.headers = {"Authorization": f"Bearer {API_KEY}"}
-
-    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        async with self.session.request(
-            method, self.base + path, json=body, headers=self.headers
-        ) as response:
-            data = await response.read()
-            return response.status, (await response.json(content_type=None)) if data else None
-
-    async def wait_status(self, fid: str, fvid: str, wanted: str, limit: float = 60.0) -> list[str]:
-        """Poll the version until `wanted`; the statuses seen, in order (bounded)."""
-        seen: list[str] = []
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            status, body = await self.call("GET", f"/v2/nvcf/functions/{fid}/versions/{fvid}")
-            assert status == 200, body
-            current = body["function"]["status"]
-            if not seen or seen[-1] != current:
-                seen.append(current)
-            if current == wanted:
-                return seen
-            await asyncio.sleep(0.2)
-        raise AssertionError(f"status {wanted} not reached within {limit} s; saw {seen}")
-
-    async def pexec(self, fid: str, body: Any, fvid: str | None = None) -> tuple[int, Any]:
-        path = f"/v2/nvcf/pexec/functions/{fid}" + (f"/versions/{fvid}" if fvid else "")
-        return await self.call("POST", path, body)
-
-
-@pytest.fixture
-async def api_factory(
-    start_platform: Callable[..., Awaitable[PlatformService]],
-) -> AsyncIterator[Callable[..., Awaitable[Api]]]:
-    async with aiohttp.ClientSession() as session:
-
-        async def make(**settings: Any) -> Api:
-            platform = await start_platform(reconcile_interval=0.2, **settings)
-            return Api(platform, session)
-
-        yield make
-
-
-async def test_register_deploy_invoke_undeploy_delete(
-    api_factory: Callable[..., Awaitable[Api]], images_file: Path, tmp_path: Path
-) -> None:
-    api = await api_factory(images_path=images_file, instances_dir=tmp_path / "instances")
+async def test_register_deploy_invoke_undeploy_delete(api: Any) -> None:
     status, body = await api.call("POST", "/v2/nvcf/functions", HELLO)
     assert status == 200, body
     function = body["function"]
@@ -132,3 +61,154 @@ async def test_register_deploy_invoke_undeploy_delete(
     assert status == 204, body
     status, body = await api.call("GET", f"/v2/nvcf/functions/{fid}/versions/{fvid}")
     assert status == 404
+
+
+async def test_a_platform_restart_keeps_functions_and_deployments(api_factory: Any) -> None:
+    first = await api_factory()
+    fid, fvid = await first.create(HELLO)
+    other_fid, other_fvid = await first.create(HELLO)
+    await first.deploy(fid, fvid, CPU_SPEC)
+    await first.wait_status(fid, fvid, "ACTIVE")
+    await first.platform.__aexit__(None, None, None)  # instances stop with it
+
+    second = await api_factory()
+    assert await second.status(other_fid, other_fvid) == "INACTIVE"
+    await second.wait_status(fid, fvid, "ACTIVE")
+    status, body = await second.pexec(fid, {"again": True})
+    assert status == 200, body
+    assert body["echo"] == {"again": True}
+
+
+async def test_calls_by_function_id_reach_every_deployed_version(
+    api: Any, function_body: Any, env_image: str, cpu_spec: dict[str, Any]
+) -> None:
+    fid, v1 = await api.create(function_body(env_image))
+    _, v2 = await api.create(function_body(env_image), function_id=fid)
+    _, v3 = await api.create(function_body(env_image), function_id=fid)  # never deployed
+    await api.deploy(fid, v1, cpu_spec)
+    await api.deploy(fid, v2, cpu_spec)
+    await api.wait_status(fid, v1, "ACTIVE")
+    await api.wait_status(fid, v2, "ACTIVE")
+
+    reached = set()
+    for _ in range(40):
+        status, body = await api.pexec(fid, {})
+        assert status == 200, body
+        reached.add(body["env"]["NVCF_FUNCTION_VERSION_ID"])
+        if reached == {v1, v2}:
+            break
+    assert reached == {v1, v2}
+    status, body = await api.pexec(fid, {}, fvid=v3)
+    assert status == 404, body
+
+
+async def test_undeploy_lets_the_request_in_flight_finish(
+    api: Any, function_body: Any, env_image: str, cpu_spec: dict[str, Any]
+) -> None:
+    fid, fvid = await api.create(function_body(env_image))
+    await api.deploy(fid, fvid, cpu_spec)
+    await api.wait_status(fid, fvid, "ACTIVE")
+    slow = asyncio.create_task(api.pexec(fid, {"sleep": 2}))
+    await _request_started(api, fvid)
+
+    status, body = await api.call("DELETE", api.deployment_path(fid, fvid))
+    assert status == 200, body
+    assert body["function"]["status"] == "INACTIVE"
+    status, body = await asyncio.wait_for(slow, 30)
+    assert status == 200, body
+    await api.wait_deployment_gone(fid, fvid)
+    assert not [
+        s for s in api.platform.control.backend.instances(fvid) if str(s.state) != "TERMINATED"
+    ]
+
+
+async def test_patch_and_put_change_the_instance_count(
+    api: Any, function_body: Any, env_image: str, cpu_spec: dict[str, Any]
+) -> None:
+    fid, fvid = await api.create(function_body(env_image))
+    deployment = await api.deploy(fid, fvid, cpu_spec)
+    spec_id = deployment["deploymentSpecifications"][0]["gpuSpecificationId"]
+    await api.wait_status(fid, fvid, "ACTIVE")
+
+    path = f"/v2/nvcf/deployments/{deployment['deploymentId']}/gpu-specifications/{spec_id}"
+    status, body = await api.call("PATCH", path, {"minInstances": 2})
+    assert status == 200, body
+    assert body["gpuSpecification"]["minInstances"] == 2
+    await api.wait_counts(fid, fvid, {"desired": 2, "ready": 2, "starting": 0})
+
+    update = {
+        "deploymentSpecifications": [
+            {"gpuSpecificationId": spec_id, "minInstances": 1, "maxInstances": 1}
+        ]
+    }
+    status, body = await api.call("PUT", api.deployment_path(fid, fvid), update)
+    assert status == 200, body
+    await api.wait_counts(fid, fvid, {"desired": 1, "ready": 1, "starting": 0})
+
+
+async def test_deploy_refusals_name_the_problem(
+    api: Any, function_body: Any, env_image: str, cpu_spec: dict[str, Any]
+) -> None:
+    fid, fvid = await api.create(function_body(env_image))
+    path = api.deployment_path(fid, fvid)
+    status, body = await api.call(
+        "POST", path, {"deploymentSpecifications": [{**cpu_spec, "gpu": "H100"}]}
+    )
+    assert status == 400
+    assert body["detail"] == f"Function id '{fid}', version '{fvid}': Invalid GPU 'H100' specified"
+    assert body["title"] == "Bad Request"
+    assert body["instance"] == path
+
+    unknown_fid, unknown_fvid = await api.create(function_body("nvcr.io/acme/unknown:2.0"))
+    status, body = await api.call(
+        "POST",
+        api.deployment_path(unknown_fid, unknown_fvid),
+        {"deploymentSpecifications": [cpu_spec]},
+    )
+    assert status == 400
+    assert "image 'nvcr.io/acme/unknown:2.0' is not in the local image catalog" in body["detail"]
+    assert await api.status(unknown_fid, unknown_fvid) == "INACTIVE"
+
+    await api.deploy(fid, fvid, cpu_spec)
+    status, body = await api.call("POST", path, {"deploymentSpecifications": [cpu_spec]})
+    assert status == 400
+    assert "use PATCH endpoint to update gpu-specification" in body["detail"]
+    status, body = await api.call(
+        "GET", "/v2/nvcf/deployments/00000000-0000-4000-8000-000000000000"
+    )
+    assert status == 404
+    assert (
+        body["detail"]
+        == "Deployment id '00000000-0000-4000-8000-000000000000': Deployment not found"
+    )
+
+
+async def test_bodies_must_be_json(api: Any) -> None:
+    async with api.session.post(
+        api.base + "/v2/nvcf/functions",
+        data=b"name=x",
+        headers={**api.headers, "Content-Type": "text/plain"},
+    ) as response:
+        assert response.status == 415
+        assert response.content_type == "application/problem+json"
+    async with api.session.post(
+        api.base + "/v2/nvcf/functions",
+        data=b"{",
+        headers={**api.headers, "Content-Type": "application/json"},
+    ) as response:
+        assert response.status == 400
+    async with api.session.post(api.base + "/v2/nvcf/functions", json={"name": "x"}) as response:
+        assert response.status == 401  # no bearer
+
+
+async def _request_started(api: Any, fvid: str, limit: float = 20.0) -> None:
+    """Wait until the version's env_server logged `request started` (bounded)."""
+    backend = api.platform.control.backend
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        for status in backend.instances(fvid):
+            log = backend.work_dir / "instances" / status.instance_id / "server.log"
+            if log.exists() and "request started" in log.read_text():
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no instance of {fvid} started the request within {limit} s")
