@@ -266,7 +266,7 @@ class Instance:
             if left:
                 _log.error(
                     "instance processes survived SIGKILL",
-                    extra={**self._fields, "process": process.name, "pids": left},
+                    extra={**self._fields, "child": process.name, "pids": left},
                 )
 
     def _set(self, state: InstanceState, error: str | None = None) -> None:

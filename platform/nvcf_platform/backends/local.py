@@ -34,6 +34,7 @@ from nvcf_platform.backends.instance import (
     Probes,
     SupervisionPolicy,
 )
+from nvcf_platform.backends.leftovers import stop_leftovers
 from nvcf_platform.backends.plan import InstancePlan
 from nvcf_platform.backends.process import ChildProcess
 from nvcf_platform.control.problems import ControlError
@@ -101,6 +102,7 @@ class LocalBackend:
         return f"<LocalBackend instances={len(self._instances)} work_dir={self.work_dir}>"
 
     async def __aenter__(self) -> LocalBackend:
+        stop_leftovers(self.work_dir / "instances")
         self._session = aiohttp.ClientSession()
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()

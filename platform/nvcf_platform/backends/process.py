@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
+from nvcf_platform.backends.leftovers import record_start
 from nvcf_platform.devstack.process_tree import DescendantTracker
 from nvcf_platform.devstack.stack_process import live_group_members, signal_group
 
@@ -94,6 +95,7 @@ class ChildProcess:
                     cwd=self.cwd,
                     start_new_session=True,
                 )
+                record_start(self.log_path.parent, self.name, self._process.pid)
             except OSError as error:
                 self._process = None
                 self.spawn_error = f"cannot run {self.command[0]!r}: {error.strerror or error}"
