@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import socket
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Final
@@ -22,9 +20,7 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
 from nvcf_platform.control.functions import FunctionEndpoints, FunctionStates
-from nvcf_platform.control.plane import ControlPlane
-from nvcf_platform.control.problems import ControlError
-from nvcf_platform.control.registry import FunctionVersion, Registry
+from nvcf_platform.control.registry import Registry
 from nvcf_platform.control.routes import ControlEndpoints
 from nvcf_platform.control.runtime import ControlRuntime
 from nvcf_platform.errors import ConfigError, NatsUnavailable, PlatformError
@@ -32,7 +28,7 @@ from nvcf_platform.invocation.app import build_application
 from nvcf_platform.invocation.attach import AttachEndpoints
 from nvcf_platform.invocation.background import BackgroundTasks
 from nvcf_platform.invocation.drain import CallerDrain
-from nvcf_platform.invocation.exchange import WorkerExchange, refused
+from nvcf_platform.invocation.exchange import WorkerExchange
 from nvcf_platform.invocation.exec import ExecEndpoint
 from nvcf_platform.invocation.invocation import CallerIdentity, ObjectLinks, PexecEndpoint
 from nvcf_platform.invocation.nats_link import NatsLink
@@ -42,6 +38,7 @@ from nvcf_platform.invocation.tokens import AttachTokens
 from nvcf_platform.invocation.tracking import RequestTracking
 from nvcf_platform.invocation.worker_api import WorkerApi
 from nvcf_platform.invocation.workqueue import WorkQueue
+from nvcf_platform.listeners import bind_listener, bracketed, inherited_listener, url_host
 from nvcf_platform.objects.assets import AssetCatalog, AssetEndpoints, InvocationLinks
 from nvcf_platform.objects.object_routes import ObjectEndpoints
 from nvcf_platform.objects.objects import ObjectStore
@@ -183,13 +180,13 @@ class PlatformService:
     def base_url(self) -> str:
         """Where callers and workers reach the HTTP routes (`targetURI` of work items)."""
         return (
-            self._settings.public_url or f"http://{_url_host(self._settings.host)}:{self.http_port}"
+            self._settings.public_url or f"http://{url_host(self._settings.host)}:{self.http_port}"
         )
 
     @property
     def grpc_url(self) -> str:
         """The gRPC stand-in as a worker's `NVCF_FQDN_GRPC` names it (`http://` = plaintext)."""
-        return f"http://{_url_host(self._settings.host)}:{self.grpc_port}"
+        return f"http://{url_host(self._settings.host)}:{self.grpc_port}"
 
     async def drain(self, grace: float) -> bool:
         """Refuse new caller requests (503) and give those in progress up to `grace` s to be
@@ -276,9 +273,9 @@ class PlatformService:
         self._tracking = tracking
         # Both ports are bound before either listener serves, so work items never name port 0.
         http_socket = (
-            _bind(settings.host, settings.port)
+            bind_listener(settings.host, settings.port)
             if settings.http_fd is None
-            else _inherited(settings.http_fd)
+            else inherited_listener(settings.http_fd)
         )
         stack.callback(http_socket.close)
         self._http_port = http_socket.getsockname()[1]
@@ -320,7 +317,7 @@ class PlatformService:
             ),
             grpc_server,
         )
-        grpc_address = f"{_bracketed(settings.host)}:{settings.grpc_port}"
+        grpc_address = f"{bracketed(settings.host)}:{settings.grpc_port}"
         try:
             self._grpc_port = grpc_server.add_insecure_port(grpc_address)
         except RuntimeError as error:
@@ -348,7 +345,7 @@ class PlatformService:
             callers=callers,
             exchange=exchange,
             objects=links,
-            resolve=_invocation_resolver(control.plane),
+            resolve=control.invocation_resolver(),
         )
         status = StatusEndpoint(
             registry=self._registry, callers=callers, exchange=exchange, tracking=tracking
@@ -435,53 +432,3 @@ class PlatformService:
         self._site = None
         self._http_port = 0
         self._grpc_port = 0
-
-
-def _invocation_resolver(plane: ControlPlane) -> Callable[[str, str | None], FunctionVersion]:
-    """The version an invocation reaches, or the invocation service's refusal (404/400)."""
-
-    def resolve(function_id: str, version_id: str | None) -> FunctionVersion:
-        try:
-            return plane.resolve(function_id, version_id)
-        except ControlError as error:
-            raise refused(error.status, error.detail) from None
-
-    return resolve
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (0 = a free port), address reuse on."""
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family, backlog=1024)
-    except OSError as error:
-        raise PlatformError(f"cannot listen on {host}:{port}: {error}") from None
-
-
-def _inherited(fd: int) -> socket.socket:
-    """The listening socket a supervisor handed down (closing it here leaves the supervisor's)."""
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError as error:
-        raise PlatformError(f"cannot use the inherited socket (fd {fd}): {error}") from None
-    if sock.type != socket.SOCK_STREAM or not sock.getsockopt(
-        socket.SOL_SOCKET, socket.SO_ACCEPTCONN
-    ):
-        sock.detach()
-        raise PlatformError(f"fd {fd} is not a listening TCP socket")
-    sock.setblocking(False)
-    return sock
-
-
-def _bracketed(host: str) -> str:
-    """An IPv6 literal in brackets, as URLs and gRPC addresses write it."""
-    return f"[{host}]" if ":" in host else host
-
-
-def _url_host(host: str) -> str:
-    """`host` as a URL that reaches it names it; wildcard addresses become loopback."""
-    if host in {"", "0.0.0.0"}:
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return _bracketed(host)

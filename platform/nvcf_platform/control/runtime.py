@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -20,11 +21,13 @@ from nvcf_platform.backends.local import LocalBackend
 from nvcf_platform.backends.plan import InstancePlan
 from nvcf_platform.control.catalog import Catalog, detect_catalog
 from nvcf_platform.control.plane import ControlPlane
+from nvcf_platform.control.problems import ControlError
 from nvcf_platform.control.reconciler import Reconciler
 from nvcf_platform.control.records import VersionRecord
-from nvcf_platform.control.registry import Registry
+from nvcf_platform.control.registry import FunctionVersion, Registry
 from nvcf_platform.control.store import ControlStore
 from nvcf_platform.errors import PlatformError
+from nvcf_platform.invocation.exchange import refused
 from nvcf_platform.invocation.queues import QueueInspector
 from nvcf_platform.invocation.workqueue import WorkQueue
 from nvcf_platform.settings import PlatformSettings
@@ -102,6 +105,19 @@ class ControlRuntime:
     @property
     def store(self) -> ControlStore:
         return self._store
+
+    def invocation_resolver(self) -> Callable[[str, str | None], FunctionVersion]:
+        """For pexec: the version an invocation reaches, or the invocation service's refusal
+        (404 not deployed, 400 DEGRADED)."""
+        plane = self.plane
+
+        def resolve(function_id: str, version_id: str | None) -> FunctionVersion:
+            try:
+                return plane.resolve(function_id, version_id)
+            except ControlError as error:
+                raise refused(error.status, error.detail) from None
+
+        return resolve
 
     async def provision(self) -> None:
         """Create the KV bucket unless it exists (start-up and after reconnects)."""
