@@ -1,7 +1,9 @@
 """`nvcf-sidecar platform`: run the local invocation service until SIGTERM or SIGINT.
 
 Flags override `NVCF_PLATFORM_*` variables (see docs/platform.md); `--ready-file` receives the
-bound ports as JSON once both listeners accept connections.
+bound ports as JSON once both listeners accept connections. Without `--config` the registry is
+empty: every function is registered and deployed through the API, its images and models found
+in the `--images` catalog.
 """
 
 from __future__ import annotations
@@ -13,18 +15,20 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
 from nats.errors import Error as NatsError
 
+from nvcf_platform.backends.images import ImageCatalog
 from nvcf_platform.control.registry import Registry
 from nvcf_platform.errors import ConfigError, PlatformError
 from nvcf_platform.service import PlatformService
 from nvcf_platform.settings import PlatformSettings
 
-__all__ = ["add_arguments", "run_command", "serve"]
+__all__ = ["add_arguments", "load_registry", "run_command", "serve", "settings_from_args"]
 
 _log = logging.getLogger("nvcf_platform")
 
@@ -36,7 +40,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `platform` subcommand's flags; each overrides its environment variable."""
     add = parser.add_argument
     add(
-        "--config", type=Path, metavar="FILE", help="function registry, TOML (NVCF_PLATFORM_CONFIG)"
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="function registry, TOML (NVCF_PLATFORM_CONFIG); none: every function comes "
+        "through the API",
+    )
+    add(
+        "--images",
+        type=Path,
+        metavar="FILE",
+        help="local image and model catalog, TOML [[images]] and [[models]] "
+        "(NVCF_PLATFORM_IMAGES; none: an empty catalog, nothing can be deployed)",
+    )
+    add(
+        "--instances-dir",
+        type=Path,
+        metavar="DIR",
+        help="deployed instances' directories and logs "
+        "(NVCF_PLATFORM_INSTANCES_DIR; default: a temporary directory)",
+    )
+    add(
+        "--reconcile-interval",
+        type=float,
+        metavar="SECONDS",
+        help="between two reconcile rounds of deployments (NVCF_PLATFORM_RECONCILE_INTERVAL, 1)",
+    )
+    add(
+        "--undeploy-drain-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="on undeploy, time the instances get to serve queued requests "
+        "(NVCF_PLATFORM_UNDEPLOY_DRAIN_TIMEOUT, 60)",
+    )
+    add(
+        "--deploy-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="a version DEPLOYING this long is in ERROR (NVCF_PLATFORM_DEPLOY_TIMEOUT, 900)",
     )
     add("--nats", metavar="URL", help="NATS server URL (NVCF_PLATFORM_NATS_URL)")
     add("--host", help="listen address of HTTP and gRPC (NVCF_PLATFORM_HOST, 127.0.0.1)")
@@ -108,33 +149,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def load_registry(settings: PlatformSettings) -> Registry:
+    """The registry file's functions, or an empty registry without one; the image catalog is
+    read too, so that a bad one is a `ConfigError` before anything starts."""
+    if settings.images_path is not None:
+        ImageCatalog.from_toml(settings.images_path)
+    if settings.config_path is None:
+        return Registry(())
+    return Registry.from_toml(settings.config_path)
+
+
+def settings_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> PlatformSettings:
+    """The settings of the parsed flags over `NVCF_PLATFORM_*` variables; ConfigError if bad."""
+    return PlatformSettings.from_env(
+        environ,
+        config_path=args.config,
+        nats_url=args.nats,
+        host=args.host,
+        port=args.port,
+        grpc_port=args.grpc_port,
+        region=args.region,
+        api_keys=tuple(args.api_key) if args.api_key else None,
+        nca_id=args.nca_id,
+        client_subject=args.client_subject,
+        public_url=args.public_url,
+        stream_max_messages=args.stream_max_messages,
+        consumer_ack_wait=args.consumer_ack_wait,
+        stream_storage=args.stream_storage,
+        nats_outage_grace=args.nats_outage_grace,
+        drain_grace=args.drain_grace,
+        http_fd=args.http_fd,
+        url_signing_secret_file=args.url_signing_secret_file,
+        ready_file=args.ready_file,
+        images_path=args.images,
+        instances_dir=args.instances_dir,
+        reconcile_interval=args.reconcile_interval,
+        undeploy_drain_timeout=args.undeploy_drain_timeout,
+        deploy_timeout=args.deploy_timeout,
+        log_level=args.log_level,
+    )
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run the platform until SIGTERM/SIGINT: 0 then, 2 for bad settings, 1 for start-up errors."""
     try:
-        settings = PlatformSettings.from_env(
-            config_path=args.config,
-            nats_url=args.nats,
-            host=args.host,
-            port=args.port,
-            grpc_port=args.grpc_port,
-            region=args.region,
-            api_keys=tuple(args.api_key) if args.api_key else None,
-            nca_id=args.nca_id,
-            client_subject=args.client_subject,
-            public_url=args.public_url,
-            stream_max_messages=args.stream_max_messages,
-            consumer_ack_wait=args.consumer_ack_wait,
-            stream_storage=args.stream_storage,
-            nats_outage_grace=args.nats_outage_grace,
-            drain_grace=args.drain_grace,
-            http_fd=args.http_fd,
-            url_signing_secret_file=args.url_signing_secret_file,
-            ready_file=args.ready_file,
-            log_level=args.log_level,
-        )
-        if settings.config_path is None:
-            raise ConfigError("a function registry is required: --config FILE")
-        registry = Registry.from_toml(settings.config_path)
+        settings = settings_from_args(args)
+        registry = load_registry(settings)
     except ConfigError as error:
         print(f"nvcf-sidecar platform: {error}", file=sys.stderr)
         return 2

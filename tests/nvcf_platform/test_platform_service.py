@@ -85,9 +85,11 @@ def test_platform_command_without_registry_exits_2_with_the_reason(tmp_path: Pat
     )
     assert result.returncode == 2
     assert "cannot read function registry" in result.stderr
-    result = subprocess.run([*COMMAND], capture_output=True, text=True, timeout=60, env={})
+    result = subprocess.run(
+        [*COMMAND, "--images", str(missing)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
-    assert "--config" in result.stderr
+    assert "cannot read image catalog" in result.stderr
 
 
 async def test_health_is_503_while_nats_is_down(
