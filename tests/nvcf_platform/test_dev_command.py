@@ -504,10 +504,38 @@ def test_dev_reports_a_server_crashing_at_start_up_and_exits_non_zero(
     assert "boom" in output
 
 
+def test_dev_without_a_function_starts_an_empty_platform_and_says_what_to_do(
+    start_process: StartProcess, tmp_path: Path
+) -> None:
+    (platform_port,) = free_ports(1)
+    dev = start_dev(start_process, platform_port, "--work-dir", str(tmp_path / "dev"))
+    dev.wait_for_log(READY, timeout=60)
+    base = f"http://127.0.0.1:{platform_port}"
+    printed(dev, rf"^\[dev\] ready: {re.escape(base)} \(API key {KEY}\)$")
+    printed(dev, r"^\[dev\]   the image catalog is empty: only images and models it names can be")
+    printed(dev, rf"^\[dev\]     export NVCF_BASE_HTTP_URL={re.escape(base)} NVCF_API_KEY={KEY}$")
+    printed(dev, r"^\[dev\]     nvcf-sidecar function create --name hello ")
+    printed(dev, r"^\[dev\]     nvcf-sidecar function deploy create --min-instances 1 ")
+    printed(dev, rf"^\[dev\]     curl -sS -X POST .* {re.escape(base)}/v2/nvcf/functions -d ")
+    printed(dev, rf"^\[dev\]     curl .* {re.escape(base)}/v2/nvcf/deployments/functions/")
+    pids = printed_pids(dev)
+    assert set(pids) == {"nats-server", "platform"}
+    listed = http_request(
+        "GET", f"{base}/v2/nvcf/functions", headers={"Authorization": f"Bearer {KEY}"}, timeout=10
+    )
+    assert listed.status == 200, listed.body
+    assert listed.json() == {"functions": []}
+    assert dev.pid is not None
+    os.kill(dev.pid, signal.SIGINT)
+    assert dev.wait_exit(30) == 0
+    assert_all_gone(pids)
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ([], "the function's server command is missing"),
+        (["--name", "f"], "--name: only for `dev -- COMMAND`"),
+        (["--images", "MISSING"], "cannot read image catalog MISSING"),
         (["--config", "CONFIG", "--", "server"], "give either --config FILE or -- COMMAND"),
         (["--config", "CONFIG", "--inference-port", "9000"], "--inference-port: only for `dev"),
         (["--config", "CONFIG"], "CONFIG: functions[0].inference_port: 0 must be an integer"),

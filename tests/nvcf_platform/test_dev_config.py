@@ -3,13 +3,20 @@ mistake is a `ConfigError` naming the file and the key."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
 import pytest
 
+from nvcf_platform.backends.images import ImageCatalog
 from nvcf_platform.control.registry import Registry
-from nvcf_platform.devstack.dev_config import load_dev_config, specs_from_mapping
+from nvcf_platform.devstack.dev_config import (
+    catalog_toml,
+    load_dev_config,
+    load_dev_file,
+    specs_from_mapping,
+)
 from nvcf_platform.devstack.stack_spec import registry_toml
 from nvcf_platform.errors import ConfigError
 
@@ -177,3 +184,70 @@ def test_mistakes_are_config_errors_naming_file_and_key(
 def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"cannot read dev config .*absent\.toml"):
         load_dev_config(tmp_path / "absent.toml")
+
+
+IMAGES = """
+[[images]]
+image = "nvcr.io/acme/echo:1.0"
+command = ["python", "server.py", "--port", "{port}"]
+cwd = "srv"
+env = { MODEL = "small", SIZE = 2 }
+
+[[models]]
+name = "scale_sum"
+version = 1
+path = "models/scale_sum"
+"""
+
+
+def test_images_and_models_of_a_config_are_its_catalog_relative_to_the_file(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "models" / "scale_sum").mkdir(parents=True)
+    config = load_dev_file(write(tmp_path, CONFIG + IMAGES))
+    assert [spec.name for spec in config.functions] == ["hello", "echo", "echo"]
+    (image,) = config.catalog.images
+    assert image.cwd == tmp_path.resolve() / "srv"
+    assert dict(image.env) == {"MODEL": "small", "SIZE": "2"}
+    (model,) = config.catalog.models
+    assert (model.name, model.version, model.path) == (
+        "scale_sum",
+        "1",
+        tmp_path.resolve() / "models" / "scale_sum",
+    )
+    only = load_dev_file(write(tmp_path, IMAGES))  # no function: a platform for the API
+    assert only.functions == ()
+    assert len(only.catalog.images) == 1
+    assert load_dev_file(write(tmp_path, CONFIG)).catalog.images == ()
+
+
+def test_the_catalog_written_for_the_platform_reads_back_the_same_anywhere(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "models" / "scale_sum").mkdir(parents=True)
+    catalog = load_dev_file(write(tmp_path, IMAGES)).catalog
+    elsewhere = tmp_path / "work" / "images.toml"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(catalog_toml(catalog))
+    again = ImageCatalog.from_toml(elsewhere)
+    assert again.images == catalog.images
+    assert again.models == catalog.models
+    assert catalog_toml(ImageCatalog()) == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[images]]\nimage = 'x:1'\n", "functions.toml: images[0].command: must be"),
+        ("[[models]]\nname = 'm'\nversion = 1\n", "functions.toml: models[0].path: required"),
+        ("[[images]]\nimage = 'x:1'\ncommand = ['a']\ncwd = 'absent'\n", "images[0].cwd"),
+        ("shared = 1\n[[images]]\n", "unknown top-level keys ['shared']"),
+    ],
+)
+def test_catalog_mistakes_in_a_config_name_file_and_key(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_dev_file(write(tmp_path, text))

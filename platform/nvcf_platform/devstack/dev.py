@@ -3,8 +3,10 @@
 Builds `FunctionSpec`s from the flags (`dev -- COMMAND`) or from a config file (`dev --config
 FILE`, see `dev_config.py`), starts `LocalStack` (NATS, the platform, each version's server and
 sidecars) with every child's output copied to stdout as `[name] line` and its own progress as
-`[dev] line`, prints copy-paste `curl` lines for every function and version, and runs until
-SIGINT or SIGTERM (exit 0). A child that exits (nats-server, the platform, a server, a sidecar)
+`[dev] line`, prints copy-paste `curl` lines for every function and version (`dev_output.py`),
+and runs until SIGINT or SIGTERM (exit 0). With no function (no COMMAND, no `[[functions]]`) it
+starts NATS and the platform only, ready for the control-plane API; the image catalog of
+`--images` and of the config's `[[images]]`/`[[models]]` is what deployed functions run as. A child that exits (nats-server, the platform, a server, a sidecar)
 stops the stack (exit 1), or with `--restart` is restarted within a budget (`dev_supervisor.py`).
 Usage and config errors exit 2.
 """
@@ -12,7 +14,6 @@ Usage and config errors exit 2.
 from __future__ import annotations
 
 import argparse
-import shlex
 import shutil
 import signal
 import sys
@@ -23,7 +24,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Final, NoReturn
 
-from nvcf_platform.devstack.dev_config import check_function_name, load_dev_config
+from nvcf_platform.backends.images import ImageCatalog
+from nvcf_platform.devstack.dev_config import catalog_toml, check_function_name, load_dev_file
+from nvcf_platform.devstack.dev_output import plan_text, ready_text
 from nvcf_platform.devstack.dev_supervisor import (
     RestartPolicy,
     StackSupervisor,
@@ -31,8 +34,7 @@ from nvcf_platform.devstack.dev_supervisor import (
     describe_exit,
 )
 from nvcf_platform.devstack.process_tree import adopt_orphans, stop_orphans
-from nvcf_platform.devstack.stack import HOST, ChildExited, FunctionSpec, LocalStack, StackError
-from nvcf_platform.devstack.stack_spec import process_labels
+from nvcf_platform.devstack.stack import ChildExited, FunctionSpec, LocalStack, StackError
 from nvcf_platform.errors import ConfigError
 
 __all__ = ["add_arguments", "run_command"]
@@ -40,7 +42,7 @@ __all__ = ["add_arguments", "run_command"]
 _PREFIX: Final = "[dev] "
 _POLL_INTERVAL: Final = 0.25  # the supervisor's round: exits, recoveries (4 a second)
 _ORPHAN_WAIT: Final = 5.0
-_EXAMPLE_BODY: Final = '{"hello": "world"}'
+_RECONCILE_INTERVAL: Final = "0.5"  # seconds: deployments react at once (the platform's is 1)
 # Flags of the one-function form (dest -> flag); with --config each version sets its own.
 _ONE_FUNCTION_FLAGS: Final = {
     "inference_port": "--inference-port",
@@ -111,9 +113,26 @@ def _name(value: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `dev` subcommand's flags; the function's server command follows `--`."""
-    parser.usage = "%(prog)s [OPTIONS] (--config FILE | -- COMMAND [ARG ...])"
+    parser.usage = "%(prog)s [OPTIONS] [--images FILE] [--config FILE | -- COMMAND [ARG ...]]"
+    parser.epilog = (
+        "With neither --config nor COMMAND: NATS and the platform only, for functions registered "
+        "and deployed through the NVCF API (docs/dev.md)."
+    )
     add = parser.add_argument
-    add("--config", type=Path, metavar="FILE", help="functions and versions (docs/platform.md)")
+    add(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="functions and versions, [[images]] and [[models]] (docs/dev.md)",
+    )
+    add(
+        "--images",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="image and model catalog for deployments through the API, repeatable (a later "
+        "file's entry wins; the config's [[images]] win over all)",
+    )
     one = parser.add_argument_group("one function (dev -- COMMAND)")
     one.add_argument("--inference-port", type=_port, metavar="N", help="where COMMAND listens")
     one.add_argument("--path", type=_path, help="default invocation path (/)")
@@ -143,26 +162,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the stack until SIGINT/SIGTERM (0) or until a child exits for good (1)."""
-    specs = _function_specs(args)
+    specs, catalog = _function_specs(args)
     adopt_orphans()  # a server's helper whose parent dies stays ours to find and stop
     temporary = args.work_dir is None
     work_dir = Path(tempfile.mkdtemp(prefix="nvcf-dev-")) if temporary else args.work_dir
     try:
-        return _run(specs, args, work_dir)
+        return _run(specs, catalog, args, work_dir)
     finally:
         if temporary:
             shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def _function_specs(args: argparse.Namespace) -> tuple[FunctionSpec, ...]:
-    """The versions to run, from `--config` or from the flags and COMMAND; usage errors exit 2."""
+def _function_specs(
+    args: argparse.Namespace,
+) -> tuple[tuple[FunctionSpec, ...], ImageCatalog | None]:
+    """The versions to run, from `--config` or from the flags and COMMAND (none: the platform
+    only), and the image catalog of `--images` and the config (None: none given); usage errors
+    exit 2."""
     command = list(args.server_command)
     if command[:1] == ["--"]:
         command = command[1:]
+    catalog = None
+    try:
+        for path in args.images or ():
+            found = ImageCatalog.from_toml(path)
+            catalog = found if catalog is None else catalog.merged(found)
+    except ConfigError as error:
+        _usage_error(args, str(error))
+    given = [f for dest, f in _ONE_FUNCTION_FLAGS.items() if getattr(args, dest) is not None]
+    if args.config is None and not command:
+        if given:
+            _usage_error(args, f"{', '.join(given)}: only for `dev -- COMMAND`")
+        return (), catalog
     if args.config is not None:
         if command:
             _usage_error(args, "give either --config FILE or -- COMMAND, not both")
-        given = [f for dest, f in _ONE_FUNCTION_FLAGS.items() if getattr(args, dest) is not None]
         if given:
             _usage_error(
                 args,
@@ -170,12 +204,13 @@ def _function_specs(args: argparse.Namespace) -> tuple[FunctionSpec, ...]:
                 f"with --config, set per function or version in {args.config}",
             )
         try:
-            specs = load_dev_config(args.config)
+            config = load_dev_file(args.config)
         except ConfigError as error:
             _usage_error(args, str(error))
+        specs = config.functions
+        if config.catalog.images or config.catalog.models:
+            catalog = config.catalog if catalog is None else catalog.merged(config.catalog)
     else:
-        if not command:
-            _usage_error(args, "the function's server command is missing: dev [OPTIONS] -- COMMAND")
         try:
             specs = (_one_function(args, command),)
         except StackError as error:
@@ -187,7 +222,7 @@ def _function_specs(args: argparse.Namespace) -> tuple[FunctionSpec, ...]:
                 f"the server of function {spec.name!r} listens on {args.port}, "
                 "the platform's --port",
             )
-    return specs
+    return specs, catalog
 
 
 def _one_function(args: argparse.Namespace, command: list[str]) -> FunctionSpec:
@@ -215,12 +250,24 @@ def _say(text: str) -> None:
         sys.stdout.flush()
 
 
-def _run(specs: tuple[FunctionSpec, ...], args: argparse.Namespace, work_dir: Path) -> int:
+def _run(
+    specs: tuple[FunctionSpec, ...],
+    catalog: ImageCatalog | None,
+    args: argparse.Namespace,
+    work_dir: Path,
+) -> int:
+    images = None
+    if catalog is not None:  # one file of every source, its paths absolute
+        work_dir.mkdir(parents=True, exist_ok=True)
+        images = work_dir / "images.toml"
+        images.write_text(catalog_toml(catalog))
     stack = LocalStack(
         specs,
         work_dir=work_dir,
         api_key=args.api_key,
         platform_port=args.port,
+        platform_args=("--reconcile-interval", _RECONCILE_INTERVAL),
+        images=images,
         log_stream=sys.stdout,
         stream_lock=_OUTPUT_LOCK,
         progress=_say,
@@ -238,7 +285,16 @@ def _run(specs: tuple[FunctionSpec, ...], args: argparse.Namespace, work_dir: Pa
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
-            _say(_plan(stack, args, work_dir))
+            _say(
+                plan_text(
+                    stack,
+                    port=args.port,
+                    timeout=args.timeout,
+                    work_dir=work_dir,
+                    temporary=args.work_dir is None,
+                    catalog=images,
+                )
+            )
             stack.start(timeout=args.timeout)
         except _Interrupted:
             _say("interrupted during start-up; stopped")
@@ -255,13 +311,13 @@ def _run(specs: tuple[FunctionSpec, ...], args: argparse.Namespace, work_dir: Pa
         starting[0] = False
         if stop.is_set():
             return _stop(stack, 0)
-        _say(_ready_text(stack, policy))
+        _say(ready_text(stack, policy, catalog))
         supervisor = StackSupervisor(stack, restart=policy, say=_say)
         while not stop.wait(_POLL_INTERVAL):
             status = supervisor.check()
             if status is not None:
                 return _stop(stack, status)
-        _say("stopping: sidecars, servers, the platform, nats-server")
+        _say("stopping: sidecars, servers, the platform (and its instances), nats-server")
         return _stop(stack, 0)
     finally:
         for sig, handler in previous.items():
@@ -280,70 +336,3 @@ def _stop(stack: LocalStack, status: int) -> int:
         return 1
     _say("stopped")
     return status
-
-
-def _plan(stack: LocalStack, args: argparse.Namespace, work_dir: Path) -> str:
-    """What is about to start, and what start-up waits for."""
-    labels = process_labels(stack.functions)
-    lines = [f"work dir {work_dir}" + (" (removed at exit)" if args.work_dir is None else "")]
-    for spec in stack.functions:
-        sidecars = f"{spec.sidecars} sidecar{'' if spec.sidecars == 1 else 's'}"
-        lines.append(
-            f"function {spec.name}, version {spec.version_id}: server-{labels[spec.version_id]} "
-            f"runs {shlex.join(spec.command)} (port {spec.inference_port}, {sidecars})"
-        )
-    health = ", ".join(
-        f"http://{HOST}:{spec.inference_port}{spec.health_endpoint}" for spec in stack.functions
-    )
-    lines.append(
-        f"waiting up to {args.timeout:g} s for: nats-server, the platform on "
-        f"http://{HOST}:{args.port}, the servers' health ({health}), then every sidecar ready"
-    )
-    return "\n".join(lines)
-
-
-def _ready_text(stack: LocalStack, policy: RestartPolicy | None) -> str:
-    """Where to call each function and version, copy-paste ready."""
-    key = stack.api_key
-    auth = f"-H {shlex.quote(f'Authorization: Bearer {key}')}"
-    post = f"curl -sS -X POST {auth} -H 'Content-Type: application/json'"
-    body = f"-d {shlex.quote(_EXAMPLE_BODY)}"
-    lines = [f"ready: {stack.base_url} (API key {key})"]
-    functions: dict[str, list[FunctionSpec]] = {}
-    for spec in stack.functions:
-        functions.setdefault(spec.function_id, []).append(spec)
-    for function_id, versions in functions.items():
-        url = shlex.quote(stack.invoke_url(function_id))
-        lines += [
-            f"function {versions[0].name}, id {function_id}:",
-            "  invoke (any version):",
-            f"    {post} {url} {body}",
-            "  stream (server-sent events):",
-            f"    {post} -N -H 'Accept: text/event-stream' {url} {body}",
-        ]
-        for spec in versions:
-            server = stack.container(spec.version_id).name
-            path = spec.default_invocation_path or "/"
-            lines += [
-                f"  version {spec.version_id} ({server}, invocation path {path}):",
-                f"    {post} {shlex.quote(stack.invoke_url(function_id, spec.version_id))} {body}",
-            ]
-        lines += [
-            "  with the CLI:",
-            f"    nvcf-sidecar invoke {function_id} --url {stack.base_url} --api-key "
-            f"{shlex.quote(key)} --data {shlex.quote(_EXAMPLE_BODY)}",
-        ]
-    status_url = f"{stack.base_url}/v2/nvcf/pexec/status/REQUEST_ID"
-    pids = [("nats-server", stack.nats.pid)] + [(p.name, p.pid) for p in stack.processes()]
-    lines += [
-        "status of a request answered 202 (REQUEST_ID: its nvcf-reqid header):",
-        f"  curl -sS {auth} {status_url}",
-        f"pids: {' '.join(f'{name}={pid}' for name, pid in pids)}",
-    ]
-    if policy is not None:
-        lines.append(
-            f"nats-server, the platform, a server or a sidecar that exits is restarted (at most "
-            f"{policy.max_restarts} times within {policy.window:g} s each)"
-        )
-    lines.append("Ctrl-C stops everything.")
-    return "\n".join(lines)

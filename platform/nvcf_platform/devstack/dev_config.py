@@ -1,7 +1,9 @@
 """The file of `nvcf-sidecar dev --config FILE`: several functions and versions in one local stack.
 
 It extends the platform's registry file (docs/platform.md) with how to run each version: its
-server's command, port and health endpoint, its sidecars and their environment.
+server's command, port and health endpoint, its sidecars and their environment. It may also hold
+the `[[images]]` and `[[models]]` tables of an image catalog (backends/images.py), handed to the
+platform for the functions deployed through the API; a file with only those runs no function.
 """
 
 from __future__ import annotations
@@ -16,12 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from nvcf_platform.backends.images import ImageCatalog
 from nvcf_platform.control.registry import _path, _table, _uuid
 from nvcf_platform.devstack.stack_process import StackError
 from nvcf_platform.devstack.stack_spec import FunctionSpec
 from nvcf_platform.errors import ConfigError
 
-__all__ = ["check_function_name", "load_dev_config", "specs_from_mapping"]
+__all__ = [
+    "DevConfig",
+    "catalog_toml",
+    "check_function_name",
+    "load_dev_config",
+    "load_dev_file",
+    "specs_from_mapping",
+]
 
 # Keys of a version; each may also be given on its function, as the default of its versions.
 # fmt: off
@@ -39,6 +49,15 @@ _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ENDPOINT: Final = re.compile(r"/[\x21-\x7e]*")
 _DEFAULTS: Final = FunctionSpec(command=["unused"], inference_port=1)
+_CATALOG_KEYS: Final = frozenset({"images", "models"})
+
+
+@dataclass(frozen=True)
+class DevConfig:
+    """A dev config file: the versions to run and the image catalog it holds (maybe empty)."""
+
+    functions: tuple[FunctionSpec, ...]
+    catalog: ImageCatalog
 
 
 @dataclass(frozen=True)
@@ -78,6 +97,12 @@ def check_function_name(name: str) -> str:
 def load_dev_config(path: str | Path) -> tuple[FunctionSpec, ...]:
     """Read and validate a dev config file; every problem raises `ConfigError` naming the file
     and key. Servers run in the file's directory."""
+    return load_dev_file(path).functions
+
+
+def load_dev_file(path: str | Path) -> DevConfig:
+    """A dev config file's versions and image catalog (paths relative to the file), validated;
+    every problem raises `ConfigError` naming the file and key."""
     source = Path(path)
     try:
         with source.open("rb") as file:
@@ -86,19 +111,32 @@ def load_dev_config(path: str | Path) -> tuple[FunctionSpec, ...]:
         raise ConfigError(f"cannot read dev config {source}: {error}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{source}: not valid TOML: {error}") from None
-    return specs_from_mapping(data, source=str(source), base_dir=source.resolve().parent)
+    base_dir = source.resolve().parent
+    functions = specs_from_mapping(data, source=str(source), base_dir=base_dir)
+    catalog = ImageCatalog.from_mapping(
+        data, source=str(source), base_dir=base_dir, other_keys={"functions"}
+    )
+    return DevConfig(functions, catalog)
 
 
 def specs_from_mapping(
     data: Mapping[str, Any], *, source: str = "dev config", base_dir: Path | None = None
 ) -> tuple[FunctionSpec, ...]:
-    """One `FunctionSpec` per version of the parsed document, in file order."""
-    unknown = set(data) - {"functions"}
+    """One `FunctionSpec` per version of the parsed document, in file order (none when the
+    document holds only `[[images]]` or `[[models]]`)."""
+    unknown = set(data) - {"functions"} - _CATALOG_KEYS
     if unknown:
-        raise ConfigError(f"{source}: unknown top-level keys {sorted(unknown)}; allowed: functions")
+        raise ConfigError(
+            f"{source}: unknown top-level keys {sorted(unknown)}; allowed: functions, images, models"
+        )
     entries = data.get("functions")
+    if entries is None and _CATALOG_KEYS & set(data):
+        return ()
     if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"{source}: at least one [[functions]] table is required")
+        raise ConfigError(
+            f"{source}: at least one [[functions]] table is required "
+            "(or only [[images]] and [[models]]: a platform for the API)"
+        )
     specs: list[FunctionSpec] = []
     claimed: dict[tuple[str, object], str] = {}  # (what, value) -> where it was first given
 
@@ -301,3 +339,31 @@ def _strings(layers: _Layers, key: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ConfigError(f"{where}.{key}: {value!r} must be a list of strings")
     return tuple(value)
+
+
+def catalog_toml(catalog: ImageCatalog) -> str:
+    """`catalog` as an image catalog file, its paths absolute (the file may live anywhere)."""
+    lines: list[str] = []
+    for image in catalog.images:
+        lines += ["[[images]]", f"image = {_string(image.image)}"]
+        lines.append(f"command = [{', '.join(_string(part) for part in image.command)}]")
+        if image.cwd is not None:
+            lines.append(f"cwd = {_string(str(image.cwd.resolve()))}")
+        if image.env:
+            pairs = ", ".join(f"{name} = {_string(value)}" for name, value in image.env.items())
+            lines.append(f"env = {{ {pairs} }}")
+        lines.append("")
+    for model in catalog.models:
+        lines += [
+            "[[models]]",
+            f"name = {_string(model.name)}",
+            f"version = {_string(model.version)}",
+            f"path = {_string(str(model.path.resolve()))}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _string(value: str) -> str:
+    """A TOML basic string (JSON's escapes are TOML's)."""
+    return json.dumps(value, ensure_ascii=False)

@@ -66,7 +66,9 @@ class LocalStack:
 
     The platform listens on `platform_port` (0: a free port) for callers and on a free gRPC port
     for the sidecars; both are chosen once, so `restart_platform` brings it back on them.
-    `platform_args` are appended to its command line.
+    `platform_args` are appended to its command line. With no function it is given no registry
+    file: a platform for the control-plane API, which runs the versions deployed through it
+    from the `images` catalog (none: an empty one) in `work_dir/instances`.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class LocalStack:
         api_key: str = "nvcf-local-key",
         platform_port: int = 0,
         platform_args: Sequence[str] = (),
+        images: Path | None = None,
         log_stream: TextIO | None = None,
         stream_lock: threading.Lock | None = None,
         progress: Callable[[str], None] = _quiet,
@@ -89,6 +92,7 @@ class LocalStack:
         self.api_key = api_key
         self._platform_port = platform_port
         self._platform_args = list(platform_args)
+        self.images = images
         self._log_stream = log_stream
         self._stream_lock = stream_lock or threading.Lock()
         self._progress = progress
@@ -362,8 +366,9 @@ class LocalStack:
         urls = {
             spec.version_id: self.instance_health_urls(spec.version_id) for spec in self.functions
         }
-        registry = self.work_dir / "functions.toml"
-        registry.write_text(registry_toml(self.functions, urls))
+        registry = self.work_dir / "functions.toml" if self.functions else None
+        if registry is not None:
+            registry.write_text(registry_toml(self.functions, urls))
         http_port, grpc_port = self._platform_ports
         if self._http_listener is None:
             self._http_listener = listening_socket(HOST, http_port)
@@ -375,6 +380,8 @@ class LocalStack:
             grpc_port=grpc_port,
             api_key=self.api_key,
             url_signing_secret_file=self.url_signing_secret_file,
+            images=self.images,
+            instances_dir=self.work_dir / "instances",
             extra_args=tuple(self._platform_args),
             http_fd=self._http_listener.fileno(),
         )

@@ -1,7 +1,7 @@
 """The platform as a child of the local stack: one command, the same on every start.
 
 `PlatformPlan` fixes what `nvcf-sidecar platform` is started with (ports chosen once, the registry
-file, NATS, file-backed streams, the URL-signing secret file), so that a restarted platform keeps
+file and image catalog, NATS, file-backed streams, the URL-signing secret file), so that a restarted platform keeps
 every URL the sidecars and callers hold; `wait_listening` reads its ready file.
 """
 
@@ -49,7 +49,8 @@ class PlatformPlan:
     work directory: file-backed streams (in NATS's store) and the URL-signing secret file.
     """
 
-    registry: Path
+    registry: Path | None
+    """The function registry file; None: none (every function comes through the API)."""
     ready_file: Path
     nats_url: str
     http_port: int
@@ -58,6 +59,10 @@ class PlatformPlan:
     url_signing_secret_file: Path
     extra_args: Sequence[str] = ()
     """Appended last, so they win (e.g. `--consumer-ack-wait 2`)."""
+    images: Path | None = None
+    """The image and model catalog (`--images`); None: an empty one."""
+    instances_dir: Path | None = None
+    """Where the platform's deployed instances live (`--instances-dir`)."""
     http_fd: int | None = None
     """The stack's listening socket on `http_port`, inherited by every platform process: while
     one stops and the next starts, callers' connections wait in its backlog instead of being
@@ -74,7 +79,10 @@ class PlatformPlan:
         return [
             *sidecar_executable(),
             "platform",
-            *("--config", str(self.registry), "--nats", self.nats_url, "--host", HOST),
+            *(() if self.registry is None else ("--config", str(self.registry))),
+            *(() if self.images is None else ("--images", str(self.images))),
+            *(() if self.instances_dir is None else ("--instances-dir", str(self.instances_dir))),
+            *("--nats", self.nats_url, "--host", HOST),
             *("--port", str(self.http_port), "--grpc-port", str(self.grpc_port)),
             *("--api-key", self.api_key, "--ready-file", str(self.ready_file)),
             *("--stream-storage", "file"),
