@@ -110,4 +110,6 @@ async def test_safe_get_routes_answer_as_documented(platform: PlatformService) -
     assert "GET /v2/nvcf/functions" in covered
     assert "GET /v2/nvcf/queues/{requestId}/position" in covered
     assert "GET /health" in covered
-    assert len(covered) == 11
+    assert "GET /v2/nvcf/clusterGroups" in covered
+    assert "GET /v2/nvcf/deployments/{deploymentId}" in covered
+    assert len(covered) == 16

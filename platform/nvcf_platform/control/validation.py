@@ -170,11 +170,15 @@ def function_definition(body: object) -> dict[str, Any]:
 
 
 def function_update(body: object) -> dict[str, Any]:
-    """The changes of an UpdateFunctionRequest (§3): only the fields given, validated."""
+    """The changes of an UpdateFunctionRequest (§3): only the fields given, validated.
+
+    An empty `tags` clears the stored tags: it is answered None (the plane drops None fields),
+    as NVIDIA's FunctionDto omits empty tags.
+    """
     r = FieldReader(body, "updateFunctionRequest")
     out: dict[str, Any] = {}
     if r.has("tags"):
-        out["tags"] = _tags(r)
+        out["tags"] = _tags(r) or None
     rate_limit = r.nested("rateLimit")
     if rate_limit is not None:
         out["rateLimit"] = _rate_limit(rate_limit)

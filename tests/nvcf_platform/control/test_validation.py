@@ -629,7 +629,8 @@ def test_update_needs_one_field(payload: dict[str, Any]) -> None:
 
 
 def test_update_returns_only_the_fields_given() -> None:
-    assert function_update({"tags": []}) == {"tags": []}
+    # Empty tags clear the stored ones (None: the plane drops the field; answers omit it).
+    assert function_update({"tags": []}) == {"tags": None}
     assert function_update({"tags": ["a", "a"]}) == {"tags": ["a"]}
     assert function_update({"rateLimit": {"rateLimit": "1-S"}}) == {
         "rateLimit": {"rateLimit": "1-S"}
