@@ -367,6 +367,7 @@ class PlatformService:
                 control.reconciler,
                 callers,
                 FunctionEndpoints(self._registry, callers, states, region=settings.region),
+                control.metrics,
             ),
         )
         app = build_application(needing_nats, local, link, self._drain)

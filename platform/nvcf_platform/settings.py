@@ -86,6 +86,13 @@ class PlatformSettings:
     and load them at start-up."""
     reconcile_interval: float = 1.0
     """Seconds between two reconcile rounds (an API change starts one at once)."""
+    autoscale_interval: float = 15.0
+    """Seconds between two autoscaling decisions (NVIDIA's autoscaler loop: 15 s)."""
+    scale_down_cooldown: float = 60.0
+    """Seconds after a scaling decision before an instance is taken away again."""
+    idle_timeout: float = 1800.0
+    """Seconds without a call before a version with `minInstances: 0` scales to zero
+    (NVIDIA's `scale_to_zero_idle_timeout_seconds`: 30 min)."""
     undeploy_drain_timeout: float = 60.0
     """On undeploy: seconds the version's instances may take to serve its queued requests
     before they stop (in-flight requests always finish)."""
@@ -121,9 +128,15 @@ class PlatformSettings:
             ("drain_grace", self.drain_grace),
             ("reconcile_interval", self.reconcile_interval),
             ("undeploy_drain_timeout", self.undeploy_drain_timeout),
+            ("autoscale_interval", self.autoscale_interval),
+            ("idle_timeout", self.idle_timeout),
         ):
             if not seconds > 0:
                 raise ConfigError(f"{name}: {seconds} must be > 0 seconds")
+        if self.scale_down_cooldown < 0:
+            raise ConfigError(
+                f"scale_down_cooldown: {self.scale_down_cooldown} must be >= 0 seconds"
+            )
         if self.http_fd is not None and self.http_fd < 0:
             raise ConfigError(f"http_fd: {self.http_fd} is not a file descriptor")
         if self.stream_storage not in _STORAGE:
@@ -221,6 +234,9 @@ ENV_VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "control_state": ("NVCF_PLATFORM_CONTROL_STATE", _boolean),
     "reconcile_interval": ("NVCF_PLATFORM_RECONCILE_INTERVAL", _float),
     "undeploy_drain_timeout": ("NVCF_PLATFORM_UNDEPLOY_DRAIN_TIMEOUT", _float),
+    "autoscale_interval": ("NVCF_PLATFORM_AUTOSCALE_INTERVAL", _float),
+    "scale_down_cooldown": ("NVCF_PLATFORM_SCALE_DOWN_COOLDOWN", _float),
+    "idle_timeout": ("NVCF_PLATFORM_IDLE_TIMEOUT", _float),
     "log_level": ("NVCF_PLATFORM_LOG_LEVEL", str.upper),
 }
 """Setting name -> (environment variable, parser). API keys are comma-separated."""

@@ -112,4 +112,5 @@ async def test_safe_get_routes_answer_as_documented(platform: PlatformService) -
     assert "GET /health" in covered
     assert "GET /v2/nvcf/clusterGroups" in covered
     assert "GET /v2/nvcf/deployments/{deploymentId}" in covered
-    assert len(covered) == 16
+    assert "GET /metrics" in covered
+    assert len(covered) == 17

@@ -79,6 +79,8 @@ class ControlPlane:
         self._records: dict[str, VersionRecord] = {}
         self._lock = asyncio.Lock()
         self._teardown: Teardown | None = None
+        self.on_invocation: Callable[[str], None] | None = None
+        """Called with the version id of every invocation routed to a registered version."""
 
     @property
     def catalog(self) -> Catalog:
@@ -148,11 +150,16 @@ class ControlPlane:
             except FunctionVersionNotFound:
                 raise ControlError(404, "function version not found") from None
             self._check_invocable(function.function_id, [version], version_id)
-            return version
+            return self._invoked(version)
         candidates = [v for v in function.versions if self._invocable(v)]
         if not candidates:
             self._check_invocable(function.function_id, list(function.versions), None)
-        return candidates[0] if len(candidates) == 1 else random.choice(candidates)
+        return self._invoked(candidates[0] if len(candidates) == 1 else random.choice(candidates))
+
+    def _invoked(self, version: FunctionVersion) -> FunctionVersion:
+        if self.on_invocation is not None and version.function_version_id in self._records:
+            self.on_invocation(version.function_version_id)
+        return version
 
     def _invocable(self, version: FunctionVersion) -> bool:
         record = self._records.get(version.function_version_id)

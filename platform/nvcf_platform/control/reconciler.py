@@ -19,6 +19,7 @@ from typing import Any, Final, Protocol
 
 from nats.errors import Error as NatsError
 
+from nvcf_platform.control.autoscaler import Autoscaler
 from nvcf_platform.control.plane import ControlPlane
 from nvcf_platform.control.problems import ControlError
 from nvcf_platform.control.records import FunctionStatus, VersionRecord, instant
@@ -116,6 +117,8 @@ class Reconciler:
         self._removing: set[str] = set()
         self._failures: dict[str, list[str]] = {}
         """Per version: errors of the instances that failed since its deployment began."""
+        self.autoscaler: Autoscaler | None = None
+        """Set by the runtime: moves each version's desired instances within its bounds."""
         self._replace_after: dict[str, float] = {}
         """Per GPU specification: no replacement instance before this time (after failures)."""
         self._consecutive: dict[str, int] = {}
@@ -159,6 +162,8 @@ class Reconciler:
             if not forget:
                 await self._plane.forget_deployment(version_id)
             self._failures.pop(version_id, None)
+            if self.autoscaler is not None:
+                self.autoscaler.forget(version_id)
             _log.info("deployment removed", extra={**fields, "instances": len(instances)})
         except Exception as error:
             _log.error("deployment teardown failed", extra={**fields, "error": repr(error)})
@@ -282,8 +287,26 @@ class Reconciler:
         task.add_done_callback(self._teardowns.discard)
 
     def desired(self, record: VersionRecord, spec: dict[str, Any]) -> int:
-        """Instances a specification should have now: its minimum (the autoscaler's hook)."""
-        return int(spec["minInstances"])
+        """Instances a specification should have now: the autoscaler's count, else its minimum."""
+        if self.autoscaler is None:
+            return int(spec["minInstances"])
+        return self.autoscaler.desired(record, spec)
+
+    def live(self, record: VersionRecord, spec: dict[str, Any]) -> int:
+        """Instances of `spec` starting or running."""
+        return self._count(record, spec, _LIVE)
+
+    def ready(self, record: VersionRecord, spec: dict[str, Any]) -> int:
+        """Instances of `spec` running."""
+        return self._count(record, spec, frozenset({"RUNNING"}))
+
+    def _count(self, record: VersionRecord, spec: dict[str, Any], states: frozenset[str]) -> int:
+        spec_id = spec["gpuSpecificationId"]
+        return sum(
+            1
+            for i in self._backend.instances(record.version_id)
+            if i.plan.gpu_specification_id == spec_id and str(i.state) in states
+        )
 
     async def _start(self, record: VersionRecord, spec: dict[str, Any]) -> None:
         instance_id = f"{record.version_id[:8]}-{uuid.uuid4().hex[:12]}"

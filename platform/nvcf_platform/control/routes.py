@@ -21,11 +21,13 @@ from nvcf_platform.control.functions import (
     FUNCTIONS_PATH,
     FunctionEndpoints,
 )
+from nvcf_platform.control.metrics import ControlMetrics
 from nvcf_platform.control.plane import ControlPlane
 from nvcf_platform.control.problems import ControlError, control_problem, not_found
 from nvcf_platform.control.reconciler import Reconciler
 from nvcf_platform.control.records import VersionRecord
 from nvcf_platform.errors import FunctionNotFound, FunctionVersionNotFound, NatsUnavailable
+from nvcf_platform.invocation.app import METRICS_PATH
 from nvcf_platform.invocation.invocation import CallerIdentity
 from nvcf_platform.invocation.problems import UNAUTHORIZED_CLIENT
 from nvcf_sidecar.protocol import parse_bearer
@@ -63,7 +65,9 @@ class ControlEndpoints:
         reconciler: Reconciler | None,
         callers: CallerIdentity,
         configured: FunctionEndpoints,
+        metrics: ControlMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._plane = plane
         self._reconciler = reconciler
         self._callers = callers
@@ -87,6 +91,8 @@ class ControlEndpoints:
         add("PATCH", GPU_SPECIFICATION_PATH, self._guard(self.patch_specification))
         add("GET", SUPPORTED_GPUS_PATH, self._guard(self.supported_gpus))
         add("GET", CLUSTER_GROUPS_PATH, self._guard(self.cluster_groups))
+        if self._metrics is not None:
+            router.add_get(METRICS_PATH, self.metrics, allow_head=False)
 
     def _guard(self, handler: _Handler) -> _Handler:
         """Bearer check, then the handler; a `ControlError` becomes NVCF's problem details."""
@@ -223,6 +229,17 @@ class ControlEndpoints:
     async def undeploy(self, request: web.Request) -> web.StreamResponse:
         record = await self._plane.undeploy(*_ids(request))
         return _json({"function": record.function_json()})
+
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        """Prometheus text format (no bearer needed, as `/health`)."""
+        assert self._metrics is not None
+        self._autoscaler_export()
+        return web.Response(body=self._metrics.exposition(), content_type="text/plain")
+
+    def _autoscaler_export(self) -> None:
+        autoscaler = None if self._reconciler is None else self._reconciler.autoscaler
+        if autoscaler is not None:
+            autoscaler.export()
 
     # -- catalogue ----------------------------------------------------------------------------
 

@@ -19,7 +19,9 @@ from nats.aio.client import Client
 from nvcf_platform.backends.images import ImageCatalog
 from nvcf_platform.backends.local import LocalBackend
 from nvcf_platform.backends.plan import InstancePlan
+from nvcf_platform.control.autoscaler import Autoscaler
 from nvcf_platform.control.catalog import Catalog, detect_catalog
+from nvcf_platform.control.metrics import ControlMetrics
 from nvcf_platform.control.plane import ControlPlane
 from nvcf_platform.control.problems import ControlError
 from nvcf_platform.control.reconciler import Reconciler
@@ -81,6 +83,7 @@ class ControlRuntime:
             nca_id=settings.nca_id,
             provision=queue.provision,
         )
+        backlog = QueueInspector(nc, region=settings.region).backlog
         self.backend = LocalBackend(
             images,
             grpc_url=grpc_url,
@@ -93,13 +96,27 @@ class ControlRuntime:
             self.backend,
             instance_plan,
             remove_queue=queue.remove,
-            queue_backlog=QueueInspector(nc, region=settings.region).backlog,
+            queue_backlog=backlog,
             interval=settings.reconcile_interval,
             deploy_timeout=settings.deploy_timeout,
             drain_timeout=settings.undeploy_drain_timeout,
             region=settings.region,
         )
         self.plane.attach(self.reconciler)
+        self.metrics = ControlMetrics()
+        self.autoscaler = Autoscaler(
+            self.plane.records,
+            backlog=backlog,
+            live_instances=self.reconciler.live,
+            ready_instances=self.reconciler.ready,
+            on_change=self.reconciler.wake,
+            metrics=self.metrics,
+            interval=settings.autoscale_interval,
+            scale_down_cooldown=settings.scale_down_cooldown,
+            idle_timeout=settings.idle_timeout,
+        )
+        self.reconciler.autoscaler = self.autoscaler
+        self.plane.on_invocation = self.autoscaler.note_invocation
         self._stack: AsyncExitStack | None = None
 
     @property
@@ -134,6 +151,7 @@ class ControlRuntime:
                 await self.plane.load()
             await stack.enter_async_context(self.backend)
             await stack.enter_async_context(self.reconciler)
+            await stack.enter_async_context(self.autoscaler)
             self._stack = stack.pop_all()
         return self
 

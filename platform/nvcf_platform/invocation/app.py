@@ -23,9 +23,11 @@ from nvcf_platform.invocation.problems import (
 )
 from nvcf_platform.objects.objects import OBJECTS_PREFIX
 
-__all__ = ["HEALTH_PATH", "Endpoints", "build_application"]
+__all__ = ["HEALTH_PATH", "METRICS_PATH", "Endpoints", "build_application"]
 
 HEALTH_PATH: Final = "/health"
+METRICS_PATH: Final = "/metrics"
+"""Prometheus metrics of the control plane: scraped without a bearer, like `/health`."""
 _HEALTHY: Final = orjson.dumps({"status": "OK"})
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -43,7 +45,7 @@ async def _gate(request: web.Request, handler: _Handler) -> web.StreamResponse:
 
     Presigned object URLs carry their authorization in the URL, like S3's."""
     if (
-        request.path != HEALTH_PATH
+        request.path not in {HEALTH_PATH, METRICS_PATH}
         and not request.path.startswith(OBJECTS_PREFIX)
         and "Authorization" not in request.headers
     ):
