@@ -74,6 +74,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(NVCF_PLATFORM_UNDEPLOY_DRAIN_TIMEOUT, 60)",
     )
     add(
+        "--autoscale-interval",
+        type=float,
+        metavar="SECONDS",
+        help="between two autoscaling decisions (NVCF_PLATFORM_AUTOSCALE_INTERVAL, 15)",
+    )
+    add(
+        "--scale-down-cooldown",
+        type=float,
+        metavar="SECONDS",
+        help="after a scaling decision, before instances are taken away "
+        "(NVCF_PLATFORM_SCALE_DOWN_COOLDOWN, 60)",
+    )
+    add(
+        "--idle-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="without calls this long, a version with minInstances 0 scales to zero "
+        "(NVCF_PLATFORM_IDLE_TIMEOUT, 1800)",
+    )
+    add(
         "--deploy-timeout",
         type=float,
         metavar="SECONDS",
@@ -188,6 +208,9 @@ def settings_from_args(
         reconcile_interval=args.reconcile_interval,
         undeploy_drain_timeout=args.undeploy_drain_timeout,
         deploy_timeout=args.deploy_timeout,
+        autoscale_interval=args.autoscale_interval,
+        scale_down_cooldown=args.scale_down_cooldown,
+        idle_timeout=args.idle_timeout,
         log_level=args.log_level,
     )
 

@@ -169,8 +169,11 @@ def decide(
     # Down looks further back (the cool-down, if longer): taking capacity away is the costly
     # mistake, and a short window of a noisy load reads low too often.
     down, utilization = _past(samples, policy.down, now, max(interval, cooldown), up=False)
-    if low == 0 and backlog == 0 and idle_for >= idle_timeout and down:
-        return Decision(0, "idle past the scale-to-zero timeout", utilization)
+    if low == 0 and backlog == 0 and idle_for >= idle_timeout:
+        # No call for the idle timeout: only the last interval's load matters.
+        quiet, recent = _past(samples, policy.down, now, interval, up=False)
+        if quiet:
+            return Decision(0, "idle past the scale-to-zero timeout", recent)
     if down and since_last_scale >= cooldown and current > max(low, 1):
         wanted = _clamp(max(1, math.floor(current * policy.down.factor)), bounds)
         # The load left on fewer instances must not open the up gate again (no flapping).

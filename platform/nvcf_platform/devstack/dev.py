@@ -154,6 +154,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="restart nats-server, the platform, a server or a sidecar that exits "
         "(else the stack stops)",
     )
+    scaling = parser.add_argument_group(
+        "autoscaling of deployments (the platform's defaults are NVIDIA's: 15, 60, 1800)"
+    )
+    scaling.add_argument(
+        "--autoscale-interval",
+        type=_seconds,
+        default=2.0,
+        metavar="S",
+        help="between decisions (2)",
+    )
+    scaling.add_argument(
+        "--scale-down-cooldown",
+        type=_seconds,
+        default=10.0,
+        metavar="S",
+        help="after a decision, before instances are taken away (10)",
+    )
+    scaling.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="S",
+        help="without calls this long, minInstances 0 scales to zero (30)",
+    )
     add("--max-restarts", type=_positive, default=5, metavar="N", help="per child (5) ...")
     add("--restart-window", type=_seconds, default=60.0, metavar="S", help="... within S s (60)")
     add("server_command", nargs=argparse.REMAINDER, metavar="COMMAND", help="after --")
@@ -266,7 +290,16 @@ def _run(
         work_dir=work_dir,
         api_key=args.api_key,
         platform_port=args.port,
-        platform_args=("--reconcile-interval", _RECONCILE_INTERVAL),
+        platform_args=(
+            "--reconcile-interval",
+            _RECONCILE_INTERVAL,
+            "--autoscale-interval",
+            str(args.autoscale_interval),
+            "--scale-down-cooldown",
+            str(args.scale_down_cooldown),
+            "--idle-timeout",
+            str(args.idle_timeout),
+        ),
         images=images,
         log_stream=sys.stdout,
         stream_lock=_OUTPUT_LOCK,
