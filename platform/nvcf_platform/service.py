@@ -340,6 +340,7 @@ class PlatformService:
         links = self._objects if self._objects is not None else InvocationLinks(catalog, objects)
         control = ControlRuntime(settings, self._registry, nc, queue, grpc_url=self.grpc_url)
         self._control = control
+        states.follow(control.plane.status_of)
         pexec = PexecEndpoint(
             registry=self._registry,
             callers=callers,

@@ -127,6 +127,7 @@ class FunctionStates:
         self._deploy_timeout = deploy_timeout
         self._clock = clock
         self._deploy_start = clock()
+        self._managed: Callable[[str], FunctionStatus | None] | None = None
         self._created_at = _instant(time.time())
         self._probed = {
             version.function_version_id: _Probed()
@@ -174,8 +175,17 @@ class FunctionStates:
             key=lambda item: item.connected_at,
         )
 
+    def follow(self, managed: Callable[[str], FunctionStatus | None]) -> None:
+        """Take the status of versions the control plane manages from `managed` (a version id
+        to its status, None for the registry file's versions)."""
+        self._managed = managed
+
     def status(self, version: FunctionVersion) -> FunctionStatus:
         """The version's NVCF status now."""
+        if self._managed is not None:
+            status = self._managed(version.function_version_id)
+            if status is not None:
+                return status
         probed = self._probed.get(version.function_version_id)
         if probed is not None:
             return probed.status

@@ -118,6 +118,11 @@ class ControlPlane:
         """The record of a version registered through the API (None for configured ones)."""
         return self._records.get(version_id)
 
+    def status_of(self, version_id: str) -> FunctionStatus | None:
+        """The status of a registered version (None for the registry file's versions)."""
+        record = self._records.get(version_id)
+        return None if record is None else record.status
+
     def record(self, function_id: str, version_id: str) -> VersionRecord:
         """The record of `version_id` of `function_id`, or the NVCF 404."""
         key = canonical_uuid(version_id)

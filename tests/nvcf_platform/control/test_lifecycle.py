@@ -45,6 +45,16 @@ async def test_register_deploy_invoke_undeploy_delete(api: Any) -> None:
     status, body = await api.pexec(fid, {"hello": "world"})
     assert status == 200, body
     assert body["echo"] == {"hello": "world"}
+    status, body = await api.call("GET", f"/v2/nvcf/queues/functions/{fid}")
+    assert status == 200, body
+    assert body["queues"] == [
+        {
+            "functionVersionId": fvid,
+            "functionName": "hello",
+            "functionStatus": "ACTIVE",
+            "queueDepth": 0,
+        }
+    ]
 
     status, body = await api.call("GET", path)
     assert status == 200
