@@ -30,6 +30,7 @@ from nvcf_platform.invocation.background import BackgroundTasks
 from nvcf_platform.invocation.drain import CallerDrain
 from nvcf_platform.invocation.exchange import WorkerExchange
 from nvcf_platform.invocation.exec import ExecEndpoint
+from nvcf_platform.invocation.gateway import InvocationGateway
 from nvcf_platform.invocation.invocation import CallerIdentity, ObjectLinks, PexecEndpoint
 from nvcf_platform.invocation.nats_link import NatsLink
 from nvcf_platform.invocation.queues import QueueEndpoints, QueueInspector
@@ -371,7 +372,8 @@ class PlatformService:
                 control.metrics,
             ),
         )
-        app = build_application(needing_nats, local, link, self._drain)
+        gateway = InvocationGateway(pexec)
+        app = build_application(needing_nats, local, link, self._drain, gateway=gateway)
         self._app = app
         # Handlers are cancelled when their client disconnects: a caller that leaves while
         # waiting gets its request withdrawn, as NVIDIA's service does.

@@ -2,7 +2,8 @@
 
 As in NVIDIA's service, every route but `/health` needs an Authorization header (unknown paths
 included), and anything unrouted is a 404 problem. Routes that need NATS answer 503 at once while
-it is down.
+it is down. A request that names a function by header or Host (the gateway form) is served before
+any route is looked at.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from nvcf_platform.invocation.drain import CallerDrain
+from nvcf_platform.invocation.gateway import InvocationGateway, function_routing
 from nvcf_platform.invocation.nats_link import NOT_CONNECTED, NatsLink
 from nvcf_platform.invocation.problems import (
     missing_authorization,
@@ -73,6 +75,42 @@ def _refuse_while_nats_is_down(
     return refuse
 
 
+class _EveryResource(frozenset[web.AbstractResource]):
+    """Contains every resource: a gateway-form request is a caller's whatever path it names."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+def _route_by_function(
+    gateway: InvocationGateway, link: NatsLink, drain: CallerDrain | None
+) -> Middleware:
+    """A middleware serving gateway-form requests itself, before the path router's handler.
+
+    Such a request gets what a pexec call gets from the other middlewares: the plain 401 without
+    an Authorization header (on every path), 503 at once while NATS is down, and the drain's
+    counting and refusal.
+    """
+    guard = drain.middleware(_EveryResource()) if drain is not None else None
+
+    @web.middleware
+    async def route(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        routing = function_routing(request)
+        if routing is None:
+            return await handler(request)
+        if "Authorization" not in request.headers:
+            return missing_authorization()
+        if not link.up:
+            return unavailable_response(NOT_CONNECTED)
+
+        async def serve(request: web.Request) -> web.StreamResponse:
+            return await gateway.serve(request, routing)
+
+        return await (serve(request) if guard is None else guard(request, serve))
+
+    return route
+
+
 def _health_handler(link: NatsLink) -> _Handler:
     async def health(request: web.Request) -> web.StreamResponse:
         """200 `{"status":"OK"}` while the NATS connection is up, else 503."""
@@ -88,13 +126,15 @@ def build_application(
     local_endpoints: Iterable[Endpoints],
     link: NatsLink,
     drain: CallerDrain | None = None,
+    gateway: InvocationGateway | None = None,
 ) -> web.Application:
     """The application serving every group of endpoints and `/health` (NATS connectivity).
 
     `nats_endpoints` need NATS (queues, tracking, object store) and are refused with 503 while
     it is down; `local_endpoints` (attach, functions) are served from memory either way. With
     `drain`, the callers' routes among `nats_endpoints` (all but the presigned object URLs,
-    which workers use too) are counted and refused while the service drains.
+    which workers use too) are counted and refused while the service drains. With `gateway`,
+    requests naming a function by header or Host go to it, whatever their path.
     """
     needing_nats: set[web.AbstractResource] = set()
     app = web.Application()
@@ -105,6 +145,8 @@ def build_application(
     for group in local_endpoints:
         group.register(app.router)
     app.router.add_get(HEALTH_PATH, _health_handler(link), allow_head=False)
+    if gateway is not None:
+        app.middlewares.append(_route_by_function(gateway, link, drain))
     app.middlewares.extend([_gate, _refuse_while_nats_is_down(link, frozenset(needing_nats))])
     if drain is not None:
         callers = frozenset(

@@ -53,6 +53,7 @@ __all__ = [
     "forwarded_headers",
     "parse_asset_references",
     "poll_seconds_of",
+    "read_inline_body",
     "request_headers",
 ]
 
@@ -143,10 +144,10 @@ def request_headers(request: web.Request, region: str) -> list[Header]:
         ) from None
 
 
-def poll_seconds_of(value: str | None, accept: str | None) -> int:
+def poll_seconds_of(value: str | None, accept: str | None, *, tlb: bool = False) -> int:
     """`parse_poll_seconds`, a bad value refusing the call with a 400 problem (§11.3)."""
     try:
-        return parse_poll_seconds(value, accept)
+        return parse_poll_seconds(value, accept, tlb=tlb)
     except InvalidPollSeconds as error:
         raise refused(400, error.detail) from None
 
@@ -210,9 +211,17 @@ class PexecEndpoint:
         an unknown function or version; `resolve` (the control plane's) also refuses versions
         that are not deployed (404) or DEGRADED (400).
         """
+        return self.authorize_function(
+            request,
+            request.match_info["function_id"],
+            request.match_info.get("function_version_id"),
+        )
+
+    def authorize_function(
+        self, request: web.Request, function_id: str, version_id: str | None
+    ) -> FunctionVersion:
+        """`authorize` for ids that do not come from the path (the gateway form's headers/Host)."""
         self._callers.check(request)
-        function_id = request.match_info["function_id"]
-        version_id = request.match_info.get("function_version_id")
         if self._resolve is not None:
             return self._resolve(function_id, version_id)
         try:
@@ -238,7 +247,7 @@ class PexecEndpoint:
             asset_ids = self._asset_header(request)
             request_id = str(uuid.uuid4())
             try:
-                inline, rest = await _read_inline_body(request, request_id)
+                inline, rest = await read_inline_body(request, request_id)
             except (*STREAM_ERRORS, EOFError) as error:
                 raise refused(400, f"failed to read request body: {error!r}") from None
             async with self.invoke(
@@ -269,14 +278,20 @@ class PexecEndpoint:
         rest: RequestBody | None,
         poll_seconds: int,
         asset_ids: Sequence[str] = (),
+        path: str | None = None,
+        large_response: bool = True,
     ) -> AsyncIterator[Outcome]:
         """Queue an initial invocation and yield the worker's response or the empty 504.
 
         With an object store, `asset_ids` become the item's `inputAssetReference` (404 problem
-        for a missing one) and the item gets a `largeResponseUrl`; without one both are skipped.
-        Raises `InvocationRefused`; see `WorkerExchange.invoke` for the rest.
+        for a missing one) and the item gets a `largeResponseUrl` (unless `large_response` is
+        False); without one both are skipped. `path` replaces the version's invocation path as
+        `requestPath` (the gateway form's path and query). Raises `InvocationRefused`; see
+        `WorkerExchange.invoke` for the rest.
         """
         assets, large_response_url = await self._object_links(request_id, asset_ids)
+        if not large_response:
+            large_response_url = ""
         item = self._exchange.work_item(
             version,
             request_id,
@@ -286,6 +301,8 @@ class PexecEndpoint:
             assets=assets,
             large_response_url=large_response_url,
         )
+        if path is not None:
+            item.requestPath = path
         async with self._exchange.invoke(version, item, rest, poll_seconds) as outcome:
             yield outcome
 
@@ -322,7 +339,7 @@ class PexecEndpoint:
         return assets, url
 
 
-async def _read_inline_body(
+async def read_inline_body(
     request: web.Request, request_id: str
 ) -> tuple[bytes, RequestBody | None]:
     """Up to 32 KiB of the caller's body, and the rest (if any) for a GET attach (§5.1 step 3).
