@@ -21,6 +21,7 @@ SUITES: dict[str, tuple[str, str]] = {
     "library": ("bench.library", "nvcf_worker: header parsing, progress reports, output files"),
     "sidecar": ("bench.sidecar", "echo model: direct HTTP vs platform + NATS + sidecar (pexec)"),
     "compat": ("bench.compat", "compatibility mode: progress relay, large-output zip, sidecar RSS"),
+    "scaling": ("bench.scaling", "autoscaler: cold start, burst scale-up reaction, scale-down"),
 }
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
