@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from nats.errors import Error as NatsError
 
+from nvcf_platform.control.loops import stop_loop
 from nvcf_platform.control.metrics import ControlMetrics
 from nvcf_platform.control.records import FunctionStatus, VersionRecord
 from nvcf_platform.control.scaling_policy import Sample, ScalingPolicy, decide
@@ -90,6 +91,7 @@ class Autoscaler:
         self._versions: dict[str, _Version] = {}
         self._task: asyncio.Task[None] | None = None
         self._decide_now = asyncio.Event()
+        self._stopping = asyncio.Event()
 
     # -- what the reconciler and the invocation path ask -----------------------------------------
 
@@ -218,7 +220,7 @@ class Autoscaler:
 
     async def _run(self) -> None:
         next_decision = self._clock() + self._interval
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.sample()
                 if self._decide_now.is_set() or self._clock() >= next_decision:
@@ -243,6 +245,4 @@ class Autoscaler:
     ) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_loop(task, self._stopping, self._decide_now)

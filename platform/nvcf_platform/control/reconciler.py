@@ -20,6 +20,7 @@ from typing import Any, Final, Protocol
 from nats.errors import Error as NatsError
 
 from nvcf_platform.control.autoscaler import Autoscaler
+from nvcf_platform.control.loops import stop_loop
 from nvcf_platform.control.plane import ControlPlane
 from nvcf_platform.control.problems import ControlError
 from nvcf_platform.control.records import FunctionStatus, VersionRecord, instant
@@ -112,6 +113,7 @@ class Reconciler:
         self._region = region
         self._clock = clock
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._teardowns: set[asyncio.Task[Any]] = set()
         self._removing: set[str] = set()
@@ -381,7 +383,7 @@ class Reconciler:
         }
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             await self.tick()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
@@ -402,8 +404,6 @@ class Reconciler:
     ) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_loop(task, self._stopping, self._wake)
         if self._teardowns:
             await asyncio.wait(set(self._teardowns), timeout=self._drain_timeout + 30)
