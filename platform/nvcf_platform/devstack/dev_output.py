@@ -1,6 +1,7 @@
 """What `nvcf-sidecar dev` prints: what it starts, then, once ready, how to call it.
 
-For the functions it runs: copy-paste `curl` lines per function and version. For the control
+For the functions it runs: copy-paste `curl` lines per function and version, through pexec and
+in the gateway form. For the control
 plane (no function given, or an image catalog): the platform URL, the variables the CLI reads
 and the `nvcf-sidecar function ...` and `curl` calls that register, deploy, invoke, undeploy and
 delete a function of the catalog.
@@ -82,12 +83,19 @@ def ready_text(
         functions.setdefault(spec.function_id, []).append(spec)
     for function_id, versions in functions.items():
         url = shlex.quote(stack.invoke_url(function_id))
+        gateway_path = versions[0].default_invocation_path or "/"
+        if not gateway_path.startswith("/"):
+            gateway_path = f"/{gateway_path}"
+        gateway_url = shlex.quote(stack.base_url + gateway_path)
         lines += [
             f"function {versions[0].name}, id {function_id}:",
             "  invoke (any version):",
             f"    {post} {url} {body}",
             "  stream (server-sent events):",
             f"    {post} -N -H 'Accept: text/event-stream' {url} {body}",
+            "  gateway form (any method, path and query; add -H 'function-version-id: ...' for "
+            "one version):",
+            f"    {post} -H 'function-id: {function_id}' {gateway_url} {body}",
         ]
         for spec in versions:
             server = stack.container(spec.version_id).name
@@ -100,6 +108,8 @@ def ready_text(
             "  with the CLI:",
             f"    nvcf-sidecar invoke {function_id} --url {stack.base_url} --api-key "
             f"{shlex.quote(key)} --data {shlex.quote(EXAMPLE_BODY)}",
+            f"    nvcf-sidecar invoke {function_id} --gateway --path {shlex.quote(gateway_path)} "
+            f"--url {stack.base_url} --api-key {shlex.quote(key)} --data {shlex.quote(EXAMPLE_BODY)}",
         ]
     if catalog is not None or not stack.functions:
         lines.append(api_text(stack, catalog or ImageCatalog()))
@@ -131,6 +141,7 @@ def api_text(stack: LocalStack, catalog: ImageCatalog) -> str:
         *_catalog_lines(catalog),
     ]
     create_flags, definition, invoke_body = _example(catalog)
+    invoke_path = str(definition["inferenceUrl"])
     gpu, instance_type = _instance_type(stack)
     deployment = {
         "deploymentSpecifications": [
@@ -158,6 +169,8 @@ def api_text(stack: LocalStack, catalog: ImageCatalog) -> str:
         f"    curl -sS {auth} {version_url}    # .function.status: DEPLOYING, then ACTIVE",
         f"    curl -sS -X POST {auth} {json_post} {base}/v2/nvcf/pexec/functions/FUNCTION_ID "
         f"-d {shlex.quote(invoke_body)}",
+        f"    curl -sS -X POST {auth} {json_post} -H 'function-id: FUNCTION_ID' "
+        f"{base}{invoke_path} -d {shlex.quote(invoke_body)}    # the gateway form",
         f"    curl -sS -X DELETE {auth} {deploy_url}    # undeploy: INACTIVE",
         f"    curl -sS -X DELETE {auth} {version_url}",
         f"    curl -sS {auth} {base}/v2/nvcf/functions    # every function and its status",

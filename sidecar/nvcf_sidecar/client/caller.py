@@ -1,7 +1,8 @@
 """Calling one function as an NVCF client does: input assets, pexec, status polls, the final answer.
 
-`invoke` uploads the assets, posts the body, follows 202s through `/v2/nvcf/pexec/status`, then
-prints a direct answer or unpacks a 302's zip; every failure is an `InvokeError` subclass.
+`invoke` uploads the assets, posts the body (to pexec, or in the gateway form any method on any
+path with `function-id` headers), follows 202s through `/v2/nvcf/pexec/status`, then prints a
+direct answer or unpacks a 302's zip; every failure is an `InvokeError` subclass.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from nvcf_sidecar.protocol import (
 __all__ = [
     "ASSET_DESCRIPTION_HEADER",
     "DEFAULT_CONTENT_TYPE",
+    "FUNCTION_ID_HEADER",
+    "FUNCTION_VERSION_ID_HEADER",
     "InvokeSettings",
     "asset_content_type",
     "invoke",
@@ -52,6 +55,9 @@ __all__ = [
 DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
 ASSET_DESCRIPTION_HEADER: Final = "x-amz-meta-nvcf-asset-description"
 """NVCF's S3 upload URLs are signed with the asset's description in this header."""
+FUNCTION_ID_HEADER: Final = "function-id"
+FUNCTION_VERSION_ID_HEADER: Final = "function-version-id"
+"""The gateway form names the function (and version) in these headers instead of the path."""
 _ASSETS_PATH: Final = "/v2/nvcf/assets"
 _ASSET_PLACEHOLDER: Final = re.compile(rb"\{asset(?:(\d+)|:([^{}]+))\}")
 _PEXEC_PATH: Final = "/v2/nvcf/pexec"
@@ -85,14 +91,31 @@ class InvokeSettings:
     """Extra headers of the invocation and the polls; they replace defaults of the same name."""
     timeout: float = 3600.0
     """Limit on the whole command: uploads, invocation, polls and download."""
+    gateway_path: str | None = None
+    """The gateway form: this path and query on the base URL, the function named by
+    `function-id` (and `function-version-id`) headers; None calls pexec."""
+    method: str = "POST"
+    """The invocation's HTTP method (anything but POST only in the gateway form)."""
 
     def url(self, path: str) -> str:
         return self.base_url.rstrip("/") + path
 
     @property
     def invoke_url(self) -> str:
+        """Where the invocation goes (a gateway path and query are sent as given)."""
+        if self.gateway_path is not None:
+            return self.url(self.gateway_path)
         path = f"{_PEXEC_PATH}/functions/{self.function_id}"
         return self.url(path if self.version_id is None else f"{path}/versions/{self.version_id}")
+
+    def routing_headers(self) -> dict[str, str]:
+        """The gateway form's `function-id` [+ `function-version-id`]; none for pexec."""
+        if self.gateway_path is None:
+            return {}
+        headers = {FUNCTION_ID_HEADER: self.function_id}
+        if self.version_id is not None:
+            headers[FUNCTION_VERSION_ID_HEADER] = self.version_id
+        return headers
 
     def status_url(self, request_id: str) -> str:
         return self.url(f"{_PEXEC_PATH}/status/{request_id}")
@@ -169,16 +192,22 @@ class _Call:
 
     async def run(self) -> None:
         asset_ids = [await self._upload_asset(path) for path in self._settings.assets]
-        defaults = {"Content-Type": "application/json", **self._poll_defaults()}
+        body = self._settings.body
+        defaults = self._settings.routing_headers()
+        # The gateway form may have no body (GET, DELETE): then it gets no content type either.
+        bodiless = self._settings.gateway_path is not None and body == b""
+        if not bodiless:
+            defaults["Content-Type"] = "application/json"
+        defaults.update(self._poll_defaults())
         if asset_ids:
             defaults[NVCF_INPUT_ASSET_REFERENCES] = ",".join(asset_ids)
-        body = self._settings.body
         if isinstance(body, bytes) and asset_ids:
             body = fill_asset_ids(body, self._settings.assets, asset_ids)
         with _opened(body) as data:
-            async with self._session.post(
-                self._settings.invoke_url,
-                data=data,
+            async with self._session.request(
+                self._settings.method,
+                URL(self._settings.invoke_url, encoded=True),
+                data=None if bodiless else data,
                 headers=self._headers(defaults),
                 allow_redirects=False,
             ) as response:

@@ -1,6 +1,8 @@
 """`nvcf-sidecar invoke FUNCTION_ID`: call a function on the local platform (or NVCF) as a client.
 
-Flags and their checks live here; the call itself is `caller.invoke`. The answer goes to stdout,
+Through pexec by default; with `--gateway`, the way NVIDIA's CLI does: any `--method` on any
+`--path` of the base URL, the function named by `function-id` headers. Flags and their checks live
+here; the call itself is `caller.invoke`. The answer goes to stdout,
 status and progress to stderr; the exit status says how it ended (`errors.EXIT_*`).
 """
 
@@ -41,6 +43,8 @@ DEFAULT_API_KEY: Final = "nvcf-local-key"
 """The key `LocalStack` and `nvcf-sidecar dev` accept by default."""
 DEFAULT_TIMEOUT_SECONDS: Final = 3600.0
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+"""Methods whose gateway call sends `{}` when no --data is given (the others send no body)."""
 
 
 def _uuid(value: str) -> str:
@@ -77,6 +81,20 @@ def _base_url(value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
         raise argparse.ArgumentTypeError(f"not an http(s) base URL: {value!r}")
     return value.rstrip("/")
+
+
+def _path(value: str) -> str:
+    if not value.startswith("/") or any(c <= " " or c == "\x7f" for c in value):
+        raise argparse.ArgumentTypeError(
+            f"not a path (and query) starting with '/' without spaces: {value!r}"
+        )
+    return value
+
+
+def _method(value: str) -> str:
+    if not _HEADER_NAME.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"not an HTTP method: {value!r}")
+    return value.upper()
 
 
 def _header(value: str) -> tuple[str, str]:
@@ -121,6 +139,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--stream", action="store_true", help="ask for server-sent events, print them as they come")
     add(
+        "--gateway",
+        action="store_true",
+        help="the gateway form (as NVIDIA's CLI calls): --method on BASE/--path, the function "
+        "named by function-id (and function-version-id) headers instead of pexec's path; the "
+        "function's inference URL is not applied; no --asset",
+    )
+    add(
+        "--path",
+        type=_path,
+        metavar="/PATH[?QUERY]",
+        help="with --gateway: the path and query the container receives (default /)",
+    )
+    add(
+        "--method",
+        type=_method,
+        metavar="METHOD",
+        help="with --gateway: the HTTP method (default POST); without --data, POST, PUT and "
+        "PATCH send {} and the others no body",
+    )
+    add(
         "--url",
         type=_base_url,
         default=os.environ.get(URL_ENV) or DEFAULT_URL,
@@ -159,6 +197,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """Invoke once; returns the exit status (see the module docstring of `errors`)."""
+    if not args.gateway and (args.path is not None or args.method is not None):
+        _usage_error(args, "--path and --method need --gateway (pexec is a POST on its own path)")
+    if args.gateway and args.assets:
+        _usage_error(args, "--gateway takes no --asset (the gateway form reads no asset header)")
+    method = args.method or "POST"
     settings = InvokeSettings(
         function_id=args.function_id,
         version_id=args.version_id,
@@ -171,6 +214,8 @@ def run_command(args: argparse.Namespace) -> int:
         stream=args.stream,
         headers=tuple(args.headers),
         timeout=args.timeout,
+        gateway_path=(args.path or "/") if args.gateway else None,
+        method=method,
     )
     display = InvokeDisplay()
     try:
@@ -194,7 +239,8 @@ def _body(args: argparse.Namespace) -> bytes | Path:
     `--header 'Content-Type: ...'` says otherwise."""
     data: str | None = args.data
     if data is None:
-        return b"{}"
+        bodiless = args.gateway and (args.method or "POST") not in _BODY_METHODS
+        return b"" if bodiless else b"{}"
     if data == "@-":
         return sys.stdin.buffer.read()
     if data.startswith("@"):
