@@ -75,13 +75,6 @@ def _refuse_while_nats_is_down(
     return refuse
 
 
-class _EveryResource(frozenset[web.AbstractResource]):
-    """Contains every resource: a gateway-form request is a caller's whatever path it names."""
-
-    def __contains__(self, item: object) -> bool:
-        return True
-
-
 def _route_by_function(
     gateway: InvocationGateway, link: NatsLink, drain: CallerDrain | None
 ) -> Middleware:
@@ -91,7 +84,6 @@ def _route_by_function(
     an Authorization header (on every path), 503 at once while NATS is down, and the drain's
     counting and refusal.
     """
-    guard = drain.middleware(_EveryResource()) if drain is not None else None
 
     @web.middleware
     async def route(request: web.Request, handler: _Handler) -> web.StreamResponse:
@@ -106,7 +98,7 @@ def _route_by_function(
         async def serve(request: web.Request) -> web.StreamResponse:
             return await gateway.serve(request, routing)
 
-        return await (serve(request) if guard is None else guard(request, serve))
+        return await (serve(request) if drain is None else drain.admit(request, serve))
 
     return route
 

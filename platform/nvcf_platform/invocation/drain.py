@@ -53,20 +53,25 @@ class CallerDrain:
         async def guard(request: web.Request, handler: _Handler) -> web.StreamResponse:
             if request.match_info.route.resource not in routes:
                 return await handler(request)
-            if self._draining:
-                response = unavailable_response(DRAINING_DETAIL)
-                response.force_close()
-                return response
-            self._in_progress += 1
-            self._idle.clear()
-            try:
-                return await handler(request)
-            finally:
-                self._in_progress -= 1
-                if self._in_progress == 0:
-                    self._idle.set()
+            return await self.admit(request, handler)
 
         return guard
+
+    async def admit(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        """Serve one caller request with `handler`, counted; once draining, the 503 (with
+        `Connection: close`) instead. For requests no route names (the gateway form)."""
+        if self._draining:
+            response = unavailable_response(DRAINING_DETAIL)
+            response.force_close()
+            return response
+        self._in_progress += 1
+        self._idle.clear()
+        try:
+            return await handler(request)
+        finally:
+            self._in_progress -= 1
+            if self._in_progress == 0:
+                self._idle.set()
 
     async def drain(self, grace: float) -> bool:
         """Refuse new caller requests and wait up to `grace` s for those in progress to end.
