@@ -120,6 +120,20 @@ def _duration(env: Mapping[str, str], name: str, default: float) -> float:
     return seconds if seconds > 0 else default  # NVIDIA treats 0 as "use the default"
 
 
+def _nats_servers(text: str) -> list[str]:
+    """The URLs of a comma-separated `NVCF_FQDN_NATS`; ConfigError on an empty entry or a mix of
+    websocket and plain URLs (nats-py refuses it)."""
+    servers = [part.strip() for part in text.split(",")]
+    if not all(servers):
+        raise ConfigError(
+            f"NVCF_FQDN_NATS={text!r}: expected one URL or comma-separated URLs, none empty"
+        )
+    websocket = [server.startswith(("ws://", "wss://")) for server in servers]
+    if any(websocket) and not all(websocket):
+        raise ConfigError(f"NVCF_FQDN_NATS={text!r}: websocket and nats:// URLs cannot be mixed")
+    return servers
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     """Everything one sidecar process needs, validated at start-up and passed down explicitly."""
@@ -201,6 +215,7 @@ class WorkerConfig:
             )
         if self.shutdown_grace is not None and self.shutdown_grace < 0:
             raise ConfigError(f"--shutdown-grace={self.shutdown_grace}: must not be negative")
+        _nats_servers(self.nats_url)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerConfig:
@@ -276,6 +291,13 @@ class WorkerConfig:
     def backend(self) -> str:
         """The `NVCF-BACKEND` value: the cloud provider, with NGN reported as GFN like NVIDIA's."""
         return "GFN" if self.cloud_provider == "NGN" else self.cloud_provider
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """The NATS servers of `NVCF_FQDN_NATS`, a comma-separated list as NVIDIA's worker (Go's
+        `nats.Connect`) takes it: the client connects to one and reconnects to the others (and
+        to any node the cluster announces)."""
+        return _nats_servers(self.nats_url)
 
     @property
     def nats_connection_name(self) -> str:

@@ -189,8 +189,9 @@ class NatsConnection:
         return self
 
     async def _connect(self, options: dict[str, Any]) -> NATS:
+        # A list, not the comma-separated text: nats-py would take that for one host.
         return await nats.connect(
-            self._config.nats_url,
+            self._config.nats_servers,
             name=self._config.nats_connection_name,
             ping_interval=PING_INTERVAL_SECONDS,
             connect_timeout=CONNECT_TIMEOUT_SECONDS,

@@ -201,3 +201,24 @@ def test_bad_flag_values_are_config_errors() -> None:
         config_from_args(_parse("--fetch-heartbeat", "10s", "--fetch-max-wait", "15s"), REQUIRED)
     with pytest.raises(SystemExit):
         _parse("--keepalive-interval", "often")
+
+
+def test_nvcf_fqdn_nats_takes_comma_separated_servers_like_nvidias_worker() -> None:
+    config = WorkerConfig.from_env(
+        {**REQUIRED, "NVCF_FQDN_NATS": "nats://a:4222, nats://b:4222,nats://c:4222"}
+    )
+    assert config.nats_servers == ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+    assert WorkerConfig.from_env(REQUIRED).nats_servers == ["nats://127.0.0.1:4222"]
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        ("nats://a:4222,,nats://b:4222", "none empty"),
+        ("nats://a:4222,", "none empty"),
+        ("ws://a:80,nats://b:4222", "cannot be mixed"),
+    ],
+)
+def test_a_malformed_server_list_names_nvcf_fqdn_nats(value: str, complaint: str) -> None:
+    with pytest.raises(ConfigError, match=f"NVCF_FQDN_NATS=.*{complaint}"):
+        WorkerConfig.from_env({**REQUIRED, "NVCF_FQDN_NATS": value})

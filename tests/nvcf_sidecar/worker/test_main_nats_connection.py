@@ -78,6 +78,30 @@ async def test_the_server_sees_the_token_and_the_connection_name(start_nats_serv
     assert not connection.connected
 
 
+@pytest.mark.nats
+async def test_the_connection_gets_every_server_of_the_list_and_moves_to_another(
+    start_nats_server: Any,
+) -> None:
+    # Two unrelated servers: the second is reachable only because the list reached nats-py
+    # as a list (a comma-separated string would be one bogus host).
+    first = start_nats_server(server_name="first")
+    second = start_nats_server(server_name="second")
+    reconnected = asyncio.Event()
+    config = _config(f"{first.url},{second.url}")
+    async with NatsConnection(config, lambda: "", on_reconnected=reconnected.set) as connection:
+        servers = {server.uri.netloc for server in connection.client._server_pool}
+        assert {f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"} <= servers
+        connected = connection.client.connected_url
+        assert connected is not None
+        alive, dead = (second, first) if connected.port == first.port else (first, second)
+        dead.kill()
+        await asyncio.wait_for(reconnected.wait(), 15)
+        now = connection.client.connected_url
+        assert now is not None
+        assert now.port == alive.port
+        await connection.client.flush(timeout=5)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("nkeys") is not None, reason="nkeys is installed")
 async def test_an_nkey_seed_without_the_nkeys_package_is_a_clear_config_error() -> None:
     config = _config("nats://127.0.0.1:1", nkey_seed="SUAEXAMPLESEED")
