@@ -99,7 +99,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="a version DEPLOYING this long is in ERROR (NVCF_PLATFORM_DEPLOY_TIMEOUT, 900)",
     )
-    add("--nats", metavar="URL", help="NATS server URL (NVCF_PLATFORM_NATS_URL)")
+    add(
+        "--nats",
+        metavar="URL[,URL...]",
+        help="NATS server URL, or a cluster's comma-separated (NVCF_PLATFORM_NATS_URL)",
+    )
+    add(
+        "--replicas",
+        type=int,
+        metavar="N",
+        help="replicas of every stream, consumer and bucket created, 3 on a 3-node cluster "
+        "(NVCF_PLATFORM_REPLICAS, 1)",
+    )
     add("--host", help="listen address of HTTP and gRPC (NVCF_PLATFORM_HOST, 127.0.0.1)")
     add("--port", type=int, metavar="N", help="HTTP port, 0 = free (NVCF_PLATFORM_PORT, 8080)")
     add("--grpc-port", type=int, metavar="N", help="gRPC port (NVCF_PLATFORM_GRPC_PORT, 9090)")
@@ -187,6 +198,7 @@ def settings_from_args(
         environ,
         config_path=args.config,
         nats_url=args.nats,
+        replicas=args.replicas,
         host=args.host,
         port=args.port,
         grpc_port=args.grpc_port,

@@ -263,6 +263,7 @@ class PlatformService:
             max_messages=settings.stream_max_messages,
             ack_wait=settings.consumer_ack_wait,
             storage=settings.storage_type,
+            replicas=settings.replicas,
         )
         self._queue = queue
         tracking = RequestTracking(
@@ -270,6 +271,7 @@ class PlatformService:
             region=settings.region,
             max_messages=settings.stream_max_messages,
             storage=settings.storage_type,
+            replicas=settings.replicas,
         )
         self._tracking = tracking
         # Both ports are bound before either listener serves, so work items never name port 0.
@@ -284,7 +286,9 @@ class PlatformService:
         secret = (
             secrets.token_bytes(32) if secret_file is None else load_or_create_secret(secret_file)
         )
-        objects = ObjectStore(nc, signer=UrlSigner(secret), base_url=self.base_url)
+        objects = ObjectStore(
+            nc, signer=UrlSigner(secret), base_url=self.base_url, replicas=settings.replicas
+        )
         self._object_store = objects
         try:
             await self._provision()

@@ -26,6 +26,7 @@ __all__ = ["ENV_VARIABLES", "PlatformSettings"]
 
 _STORAGE: Final = {"memory": StorageType.MEMORY, "file": StorageType.FILE}
 _LOG_LEVELS: Final = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
+_MAX_REPLICAS: Final = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,10 @@ class PlatformSettings:
     config_path: Path | None = None
     """The function registry (TOML, see docs/platform.md); required by the command line."""
     nats_url: str = "nats://127.0.0.1:4222"
+    """One NATS URL, or several comma-separated (the nodes of a cluster; see `nats_servers`)."""
+    replicas: int = 1
+    """Replicas of every stream, consumer, KV and object-store bucket the platform creates
+    (JetStream's R1, R3 ...); at most the cluster's size, 1 for a single nats-server."""
     host: str = "127.0.0.1"
     """Interface of the HTTP (invocation + attach) and gRPC listeners."""
     port: int = 8080
@@ -106,9 +111,18 @@ class PlatformSettings:
             request_stream_name(self.region, "0")
         except InvalidSubjectToken as error:
             raise ConfigError(f"region: {error}") from None
-        scheme = urllib.parse.urlsplit(self.nats_url).scheme
-        if scheme not in {"nats", "tls", "ws", "wss"}:
-            raise ConfigError(f"nats_url: {self.nats_url!r} is not a nats:// URL")
+        servers = [part.strip() for part in self.nats_url.split(",")]
+        for server in servers:
+            if urllib.parse.urlsplit(server).scheme not in {"nats", "tls", "ws", "wss"}:
+                raise ConfigError(f"nats_url: {server!r} is not a nats:// URL")
+        websocket = {server.startswith(("ws://", "wss://")) for server in servers}
+        if len(websocket) > 1:
+            raise ConfigError(f"nats_url: {self.nats_url!r} mixes websocket and nats:// URLs")
+        if not 1 <= self.replicas <= _MAX_REPLICAS:
+            raise ConfigError(
+                f"replicas: {self.replicas} must be between 1 and {_MAX_REPLICAS} "
+                "(JetStream's limit)"
+            )
         if any(not key or key != key.strip() for key in self.api_keys):
             raise ConfigError("api_keys: keys must be non-empty and have no surrounding spaces")
         if self.public_url is not None:
@@ -145,6 +159,12 @@ class PlatformSettings:
             )
         if self.log_level not in _LOG_LEVELS:
             raise ConfigError(f"log_level: {self.log_level!r} is not one of {sorted(_LOG_LEVELS)}")
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """The URLs of `nats_url`, in order: the client connects to one of them and reconnects
+        to the others (and to nodes the cluster announces)."""
+        return [part.strip() for part in self.nats_url.split(",")]
 
     @property
     def storage_type(self) -> StorageType:
@@ -211,6 +231,7 @@ def _keys(text: str) -> tuple[str, ...]:
 ENV_VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "config_path": ("NVCF_PLATFORM_CONFIG", Path),
     "nats_url": ("NVCF_PLATFORM_NATS_URL", str),
+    "replicas": ("NVCF_PLATFORM_REPLICAS", _int),
     "host": ("NVCF_PLATFORM_HOST", str),
     "port": ("NVCF_PLATFORM_PORT", _int),
     "grpc_port": ("NVCF_PLATFORM_GRPC_PORT", _int),

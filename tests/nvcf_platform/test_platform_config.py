@@ -144,6 +144,19 @@ def test_flags_beat_environment_variables_which_beat_defaults() -> None:
     assert settings.config_path == Path("functions.toml")
 
 
+def test_several_nats_urls_and_replicas_come_from_flags_or_variables() -> None:
+    environ = {
+        "NVCF_PLATFORM_NATS_URL": "nats://a:4222, nats://b:4222,nats://c:4222",
+        "NVCF_PLATFORM_REPLICAS": "3",
+    }
+    settings = PlatformSettings.from_env(environ)
+    assert settings.nats_servers == ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+    assert settings.replicas == 3
+    assert PlatformSettings.from_env({}).replicas == 1
+    assert PlatformSettings.from_env({}).nats_servers == ["nats://127.0.0.1:4222"]
+    assert PlatformSettings.from_env(environ, replicas=1).replicas == 1
+
+
 def test_every_setting_has_an_environment_variable() -> None:
     fields = set(PlatformSettings.__dataclass_fields__)
     assert set(ENV_VARIABLES) == fields
@@ -157,6 +170,12 @@ def test_every_setting_has_an_environment_variable() -> None:
         ({}, {"port": 70000}, "port: 70000 is not a TCP port"),
         ({}, {"region": "a.b"}, "region: invalid region"),
         ({}, {"nats_url": "http://x"}, "is not a nats:// URL"),
+        ({}, {"nats_url": "nats://a:1,,nats://b:1"}, "'' is not a nats:// URL"),
+        ({}, {"nats_url": "nats://a:1,http://b:1"}, "'http://b:1' is not a nats:// URL"),
+        ({}, {"nats_url": "nats://a:1,ws://b:1"}, "mixes websocket and nats:// URLs"),
+        ({"NVCF_PLATFORM_REPLICAS": "three"}, {}, "NVCF_PLATFORM_REPLICAS='three'"),
+        ({}, {"replicas": 0}, "replicas: 0 must be between 1 and 5"),
+        ({}, {"replicas": 6}, "replicas: 6 must be between 1 and 5"),
         ({}, {"api_keys": ("",)}, "api_keys"),
         ({}, {"public_url": "http://h:1/path"}, "must not have a path"),
         ({}, {"stream_max_messages": 0}, "stream_max_messages: 0"),

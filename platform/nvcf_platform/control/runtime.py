@@ -73,7 +73,7 @@ class ControlRuntime:
             path = settings.images_path
             images = ImageCatalog() if path is None else ImageCatalog.from_toml(path)
         self._settings = settings
-        self._store = ControlStore(nc)
+        self._store = ControlStore(nc, replicas=settings.replicas)
         self._own_work_dir = settings.instances_dir is None
         self._work_dir = settings.instances_dir or Path(tempfile.mkdtemp(prefix="nvcf-instances-"))
         self.plane = ControlPlane(

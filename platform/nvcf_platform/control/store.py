@@ -1,6 +1,6 @@
 """The control plane's durable state: one JetStream KV entry per function version.
 
-Bucket `nvcf_control`, file storage, history 1, key `versions.<versionId>` holding the record as
+Bucket `nvcf_control`, file storage, history 1 (replicated as the platform's `--replicas`), key `versions.<versionId>` holding the record as
 JSON. The platform reads every entry at start-up and writes through on every change, so a
 restarted platform finds its functions, versions and deployments again.
 """
@@ -31,16 +31,19 @@ _log = logging.getLogger(__name__)
 class ControlStore:
     """Reads and writes `VersionRecord`s in the `nvcf_control` KV bucket."""
 
-    __slots__ = ("_kv", "_nc")
+    __slots__ = ("_kv", "_nc", "_replicas")
 
-    def __init__(self, nc: Client) -> None:
+    def __init__(self, nc: Client, *, replicas: int = 1) -> None:
         self._nc = nc
+        self._replicas = replicas
         self._kv: KeyValue | None = None
 
     async def provision(self) -> None:
         """Create the bucket unless it exists (idempotent; at start-up and after reconnects)."""
         js = self._nc.jetstream(timeout=_TIMEOUT)
-        config = KeyValueConfig(bucket=CONTROL_BUCKET, history=1, storage=StorageType.FILE)
+        config = KeyValueConfig(
+            bucket=CONTROL_BUCKET, history=1, storage=StorageType.FILE, replicas=self._replicas
+        )
         self._kv = await js.create_key_value(config)
 
     def _bucket(self) -> KeyValue:

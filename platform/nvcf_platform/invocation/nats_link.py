@@ -40,6 +40,8 @@ _log = logging.getLogger(__name__)
 class NatsLink:
     """`async with NatsLink(url, outage_grace=10) as link:` the connection, `link.client`.
 
+    `url` is one NATS URL or a cluster's, comma-separated: the client reconnects to any of them.
+
     While the connection is down, `require()` raises `NatsUnavailable` at once. Callers already
     waiting (for a worker's POST attach) are given up by `on_give_up(reason)` once NATS has been
     down for `outage_grace` seconds in a row, or once `stop_waiting()` was called at shutdown;
@@ -158,8 +160,9 @@ class NatsLink:
             _log.warning("NATS connection did not close in time", extra={"seconds": CLOSE_TIMEOUT})
 
     async def _connect(self) -> Client:
+        # A list, not the comma-separated text: nats-py would take that for one host.
         return await nats.connect(
-            self._url,
+            [server.strip() for server in self._url.split(",")],
             name="nvcf-platform",
             connect_timeout=5,
             reconnect_time_wait=RECONNECT_WAIT,

@@ -59,7 +59,7 @@ class RequestTracking:
     down, at once when it is known down before the call.
     """
 
-    __slots__ = ("_js", "_max_messages", "_nc", "_region", "_storage", "_stream")
+    __slots__ = ("_js", "_max_messages", "_nc", "_region", "_replicas", "_storage", "_stream")
 
     def __init__(
         self,
@@ -68,12 +68,14 @@ class RequestTracking:
         region: str,
         max_messages: int = MAX_QUEUED_MESSAGES,
         storage: StorageType = StorageType.MEMORY,
+        replicas: int = 1,
     ) -> None:
         self._nc = nc
         self._js: JetStreamContext = nc.jetstream(timeout=TRACKING_TIMEOUT)
         self._region = region
         self._max_messages = max_messages
         self._storage = storage
+        self._replicas = replicas
         self._stream = tracking_stream_name(region)
 
     @property
@@ -94,7 +96,9 @@ class RequestTracking:
         """
         self._require_connection()
         config = dataclasses.replace(
-            tracking_stream_config(self._region, max_messages=self._max_messages),
+            tracking_stream_config(
+                self._region, replicas=self._replicas, max_messages=self._max_messages
+            ),
             storage=self._storage,
         )
         try:

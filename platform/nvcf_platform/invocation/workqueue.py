@@ -62,6 +62,7 @@ class WorkQueue:
         "_max_messages",
         "_nc",
         "_region",
+        "_replicas",
         "_retry_delays",
         "_storage",
     )
@@ -74,6 +75,7 @@ class WorkQueue:
         max_messages: int,
         ack_wait: float,
         storage: StorageType,
+        replicas: int = 1,
         retry_delays: Sequence[float] = PUBLISH_RETRY_DELAYS,
         deadline: float = PUBLISH_DEADLINE,
     ) -> None:
@@ -83,6 +85,7 @@ class WorkQueue:
         self._max_messages = max_messages
         self._ack_wait = ack_wait
         self._storage = storage
+        self._replicas = replicas
         self._retry_delays = tuple(retry_delays)
         self._deadline = deadline
 
@@ -94,8 +97,8 @@ class WorkQueue:
     async def provision(self, function_version_id: str, region: str | None = None) -> None:
         """Create the stream `rq_<region>_<fvid>` and its durable consumer unless they exist.
 
-        Settings as reference §2.1/§2.2 (with this platform's max messages, ack wait and
-        storage). An existing stream or consumer is left as it is, whatever its settings.
+        Settings as reference §2.1/§2.2 (with this platform's max messages, ack wait, storage
+        and replicas: the consumer has as many as its stream). An existing stream or consumer is left as it is, whatever its settings.
         Raises `NatsUnavailable` at once while the connection is down.
         """
         self._require_connection()
@@ -103,11 +106,15 @@ class WorkQueue:
         stream = request_stream_config(
             region,
             function_version_id,
+            replicas=self._replicas,
             storage=self._storage,
             max_messages=self._max_messages,
         )
         consumer = dataclasses.replace(
-            request_consumer_config(region, function_version_id), ack_wait=self._ack_wait
+            request_consumer_config(region, function_version_id),
+            ack_wait=self._ack_wait,
+            # None inherits the stream's: exactly the single-node consumer of before.
+            num_replicas=self._replicas if self._replicas > 1 else None,
         )
         assert stream.name is not None
         try:
