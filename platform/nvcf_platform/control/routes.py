@@ -29,7 +29,7 @@ from nvcf_platform.control.records import VersionRecord
 from nvcf_platform.errors import FunctionNotFound, FunctionVersionNotFound, NatsUnavailable
 from nvcf_platform.invocation.app import METRICS_PATH
 from nvcf_platform.invocation.invocation import CallerIdentity
-from nvcf_platform.invocation.problems import UNAUTHORIZED_CLIENT
+from nvcf_platform.invocation.problems import RETRY_AFTER_SECONDS, UNAUTHORIZED_CLIENT
 from nvcf_sidecar.protocol import parse_bearer
 
 __all__ = [
@@ -106,9 +106,12 @@ class ControlEndpoints:
                 return control_problem(error.status, error.detail, request.path)
             except (NatsError, TimeoutError, NatsUnavailable) as error:
                 _log.error("control state unavailable", extra={"error": repr(error)})
-                return control_problem(
-                    503, f"the control state (NATS KV) is unavailable: {error!r}", request.path
+                reason = error.reason if isinstance(error, NatsUnavailable) else repr(error)
+                response = control_problem(
+                    503, f"the control state (NATS KV) is unavailable: {reason}", request.path
                 )
+                response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+                return response
 
         return guarded
 

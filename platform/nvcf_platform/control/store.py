@@ -17,7 +17,7 @@ from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
 from nvcf_platform.control.records import VersionRecord
-from nvcf_platform.errors import PlatformError
+from nvcf_platform.errors import NatsUnavailable, PlatformError
 
 __all__ = ["CONTROL_BUCKET", "ControlStore"]
 
@@ -49,6 +49,8 @@ class ControlStore:
     def _bucket(self) -> KeyValue:
         if self._kv is None:
             raise PlatformError("the control store is not provisioned")
+        if not self._nc.is_connected:
+            raise NatsUnavailable("NATS is not connected")  # at once, not after a timeout
         return self._kv
 
     async def load(self) -> list[VersionRecord]:

@@ -222,3 +222,52 @@ async def _request_started(api: Any, fvid: str, limit: float = 20.0) -> None:
                 return
         await asyncio.sleep(0.05)
     raise AssertionError(f"no instance of {fvid} started the request within {limit} s")
+
+
+async def test_functions_and_deployments_outlive_a_nats_server_restart(
+    api_factory: Any, nats_server: Any, function_body: Any, env_image: str, cpu_spec: dict[str, Any]
+) -> None:
+    first = await api_factory()
+    fid, fvid = await first.create(function_body(env_image, tags=["kept"]))
+    await first.deploy(fid, fvid, cpu_spec)
+    await first.wait_status(fid, fvid, "ACTIVE")
+    await first.platform.__aexit__(None, None, None)
+    nats_server.stop()
+    nats_server.start()  # same store directory: the KV bucket is on disk
+
+    second = await api_factory()
+    status, body = await second.call("GET", f"/v2/nvcf/functions/{fid}/versions/{fvid}")
+    assert status == 200, body
+    assert body["function"]["tags"] == ["kept"]
+    await second.wait_status(fid, fvid, "ACTIVE")
+    status, body = await second.pexec(fid, {})
+    assert status == 200, body
+
+
+async def test_changes_while_nats_is_down_get_503_and_reads_still_answer(
+    api: Any, nats_server: Any, function_body: Any, env_image: str
+) -> None:
+    fid, fvid = await api.create(function_body(env_image))
+    nats_server.stop()
+    await _until(lambda: not api.platform.link.up, 20)
+
+    async with api.session.post(
+        api.base + "/v2/nvcf/functions", json=function_body(env_image), headers=api.headers
+    ) as response:
+        body = await response.json(content_type=None)
+        assert response.status == 503, body
+        assert response.headers["Retry-After"] == "5"
+    assert body["detail"] == "the control state (NATS KV) is unavailable: NATS is not connected"
+    status, body = await api.call("GET", f"/v2/nvcf/functions/{fid}/versions/{fvid}")
+    assert status == 200, body  # served from memory
+
+    nats_server.start()
+    await _until(lambda: api.platform.link.up, 30)
+    await api.create(function_body(env_image))
+
+
+async def _until(condition: Any, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {limit} s"
+        await asyncio.sleep(0.05)
