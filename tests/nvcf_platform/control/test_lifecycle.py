@@ -7,6 +7,7 @@ import asyncio
 import time
 from typing import Any
 
+import nats
 import pytest
 
 pytestmark = pytest.mark.nats
@@ -271,3 +272,21 @@ async def _until(condition: Any, limit: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"not within {limit} s"
         await asyncio.sleep(0.05)
+
+
+async def test_an_unreadable_stored_record_is_skipped_and_the_rest_load(
+    api_factory: Any, nats_server: Any, function_body: Any, env_image: str, caplog: Any
+) -> None:
+    first = await api_factory()
+    fid, fvid = await first.create(function_body(env_image))
+    await first.platform.__aexit__(None, None, None)
+    client = await nats.connect(nats_server.url)
+    try:
+        bucket = await client.jetstream().key_value("nvcf_control")
+        await bucket.put("versions.broken", b"{not json")
+    finally:
+        await client.close()
+
+    second = await api_factory()
+    assert await second.status(fid, fvid) == "INACTIVE"
+    assert any(r.message == "unreadable control record skipped" for r in caplog.records)
