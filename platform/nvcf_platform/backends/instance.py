@@ -24,6 +24,8 @@ __all__ = ["Instance", "InstanceState", "InstanceStatus", "SupervisionPolicy"]
 _log = logging.getLogger(__name__)
 
 POLL_INTERVAL: Final = 0.25
+UNREADY_PROBES: Final = 3
+"""Failed readiness probes in a row before a RUNNING instance counts as not ready."""
 """Seconds between two readiness probes of an instance (4 a second)."""
 _PROBE_TIMEOUT: Final = aiohttp.ClientTimeout(total=1.0)
 _CRASH_WINDOW: Final = 60.0
@@ -165,6 +167,7 @@ class Instance:
         await self.server.start()
         await self.sidecar.start()
         failures = 0  # since the last RUNNING
+        unready = 0  # readiness probes failed in a row
         crashes: collections.deque[float] = collections.deque()
         ready_deadline = time.monotonic() + policy.ready_timeout
         while not self._stop_requested.is_set():
@@ -177,6 +180,7 @@ class Instance:
                     self.running_after = time.monotonic() - self.started_at
                 self._set(InstanceState.RUNNING)
                 failures = 0
+                unready = 0
                 ready_deadline = time.monotonic() + policy.ready_timeout
             elif time.monotonic() >= ready_deadline:
                 failed = self.server
@@ -186,7 +190,11 @@ class Instance:
                 )
                 await self.server.stop(policy.server_grace)
             else:
-                self._set(InstanceState.STARTING)
+                unready += 1
+                # A RUNNING instance stays so through a probe or two that time out under load
+                # (Kubernetes' readiness failureThreshold); then it is STARTING again.
+                if self.state is not InstanceState.RUNNING or unready >= UNREADY_PROBES:
+                    self._set(InstanceState.STARTING)
             if failed is not None and reason is not None:
                 now = time.monotonic()
                 failures += 1
