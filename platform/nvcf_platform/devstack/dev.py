@@ -8,6 +8,7 @@ and runs until SIGINT or SIGTERM (exit 0). With no function (no COMMAND, no `[[f
 starts NATS and the platform only, ready for the control-plane API; the image catalog of
 `--images` and of the config's `[[images]]`/`[[models]]` is what deployed functions run as. A child that exits (nats-server, the platform, a server, a sidecar)
 stops the stack (exit 1), or with `--restart` is restarted within a budget (`dev_supervisor.py`).
+`--nats-cluster 3` runs NATS as a 3-node JetStream cluster with replicated streams (docs/scale.md).
 Usage and config errors exit 2.
 """
 
@@ -178,6 +179,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="without calls this long, minInstances 0 scales to zero (30)",
     )
+    add(
+        "--nats-cluster",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="NATS as a JetStream cluster of N nodes, streams and buckets replicated on up to 3 "
+        "(1: one nats-server; docs/scale.md)",
+    )
     add("--max-restarts", type=_positive, default=5, metavar="N", help="per child (5) ...")
     add("--restart-window", type=_seconds, default=60.0, metavar="S", help="... within S s (60)")
     add("server_command", nargs=argparse.REMAINDER, metavar="COMMAND", help="after --")
@@ -304,6 +313,7 @@ def _run(
         log_stream=sys.stdout,
         stream_lock=_OUTPUT_LOCK,
         progress=_say,
+        nats_cluster=args.nats_cluster,
     )
     policy = RestartPolicy(args.max_restarts, args.restart_window) if args.restart else None
     stop = threading.Event()

@@ -114,7 +114,8 @@ def ready_text(
     if catalog is not None or not stack.functions:
         lines.append(api_text(stack, catalog or ImageCatalog()))
     status_url = f"{stack.base_url}/v2/nvcf/pexec/status/REQUEST_ID"
-    pids = [("nats-server", stack.nats.pid)] + [(p.name, p.pid) for p in stack.processes()]
+    pids = [(name, nats.pid) for name, nats in stack.nats_nodes.items()]
+    pids += [(p.name, p.pid) for p in stack.processes()]
     lines += [
         "status of a request answered 202 (REQUEST_ID: its nvcf-reqid header):",
         f"  curl -sS {auth} {status_url}",

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 from nvcf_platform.devstack.stack import LocalStack, StackError, StackProcess
 
-_NATS = "nats-server"
 _PLATFORM = "platform"
 
 __all__ = ["RestartBudget", "RestartPolicy", "StackSupervisor", "describe_child", "describe_exit"]
@@ -92,8 +91,9 @@ class StackSupervisor:
         stack = self._stack
         for spec in stack.functions:  # a server's helpers, found while it still runs
             stack.container(spec.version_id).note_descendants()
-        if not stack.nats.running:
-            return self._nats_exited()
+        for name, nats in stack.nats_nodes.items():
+            if not nats.running:
+                return self._nats_exited(name)
         if stack.platform.returncode is not None:
             if self._budget is None:
                 return self._fatal(stack.platform, "; stopping the stack")
@@ -110,34 +110,34 @@ class StackSupervisor:
         self._report_recovered()
         return None
 
-    def _nats_exited(self) -> int | None:
-        nats = self._stack.nats
+    def _nats_exited(self, name: str) -> int | None:
+        """One nats-server (alone, or a cluster node) exited: restart it on its port and store;
+        a cluster node rejoins and catches up."""
+        nats = self._stack.nats_nodes[name]
         how = describe_exit(nats.returncode) if nats.returncode is not None else "an unknown status"
         if self._budget is None:
-            self._say(
-                f"error: nats-server exited with {how}; its log ends with:\n{nats.log_tail()}"
-            )
+            self._say(f"error: {name} exited with {how}; its log ends with:\n{nats.log_tail()}")
             return 1
         policy = self._budget.policy
-        count = self._budget.take(_NATS, self._clock())
+        count = self._budget.take(name, self._clock())
         if count is None:
             self._say(
-                f"error: nats-server exited with {how}; it was restarted {policy.max_restarts} "
+                f"error: {name} exited with {how}; it was restarted {policy.max_restarts} "
                 f"times within {policy.window:g} s, so the stack stops; its log ends with:\n"
                 f"{nats.log_tail()}"
             )
             return 1
         self._say(
-            f"nats-server exited with {how}; restarting it on the same port and store "
+            f"{name} exited with {how}; restarting it on the same port and store "
             f"({count} of {policy.max_restarts} within {policy.window:g} s)"
         )
         try:
-            self._stack.restart_nats()
+            self._stack.restart_nats(name)
         except StackError as error:
-            self._say(f"error: cannot restart nats-server: {error}")
+            self._say(f"error: cannot restart {name}: {error}")
             return 1
-        self._say(f"restarted nats-server (pid {nats.pid}) at {nats.url}")
-        self._say("nats-server is ready again")
+        self._say(f"restarted {name} (pid {nats.pid}) at {nats.url}")
+        self._say(f"{name} is ready again")
         return None
 
     def _platform_exited(self, budget: RestartBudget) -> int | None:

@@ -244,6 +244,13 @@ class EmbeddedNatsServer:
         self._process = None
         self._close_log()
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would (no lame-duck, no flush), and reap it.
+
+        Does nothing when it is not running. `start()` brings it back on the same ports and store.
+        """
+        self._kill()
+
     def close(self) -> None:
         """Stop the server and remove the store directory if this object created it."""
         self.stop()

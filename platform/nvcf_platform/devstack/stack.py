@@ -1,7 +1,7 @@
 """The whole local NVCF stack as child processes on loopback: NATS, platform, servers, sidecars.
 
-`LocalStack` starts them in dependency order, waits until every sidecar is ready and stops them
-in reverse; it is what `nvcf-sidecar dev`, the benchmarks and the end-to-end tests run on. Its state
+`LocalStack` starts them in dependency order (NATS is one server, or a JetStream cluster of
+several), waits until every sidecar is ready and stops them in reverse; it is what `nvcf-sidecar dev`, the benchmarks and the end-to-end tests run on. Its state
 lives in the work directory (NATS store, file-backed streams, the URL-signing secret), so a
 restarted nats-server or platform finds it again.
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, TextIO
 
+from nvcf_platform.devstack.nats_cluster import EmbeddedNatsCluster
 from nvcf_platform.devstack.nats_server import EmbeddedNatsServer, NatsServerError
 from nvcf_platform.devstack.stack_platform import (
     PLATFORM_RESTART_TIMEOUT,
@@ -45,10 +46,20 @@ from nvcf_platform.devstack.stack_spec import (
     sidecar_executable,
 )
 
-__all__ = ["HOST", "ChildExited", "FunctionSpec", "LocalStack", "StackError", "StackProcess"]
+__all__ = [
+    "HOST",
+    "NATS_NAME",
+    "ChildExited",
+    "FunctionSpec",
+    "LocalStack",
+    "StackError",
+    "StackProcess",
+]
 
 NATS_RESTART_TIMEOUT: Final = 30.0
 """How long a restarted nats-server may take to be healthy (JetStream recovers its store)."""
+NATS_NAME: Final = "nats-server"
+"""The name of the one nats-server of a stack without a cluster (cluster nodes: `nats-<n>`)."""
 
 
 def _quiet(text: str) -> None:
@@ -69,6 +80,11 @@ class LocalStack:
     `platform_args` are appended to its command line. With no function it is given no registry
     file: a platform for the control-plane API, which runs the versions deployed through it
     from the `images` catalog (none: an empty one) in `work_dir/instances`.
+
+    With `nats_cluster` of 2 or more, NATS is a JetStream cluster of that many nodes
+    (`EmbeddedNatsCluster`, named `nats-1` ...): the platform gets every node's URL and
+    `--replicas` as many as the nodes (at most 3, JetStream's usual R3), the sidecars the URLs
+    comma-separated in `NVCF_FQDN_NATS`.
     """
 
     def __init__(
@@ -83,7 +99,10 @@ class LocalStack:
         log_stream: TextIO | None = None,
         stream_lock: threading.Lock | None = None,
         progress: Callable[[str], None] = _quiet,
+        nats_cluster: int = 1,
     ) -> None:
+        if nats_cluster < 1:
+            raise StackError(f"nats_cluster: {nats_cluster} nodes; at least 1")
         versions = [spec.version_id for spec in functions]
         if len(set(versions)) != len(versions):
             raise StackError("two functions share a version id")
@@ -98,6 +117,8 @@ class LocalStack:
         self._progress = progress
         self._labels = process_labels(self.functions)
         self._nats: EmbeddedNatsServer | None = None
+        self._cluster_size = nats_cluster
+        self._cluster: EmbeddedNatsCluster | None = None
         self._platform: StackProcess | None = None
         self._platform_ports = (0, 0)  # (HTTP, gRPC), chosen by start()
         self._platform_plan: PlatformPlan | None = None
@@ -127,8 +148,13 @@ class LocalStack:
 
     @property
     def nats_url(self) -> str:
-        """The embedded NATS server."""
+        """The embedded NATS server's URL, or every cluster node's, comma-separated."""
         return self._endpoint("nats_url")
+
+    @property
+    def replicas(self) -> int:
+        """Replicas of the platform's streams and buckets: 1, or 3 on a cluster of 3 or more."""
+        return min(3, self._cluster_size)
 
     @property
     def url_signing_secret_file(self) -> Path:
@@ -168,10 +194,23 @@ class LocalStack:
 
     @property
     def nats(self) -> EmbeddedNatsServer:
-        """The embedded NATS server (for inspecting streams in tests)."""
+        """The embedded NATS server (for inspecting streams in tests); the first node of a
+        cluster."""
         if self._nats is None:
             raise StackError("the stack has not been started")
         return self._nats
+
+    @property
+    def nats_nodes(self) -> dict[str, EmbeddedNatsServer]:
+        """Every nats-server by name: `nats-server` alone, or the cluster's `nats-1` ..."""
+        if self._cluster is not None:
+            return self._cluster.nodes
+        return {NATS_NAME: self.nats}
+
+    @property
+    def nats_cluster(self) -> EmbeddedNatsCluster | None:
+        """The JetStream cluster, when the stack runs on one (who leads, kill a node ...)."""
+        return self._cluster
 
     @property
     def platform(self) -> StackProcess:
@@ -266,11 +305,13 @@ class LocalStack:
         if self._http_listener is not None:
             self._http_listener.close()
             self._http_listener = None
-        if self._nats is not None:
-            try:
+        try:
+            if self._cluster is not None:
+                self._cluster.close()
+            elif self._nats is not None:
                 self._nats.close()
-            except NatsServerError as error:
-                errors.append(StackError(str(error)))
+        except NatsServerError as error:
+            errors.append(StackError(str(error)))
         if errors:
             raise errors[0]
 
@@ -283,12 +324,18 @@ class LocalStack:
             self._wait_ready([sidecar], time.monotonic() + timeout, timeout)
         return sidecar
 
-    def restart_nats(self, timeout: float = NATS_RESTART_TIMEOUT) -> EmbeddedNatsServer:
-        """Stop nats-server (if anything of it still runs) and start it again on the same port
-        and store directory: file-backed queue and tracking streams, consumers and object
-        buckets survive, and the platform and sidecars reconnect by themselves. Raises
-        StackError when it does not come back within `timeout` seconds."""
-        nats = self.nats
+    def restart_nats(
+        self, name: str = NATS_NAME, timeout: float = NATS_RESTART_TIMEOUT
+    ) -> EmbeddedNatsServer:
+        """Stop nats-server `name` (if anything of it still runs) and start it again on the
+        same port and store directory: file-backed queue and tracking streams, consumers and
+        object buckets survive (a cluster node catches up with the others), and the platform
+        and sidecars reconnect by themselves. Raises StackError when it does not come back
+        within `timeout` seconds, or when the stack has no nats-server `name`."""
+        nodes = self.nats_nodes
+        if name not in nodes:
+            raise StackError(f"no nats-server {name!r} in this stack (it has {', '.join(nodes)})")
+        nats = nodes[name]
         nats.stop()
         try:
             nats.start(timeout=timeout)
@@ -347,6 +394,9 @@ class LocalStack:
     # -- internals ------------------------------------------------------------------------------
 
     def _start_nats(self, deadline: float) -> None:
+        if self._cluster_size > 1:
+            self._start_nats_cluster(deadline)
+            return
         self._progress("starting nats-server (JetStream)")
         self._nats = EmbeddedNatsServer(
             store_dir=self.work_dir / "nats",
@@ -360,6 +410,30 @@ class LocalStack:
             raise StackError(str(error)) from error
         self._endpoints["nats_url"] = self._nats.url
         self._progress(f"nats-server ready: {self._nats.url} (pid {self._nats.pid})")
+
+    def _start_nats_cluster(self, deadline: float) -> None:
+        size = self._cluster_size
+        self._progress(f"starting a NATS cluster of {size} nats-servers (JetStream)")
+        cluster = EmbeddedNatsCluster(
+            size,
+            store_dir=self.work_dir / "nats",
+            log_dir=self.work_dir / "logs",
+            cluster_name="nvcf-local",
+            start_timeout=max(1.0, deadline - time.monotonic()),
+        )
+        self._cluster = cluster
+        try:
+            cluster.start()
+        except NatsServerError as error:
+            raise StackError(str(error)) from error
+        self._nats = cluster.node(cluster.names[0])
+        self._endpoints["nats_url"] = cluster.url
+        for name, node in cluster.nodes.items():
+            self._progress(f"{name} ready: {node.url} (pid {node.pid})")
+        self._progress(
+            f"NATS cluster ready: {size} nodes, JetStream meta leader {cluster.meta_leader()}, "
+            f"streams and buckets with {self.replicas} replicas"
+        )
 
     def _start_platform(self, deadline: float) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -382,6 +456,7 @@ class LocalStack:
             url_signing_secret_file=self.url_signing_secret_file,
             images=self.images,
             instances_dir=self.work_dir / "instances",
+            replicas=self.replicas,
             extra_args=tuple(self._platform_args),
             http_fd=self._http_listener.fileno(),
         )
@@ -462,8 +537,9 @@ class LocalStack:
         def check_alive() -> None:
             for process in watched:
                 process.check_running()
-            if not self.nats.running:
-                raise StackError(f"nats-server exited; log ends with:\n{self.nats.log_tail()}")
+            for name, nats in self.nats_nodes.items():
+                if not nats.running:
+                    raise StackError(f"{name} exited; log ends with:\n{nats.log_tail()}")
 
         wait_all_ready(
             sidecars,

@@ -63,6 +63,8 @@ class PlatformPlan:
     """The image and model catalog (`--images`); None: an empty one."""
     instances_dir: Path | None = None
     """Where the platform's deployed instances live (`--instances-dir`)."""
+    replicas: int = 1
+    """`--replicas` of the platform's streams and buckets (3 on a NATS cluster)."""
     http_fd: int | None = None
     """The stack's listening socket on `http_port`, inherited by every platform process: while
     one stops and the next starts, callers' connections wait in its backlog instead of being
@@ -88,6 +90,7 @@ class PlatformPlan:
             *("--stream-storage", "file"),
             *("--url-signing-secret-file", str(self.url_signing_secret_file)),
             *(() if self.http_fd is None else ("--http-fd", str(self.http_fd))),
+            *(() if self.replicas == 1 else ("--replicas", str(self.replicas))),
             *self.extra_args,
         ]
 
