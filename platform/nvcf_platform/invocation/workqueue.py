@@ -39,6 +39,8 @@ PUBLISH_TIMEOUT: Final = 5.0
 """How long one publish waits for the stream's acknowledgement."""
 PUBLISH_DEADLINE: Final = 10.0
 """Bound on a whole publish, retries included (NVIDIA's retries could take a minute)."""
+LAST_ATTEMPT: Final = 1.0
+"""Time kept for the last publish attempt when a retry pause would pass the deadline."""
 ADMIN_TIMEOUT: Final = 10.0
 """Bound on one stream/consumer create or purge call (NVIDIA's purge timeout is 10 s)."""
 
@@ -150,11 +152,12 @@ class WorkQueue:
     async def publish(self, function_version_id: str, request_id: str, payload: bytes) -> None:
         """Publish one work item on `rq.<region>.<fvid>.<reqid>` (reference §5.1 step 5).
 
-        A missing stream is created once, then retried. "Maximum messages per subject exceeded"
+        A missing stream is created once, then retried (also when that creation fails: a
+        cluster electing the stream's leader answers like a missing stream for a few seconds). "Maximum messages per subject exceeded"
         means an earlier attempt landed: success. A full stream raises `QueueFull` at once;
-        anything else is retried with jittered backoff within `PUBLISH_DEADLINE` and finally
-        raises `PublishFailed`. The connection being down (before any attempt) raises
-        `NatsUnavailable` instead of retrying.
+        anything else is retried with jittered backoff within `PUBLISH_DEADLINE` (the last pause
+        cut to leave one attempt before it) and finally raises `PublishFailed`. The connection
+        being down (before any attempt) raises `NatsUnavailable` instead of retrying.
         """
         subject = request_subject(self._region, function_version_id, request_id)
         deadline = time.monotonic() + self._deadline
@@ -166,12 +169,24 @@ class WorkQueue:
                 "queue stream missing; creating it",
                 extra={"request_id": request_id, "function_version_id": function_version_id},
             )
-            await self.provision(function_version_id)
+            try:
+                await asyncio.wait_for(
+                    self.provision(function_version_id), max(0.1, deadline - time.monotonic())
+                )
+            except (NatsError, TimeoutError) as failure:
+                # A cluster electing the stream's leader (a few seconds after its node died)
+                # answers nobody either: retry the publish within the deadline, not fail it.
+                _log.warning(
+                    "queue stream not re-created; retrying the publish",
+                    extra={"request_id": request_id, "error": repr(failure)},
+                )
         for bound in (0.0, *self._retry_delays):
-            pause = bound * random.random()
-            if time.monotonic() + pause >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 break
-            await asyncio.sleep(pause)
+            # A pause past the deadline is cut short, leaving one last attempt time to land: a
+            # cluster electing the stream's leader answers again a few seconds after a node died.
+            await asyncio.sleep(min(bound * random.random(), max(0.0, left - LAST_ATTEMPT)))
             error = await self._publish_once(subject, payload, deadline)
             if error is None:
                 return
