@@ -39,8 +39,11 @@ PUBLISH_TIMEOUT: Final = 5.0
 """How long one publish waits for the stream's acknowledgement."""
 PUBLISH_DEADLINE: Final = 10.0
 """Bound on a whole publish, retries included (NVIDIA's retries could take a minute)."""
-LAST_ATTEMPT: Final = 1.0
-"""Time kept for the last publish attempt when a retry pause would pass the deadline."""
+RETRY_FLOOR: Final = 0.5
+"""Pause between publish retries once the backoff's are spent; also the time kept for the last
+attempt when a pause would pass the deadline."""
+MAX_PUBLISH_ATTEMPTS: Final = 40
+"""Bound on the retries of one publish (the deadline ends them sooner)."""
 ADMIN_TIMEOUT: Final = 10.0
 """Bound on one stream/consumer create or purge call (NVIDIA's purge timeout is 10 s)."""
 
@@ -155,8 +158,8 @@ class WorkQueue:
         A missing stream is created once, then retried (also when that creation fails: a
         cluster electing the stream's leader answers like a missing stream for a few seconds). "Maximum messages per subject exceeded"
         means an earlier attempt landed: success. A full stream raises `QueueFull` at once;
-        anything else is retried with jittered backoff within `PUBLISH_DEADLINE` (the last pause
-        cut to leave one attempt before it) and finally raises `PublishFailed`. The connection
+        anything else is retried with jittered backoff, then every `RETRY_FLOOR` seconds, until
+        `PUBLISH_DEADLINE`, and finally raises `PublishFailed`. The connection
         being down (before any attempt) raises `NatsUnavailable` instead of retrying.
         """
         subject = request_subject(self._region, function_version_id, request_id)
@@ -180,13 +183,16 @@ class WorkQueue:
                     "queue stream not re-created; retrying the publish",
                     extra={"request_id": request_id, "error": repr(failure)},
                 )
-        for bound in (0.0, *self._retry_delays):
+        # Jittered backoff first; once its pauses are spent, a retry every RETRY_FLOOR until the
+        # deadline: a cluster electing the stream's leader answers nobody for 4-9 s after the
+        # node that led it died, and then takes the publish.
+        pauses = [bound * random.random() for bound in (0.0, *self._retry_delays)]
+        for attempt in range(MAX_PUBLISH_ATTEMPTS):
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= RETRY_FLOOR:
                 break
-            # A pause past the deadline is cut short, leaving one last attempt time to land: a
-            # cluster electing the stream's leader answers again a few seconds after a node died.
-            await asyncio.sleep(min(bound * random.random(), max(0.0, left - LAST_ATTEMPT)))
+            pause = pauses[attempt] if attempt < len(pauses) else RETRY_FLOOR
+            await asyncio.sleep(min(pause, left - RETRY_FLOOR))
             error = await self._publish_once(subject, payload, deadline)
             if error is None:
                 return
