@@ -1,5 +1,6 @@
 """`python -m chaos` (run with `tests` on PYTHONPATH; `make chaos`): every scenario, or the named
 ones, one summary line each, figures in bench/results/chaos.json; exit 1 on a wrong or lost request.
+The NATS-cluster scenarios run only when named (`make chaos-cluster`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from chaos.callers import LoadSettings
 from chaos.classify import Summary
-from chaos.scenarios import SCENARIOS, ChaosSettings, run_scenario
+from chaos.scenarios import CLUSTER_SCENARIOS, SCENARIOS, ChaosSettings, run_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "bench" / "results" / "chaos.json"
@@ -30,7 +31,13 @@ def _arguments(argv: Sequence[str]) -> argparse.Namespace:
         prog="python -m chaos",
         description="Requests through `nvcf-sidecar dev --restart` while processes are killed.",
     )
-    parser.add_argument("scenarios", nargs="*", metavar="scenario", help=", ".join(SCENARIOS))
+    known = {**SCENARIOS, **CLUSTER_SCENARIOS}
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="scenario",
+        help=f"{', '.join(known)} (default: all but the cluster ones)",
+    )
     parser.add_argument("--requests", type=int, default=1000, metavar="N", help="per scenario")
     parser.add_argument("--concurrency", type=int, default=16, metavar="N", help="callers (16)")
     parser.add_argument("--poll-seconds", type=int, default=5, metavar="S", help="(5)")
@@ -39,9 +46,9 @@ def _arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the JSON figures")
     parser.add_argument("--keep", action="store_true", help="keep every work dir (logs)")
     options = parser.parse_args(argv)
-    unknown = [name for name in options.scenarios if name not in SCENARIOS]
+    unknown = [name for name in options.scenarios if name not in known]
     if unknown:
-        parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(known)}")
     if options.requests < 1 or options.concurrency < 1:
         parser.error("--requests and --concurrency must be at least 1")
     return options
@@ -85,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="nvcf-chaos-"))
     summaries = []
     for name in names:
-        summary = run_scenario(SCENARIOS[name], settings, base / name)
+        scenario = SCENARIOS.get(name) or CLUSTER_SCENARIOS[name]
+        summary = run_scenario(scenario, settings, base / name)
         summaries.append(summary)
         print(summary.line(), flush=True)
         for fault in summary.faults:
@@ -99,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {count} x {reason}", flush=True)
         for complaint, count in summary.log_digest.items():
             print(f"  logged {count} x {complaint}", flush=True)
+        if summary.latency:
+            print(f"  latency: {json.dumps(summary.latency)}", flush=True)
     write_report(options.out, settings, summaries)
     failed = [s.scenario for s in summaries if s.failed]
     if failed or options.keep:

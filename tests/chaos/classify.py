@@ -147,6 +147,7 @@ class Summary:
     aborted: str | None = None
     notes: list[str] = field(default_factory=list)
     log_digest: dict[str, int] = field(default_factory=dict)
+    latency: dict[str, object] = field(default_factory=dict)  # around the faults, if measured
 
     @property
     def failed(self) -> bool:

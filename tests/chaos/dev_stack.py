@@ -38,6 +38,7 @@ _PIDS = re.compile(r"^\[dev\] pids: (.*)$")
 _RESTARTED = re.compile(r"^\[dev\] restarted (\S+) \(pid (\d+)\)")
 _READY_AGAIN = re.compile(r"^\[dev\] (\S+) is ready again")
 _NATS_URL = re.compile(r"^\[dev\] nats-server ready: nats://127\.0\.0\.1:(\d+)")
+_NODE_URL = re.compile(r"^\[dev\] (nats-\d+) ready: (nats://127\.0\.0\.1:(\d+))")
 _ANY_PID = re.compile(r"\(pid (\d+)\)")  # "started X (pid N)", "nats-server ready: ... (pid N)"
 
 
@@ -55,6 +56,8 @@ class StackLayout:
     concurrency: int = 4
     ack_wait_s: float = 3.0
     max_restarts: int = 1000
+    nats_cluster: int = 1
+    """`dev --nats-cluster N`: NATS as N nodes (`nats-1` ...), streams with up to 3 replicas."""
 
 
 def _stack_pythonpath() -> str:
@@ -118,6 +121,7 @@ class DevStack:
         self._ready: set[str] = set()
         self._seen_pids: set[int] = set()
         self._nats_port: int | None = None
+        self.nats_nodes: dict[str, str] = {}  # cluster node name -> client URL, from dev's lines
         self._process: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
 
@@ -139,6 +143,8 @@ class DevStack:
         command += ["--max-restarts", str(self.layout.max_restarts), "--config", str(config)]
         command += ["--port", str(self.port), "--api-key", self.api_key]
         command += ["--work-dir", str(self.work_dir / "dev"), "--timeout", f"{timeout:g}"]
+        if self.layout.nats_cluster > 1:
+            command += ["--nats-cluster", str(self.layout.nats_cluster)]
         log = (self.work_dir / "dev.log").open("wb")
         self._process = subprocess.Popen(
             command,
@@ -206,6 +212,8 @@ class DevStack:
                 self._ready.add(match.group(1))
             elif match := _NATS_URL.match(line):
                 self._nats_port = int(match.group(1))
+            elif match := _NODE_URL.match(line):
+                self.nats_nodes[match.group(1)] = match.group(2)
 
     # -- state and faults -----------------------------------------------------------------------
 
@@ -224,7 +232,9 @@ class DevStack:
         with self._lock:
             if name in self._ready:
                 return True
-        port = {NATS_NAME: self._nats_port, PLATFORM_NAME: self.port}.get(name)
+        ports = {NATS_NAME: self._nats_port, PLATFORM_NAME: self.port}
+        ports |= {node: int(url.rsplit(":", 1)[1]) for node, url in self.nats_nodes.items()}
+        port = ports.get(name)
         return port is not None and self._port_open(port)
 
     @staticmethod

@@ -7,6 +7,7 @@ the stack, reaps every process and returns the `Summary` with the faults it inje
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import signal
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 from chaos.callers import LoadSettings, Target, run_load
 from chaos.classify import Outcome, Summary, read_executions, summarize
+from chaos.cluster import kill_cluster_nodes, latency_around_faults
 from chaos.dev_stack import (
     NATS_NAME,
     PLATFORM_NAME,
@@ -28,7 +30,7 @@ from chaos.dev_stack import (
 )
 from chaos.stack_logs import log_digest
 
-__all__ = ["SCENARIOS", "ChaosSettings", "Scenario", "run_scenario"]
+__all__ = ["CLUSTER_SCENARIOS", "SCENARIOS", "ChaosSettings", "Scenario", "run_scenario"]
 
 _RESTART_TIMEOUT_S = 30.0
 _READY_TIMEOUT_S = 30.0
@@ -156,6 +158,8 @@ class Scenario:
     name: str
     description: str
     plan: FaultPlan
+    nats_cluster: int = 1
+    """NATS nodes of the dev stack (`--nats-cluster`); 1: one nats-server."""
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -184,10 +188,29 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
+CLUSTER_SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "cluster-node-loss",
+            "3-node NATS cluster: SIGKILL of the work-queue stream's leader, later of another "
+            "node, then of two nodes at once, each restarted by dev",
+            kill_cluster_nodes,
+            nats_cluster=3,
+        ),
+    )
+}
+"""Scenarios on a NATS cluster (`make chaos-cluster`), apart from `make chaos`'s."""
+
+
 def run_scenario(scenario: Scenario, settings: ChaosSettings, work_dir: Path) -> Summary:
     """Run one scenario in `work_dir` and summarise it; every process is reaped before it
     returns (leftovers are reported in the summary's `aborted`)."""
-    stack = DevStack(work_dir, settings.layout)
+    layout = settings.layout
+    if scenario.nats_cluster != layout.nats_cluster:
+        layout = dataclasses.replace(layout, nats_cluster=scenario.nats_cluster)
+        settings = dataclasses.replace(settings, layout=layout)
+    stack = DevStack(work_dir, layout)
     request_ids = [uuid.uuid4().hex for _ in range(settings.requests)]
     outcomes: list[Outcome] = []
     started = time.monotonic()
@@ -210,6 +233,8 @@ def run_scenario(scenario: Scenario, settings: ChaosSettings, work_dir: Path) ->
     if faults is not None:
         summary.faults = faults.injected
         summary.unsupported = faults.unsupported
+        if scenario.nats_cluster > 1:
+            summary.latency = latency_around_faults(outcomes, faults.injected, started)
     if orphans:
         summary.notes += orphans
         aborted = aborted or f"{len(orphans)} processes outlived dev"
