@@ -50,7 +50,8 @@ class EmbeddedNatsCluster:
     its log in `log_dir/<name>.log` (default: in its store), and routes to every other node.
     A node stopped or killed comes back with `restart(name)` on the same ports and store, so it
     rejoins and catches up. `start()` returns once the cluster has elected a JetStream meta
-    leader (streams can be created); `stop()` stops every node. Use it as a context manager, or
+    leader that sees every other node current (streams can be created, and the group can elect
+    again when a node dies); `stop()` stops every node. Use it as a context manager, or
     call `start()` and `stop()` yourself.
     """
 
@@ -150,7 +151,7 @@ class EmbeddedNatsCluster:
         try:
             for node in self._nodes.values():
                 node.start(timeout=max(1.0, deadline - time.monotonic()))
-            self.wait_for_meta_leader(max(1.0, deadline - time.monotonic()))
+            self.wait_for_meta_leader(max(1.0, deadline - time.monotonic()), every_node=True)
         except BaseException:
             self.stop()
             raise
@@ -217,25 +218,37 @@ class EmbeddedNatsCluster:
             raise NatsServerError(f"cannot read {url}: {error}") from error
         return document
 
-    def meta_leader(self) -> str | None:
+    def meta_leader(self, *, every_node: bool = False) -> str | None:
         """The node that leads the JetStream meta group now (as a running node reports it;
-        the first that knows one), or None while there is none."""
+        the first that knows one), or None while there is none. With `every_node`, only a
+        leader that sees every other node as a current follower counts: a group that has just
+        formed may not know all its peers yet, and could not elect again without them."""
         for name in self.running:
             try:
                 meta = self.jsz(name).get("meta_cluster") or {}
             except NatsServerError:
                 continue
             leader = meta.get("leader")
-            if leader:
-                return str(leader)
+            if not leader:
+                continue
+            if every_node:
+                try:
+                    meta = self.jsz(str(leader)).get("meta_cluster") or {}
+                except NatsServerError:
+                    continue
+                current = [p for p in meta.get("replicas") or () if p.get("current")]
+                if len(current) < self.size - 1:
+                    continue
+            return str(leader)
         return None
 
-    def wait_for_meta_leader(self, timeout: float = 30.0) -> str:
-        """Wait until the cluster has a JetStream meta leader and return its name; raises
+    def wait_for_meta_leader(self, timeout: float = 30.0, *, every_node: bool = False) -> str:
+        """Wait until the cluster has a JetStream meta leader (with `every_node`: one that sees
+        every other node current, as `start()` waits for) and return its name; raises
         NatsServerError after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while True:
-            leader = self.meta_leader()
+            leader = self.meta_leader(every_node=every_node)
             if leader is not None:
                 return leader
             if time.monotonic() >= deadline:
