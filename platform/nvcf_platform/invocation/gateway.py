@@ -15,15 +15,12 @@ from aiohttp import hdrs, web
 from yarl import URL
 
 from nvcf_platform.control.registry import canonical_uuid
-from nvcf_platform.invocation.attach import STREAM_ERRORS
-from nvcf_platform.invocation.exchange import InvocationRefused, refused
+from nvcf_platform.invocation.exchange import InvocationRefused
 from nvcf_platform.invocation.invocation import (
     PexecEndpoint,
     poll_seconds_of,
-    read_inline_body,
     request_headers,
 )
-from nvcf_platform.invocation.relay import relay_response
 from nvcf_sidecar.protocol import FEATURE_DISABLE_WORKER_COMPATIBILITY, NVCF_POLL_SECONDS
 
 __all__ = [
@@ -150,34 +147,18 @@ class InvocationGateway:
             poll_seconds = poll_seconds_of(
                 request.headers.get(NVCF_POLL_SECONDS), request.headers.get("Accept"), tlb=True
             )
-            request_id = str(uuid.uuid4())
             path = _request_target(request)
-            try:
-                inline, rest = await read_inline_body(request, request_id)
-            except (*STREAM_ERRORS, EOFError) as error:
-                raise refused(400, f"failed to read request body: {error!r}") from None
             _log.debug(
                 "gateway invocation",
-                extra={
-                    "request_id": request_id,
-                    "function_id": version.function_id,
-                    "method": request.method,
-                    "path": path,
-                },
+                extra={"function_id": version.function_id, "method": request.method, "path": path},
             )
-            async with self._pexec.invoke(
+            return await self._pexec.relay_call(
+                request,
                 version,
-                request_id,
-                method=request.method,
                 headers=headers,
-                inline=inline,
-                rest=rest,
                 poll_seconds=poll_seconds,
                 path=path,
                 large_response=False,
-            ) as outcome:
-                if isinstance(outcome, web.Response):
-                    return outcome
-                return await relay_response(request, outcome, request_id)
+            )
         except InvocationRefused as error:
             return error.answer

@@ -245,26 +245,46 @@ class PexecEndpoint:
                 request.headers.get(NVCF_POLL_SECONDS), request.headers.get("Accept")
             )
             asset_ids = self._asset_header(request)
-            request_id = str(uuid.uuid4())
-            try:
-                inline, rest = await read_inline_body(request, request_id)
-            except (*STREAM_ERRORS, EOFError) as error:
-                raise refused(400, f"failed to read request body: {error!r}") from None
-            async with self.invoke(
-                version,
-                request_id,
-                method=request.method,
-                headers=headers,
-                inline=inline,
-                rest=rest,
-                poll_seconds=poll_seconds,
-                asset_ids=asset_ids,
-            ) as outcome:
-                if isinstance(outcome, web.Response):
-                    return outcome
-                return await relay_response(request, outcome, request_id)
+            return await self.relay_call(
+                request, version, headers=headers, poll_seconds=poll_seconds, asset_ids=asset_ids
+            )
         except InvocationRefused as error:
             return error.answer
+
+    async def relay_call(
+        self,
+        request: web.Request,
+        version: FunctionVersion,
+        *,
+        headers: Sequence[Header],
+        poll_seconds: int,
+        asset_ids: Sequence[str] = (),
+        path: str | None = None,
+        large_response: bool = True,
+    ) -> web.StreamResponse:
+        """Read the caller's body, invoke `version` (`invoke`'s options) and relay the worker's
+        answer: the part pexec and the gateway form share. Raises `InvocationRefused` (400 for
+        an unreadable body, else as `invoke`)."""
+        request_id = str(uuid.uuid4())
+        try:
+            inline, rest = await read_inline_body(request, request_id)
+        except (*STREAM_ERRORS, EOFError) as error:
+            raise refused(400, f"failed to read request body: {error!r}") from None
+        async with self.invoke(
+            version,
+            request_id,
+            method=request.method,
+            headers=headers,
+            inline=inline,
+            rest=rest,
+            poll_seconds=poll_seconds,
+            asset_ids=asset_ids,
+            path=path,
+            large_response=large_response,
+        ) as outcome:
+            if isinstance(outcome, web.Response):
+                return outcome
+            return await relay_response(request, outcome, request_id)
 
     @asynccontextmanager
     async def invoke(
