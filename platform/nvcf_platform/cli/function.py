@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import uuid
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from nvcf_platform import argtypes
 from nvcf_platform.cli import bodies, subcommands
 from nvcf_platform.cli.api_client import ApiClient
 from nvcf_platform.cli.errors import CliError, UsageError
@@ -55,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         commands, "create", subcommands.create, "register a function, or a version of one"
     )
     create.add_argument(
-        "--function-id", type=_uuid, help="add a version to this function instead (FUNCTION_ID)"
+        "--function-id",
+        type=argtypes.uuid_text,
+        help="add a version to this function instead (FUNCTION_ID)",
     )
     _add_input_file(create, "the CreateFunctionRequest body; flags given override its fields")
     _add_create_options(create)
@@ -67,7 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         commands, "list-versions", subcommands.list_versions, "list the versions of a function"
     )
     versions.add_argument(
-        "function_id", nargs="?", type=_uuid, metavar="FUNCTION_ID", help="default: remembered"
+        "function_id",
+        nargs="?",
+        type=argtypes.uuid_text,
+        metavar="FUNCTION_ID",
+        help="default: remembered",
     )
     _add_json(versions)
 
@@ -105,8 +111,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_ids(deploy_update)
     deploy_update.add_argument("--gpu", help="pick the specification (needed if several)")
     deploy_update.add_argument("--instance-type", help="pick the specification")
-    deploy_update.add_argument("--min-instances", type=_count, metavar="N")
-    deploy_update.add_argument("--max-instances", type=_count, metavar="N")
+    deploy_update.add_argument("--min-instances", type=argtypes.count, metavar="N")
+    deploy_update.add_argument("--max-instances", type=argtypes.count, metavar="N")
     _add_input_file(deploy_update, "the UpdateGpuSpecificationRequest body; flags override it")
     _add_json(deploy_update)
 
@@ -135,34 +141,34 @@ def _add_deploy_create(deploys: Any) -> None:
     add("--instance-type", help="instance type (default: the GPU's default one)")
     add(
         "--min-instances",
-        type=_count,
+        type=argtypes.count,
         metavar="N",
         help=f"(default {bodies.DEFAULT_MIN_INSTANCES})",
     )
     add(
         "--max-instances",
-        type=_count,
+        type=argtypes.count,
         metavar="N",
         help=f"(default {bodies.DEFAULT_MAX_INSTANCES})",
     )
-    add("--max-request-concurrency", type=_count, metavar="N", help="(server default 1)")
+    add("--max-request-concurrency", type=argtypes.count, metavar="N", help="(server default 1)")
     add("--backend", help="cluster group name")
     add("--regions", action="append", metavar="A,B")
     add("--clusters", action="append", metavar="A,B")
     add("--availability-zones", action="append", metavar="A,B")
     add("--attributes", action="append", metavar="A,B")
-    add("--preferred-order", type=_count, metavar="N")
+    add("--preferred-order", type=argtypes.count, metavar="N")
     _add_input_file(create, "the deployment body (or its specification list, or one)")
     add(
         "--poll-interval",
-        type=_seconds,
+        type=argtypes.seconds,
         default=DEFAULT_POLL_INTERVAL_SECONDS,
         metavar="S",
         help=f"seconds between status polls ({DEFAULT_POLL_INTERVAL_SECONDS:g})",
     )
     add(
         "--timeout",
-        type=_seconds,
+        type=argtypes.seconds,
         default=DEFAULT_TIMEOUT_SECONDS,
         metavar="S",
         help=f"give up waiting after S seconds ({DEFAULT_TIMEOUT_SECONDS:g})",
@@ -175,12 +181,12 @@ def _add_create_options(parser: argparse.ArgumentParser) -> None:
     add("--name", help="function name (required unless in --input-file)")
     add("--image", help="container image")
     add("--inference-url", metavar="PATH", help="e.g. /predict (required unless in --input-file)")
-    add("--inference-port", type=_port, metavar="PORT", help="(worker default 8000)")
+    add("--inference-port", type=argtypes.port, metavar="PORT", help="(worker default 8000)")
     add("--description")
     add("--function-type", type=str.upper, choices=("DEFAULT", "STREAMING", "LLM"))
     add("--api-body-format", type=str.upper, choices=("CUSTOM", "PREDICT_V2"))
     add("--health-uri", metavar="PATH", help="(/v2/health/ready)")
-    add("--health-port", type=_port, metavar="PORT", help="(the inference port)")
+    add("--health-port", type=argtypes.port, metavar="PORT", help="(the inference port)")
     add("--health-protocol", type=_health_protocol, choices=("HTTP", "gRPC"), help="(HTTP)")
     add("--health-timeout", type=bodies.duration, metavar="S|PT10S", help="(PT10S)")
     add("--health-expected-status", type=int, metavar="CODE", help="(200)")
@@ -225,8 +231,10 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, leaf: bool) -> N
 
 
 def _add_ids(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--function-id", type=_uuid, help="default: the remembered one")
-    parser.add_argument("--version-id", type=_uuid, help="default: the remembered one")
+    parser.add_argument(
+        "--function-id", type=argtypes.uuid_text, help="default: the remembered one"
+    )
+    parser.add_argument("--version-id", type=argtypes.uuid_text, help="default: the remembered one")
 
 
 def _add_input_file(parser: argparse.ArgumentParser, what: str) -> None:
@@ -237,40 +245,6 @@ def _add_input_file(parser: argparse.ArgumentParser, what: str) -> None:
 
 def _add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the API's answer as JSON")
-
-
-def _uuid(value: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a UUID: {value!r}") from None
-
-
-def _count(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {number}")
-    return number
-
-
-def _port(value: str) -> int:
-    number = _count(value)
-    if not 0 < number < 65536:
-        raise argparse.ArgumentTypeError(f"not a port: {number}")
-    return number
-
-
-def _seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not 0 < number < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be positive: {value}")
-    return number
 
 
 def _health_protocol(value: str) -> str:

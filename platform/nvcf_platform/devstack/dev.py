@@ -25,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Final, NoReturn
 
+from nvcf_platform import argtypes
 from nvcf_platform.backends.images import ImageCatalog
 from nvcf_platform.devstack.dev_config import catalog_toml, check_function_name, load_dev_file
 from nvcf_platform.devstack.dev_output import plan_text, ready_text
@@ -60,43 +61,6 @@ _OUTPUT_LOCK: Final = threading.Lock()
 
 class _Interrupted(BaseException):
     """SIGINT or SIGTERM arrived while the stack was starting."""
-
-
-def _uuid(value: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a UUID: {value!r}") from None
-
-
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port: {value!r}") from None
-    if not 0 < port < 65536:
-        raise argparse.ArgumentTypeError(f"port out of range: {port}")
-    return port
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {number}")
-    return number
-
-
-def _seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {value}")
-    return number
 
 
 def _path(value: str) -> str:
@@ -135,19 +99,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "file's entry wins; the config's [[images]] win over all)",
     )
     one = parser.add_argument_group("one function (dev -- COMMAND)")
-    one.add_argument("--inference-port", type=_port, metavar="N", help="where COMMAND listens")
+    one.add_argument(
+        "--inference-port", type=argtypes.port, metavar="N", help="where COMMAND listens"
+    )
     one.add_argument("--path", type=_path, help="default invocation path (/)")
     one.add_argument("--health-endpoint", type=_path, help="its health (/v2/health/ready)")
-    one.add_argument("--function-id", type=_uuid, help="function id (random UUID)")
-    one.add_argument("--version-id", type=_uuid, help="function version id (random UUID)")
+    one.add_argument("--function-id", type=argtypes.uuid_text, help="function id (random UUID)")
+    one.add_argument(
+        "--version-id", type=argtypes.uuid_text, help="function version id (random UUID)"
+    )
     one.add_argument("--name", type=_name, help="function name (function)")
     one.add_argument(
-        "--max-request-concurrency", type=_positive, metavar="N", help="per sidecar (1)"
+        "--max-request-concurrency", type=argtypes.positive, metavar="N", help="per sidecar (1)"
     )
-    add("--port", type=_port, default=8080, metavar="N", help="the platform's HTTP port (8080)")
+    add(
+        "--port",
+        type=argtypes.port,
+        default=8080,
+        metavar="N",
+        help="the platform's HTTP port (8080)",
+    )
     add("--api-key", default="nvcf-local-key", metavar="KEY", help="callers' bearer token")
     add("--work-dir", type=Path, metavar="DIR", help="logs and state (a temporary directory)")
-    add("--timeout", type=_seconds, default=120.0, metavar="S", help="start-up limit (120)")
+    add("--timeout", type=argtypes.seconds, default=120.0, metavar="S", help="start-up limit (120)")
     add(
         "--restart",
         "--restart-on-crash",
@@ -160,35 +134,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     scaling.add_argument(
         "--autoscale-interval",
-        type=_seconds,
+        type=argtypes.seconds,
         default=2.0,
         metavar="S",
         help="between decisions (2)",
     )
     scaling.add_argument(
         "--scale-down-cooldown",
-        type=_seconds,
+        type=argtypes.seconds,
         default=10.0,
         metavar="S",
         help="after a decision, before instances are taken away (10)",
     )
     scaling.add_argument(
         "--idle-timeout",
-        type=_seconds,
+        type=argtypes.seconds,
         default=30.0,
         metavar="S",
         help="without calls this long, minInstances 0 scales to zero (30)",
     )
     add(
         "--nats-cluster",
-        type=_positive,
+        type=argtypes.positive,
         default=1,
         metavar="N",
         help="NATS as a JetStream cluster of N nodes, streams and buckets replicated on up to 3 "
         "(1: one nats-server; docs/scale.md)",
     )
-    add("--max-restarts", type=_positive, default=5, metavar="N", help="per child (5) ...")
-    add("--restart-window", type=_seconds, default=60.0, metavar="S", help="... within S s (60)")
+    add("--max-restarts", type=argtypes.positive, default=5, metavar="N", help="per child (5) ...")
+    add(
+        "--restart-window",
+        type=argtypes.seconds,
+        default=60.0,
+        metavar="S",
+        help="... within S s (60)",
+    )
     add("server_command", nargs=argparse.REMAINDER, metavar="COMMAND", help="after --")
     parser.set_defaults(_dev_parser=parser)
 
