@@ -169,6 +169,8 @@ class Autoscaler:
                 sum(int(s["maxInstances"]) for s in specs),
             )
             if record.status is not FunctionStatus.ACTIVE and current > 0:
+                if state.desired is None:
+                    state.desired = bounds[0]  # what `desired` answers until a decision
                 continue  # DEGRADING: instances are being replaced, not scaled
             decision = decide(
                 current=current,

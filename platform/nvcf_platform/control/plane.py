@@ -35,13 +35,14 @@ from nvcf_platform.control.validation_deploy import (
 )
 from nvcf_platform.errors import FunctionNotFound, FunctionVersionNotFound
 
-__all__ = ["ControlPlane", "Teardown"]
+__all__ = ["ControlPlane", "DeploymentDriver"]
 
 _log = logging.getLogger(__name__)
 
 
-class Teardown(Protocol):
-    """What removes a deployment's instances and queue (the reconciler)."""
+class DeploymentDriver(Protocol):
+    """What runs deployments for the plane (the reconciler): checks them, is woken on a change,
+    tears them down."""
 
     def wake(self) -> None: ...
 
@@ -78,7 +79,7 @@ class ControlPlane:
         self._clock = clock
         self._records: dict[str, VersionRecord] = {}
         self._lock = asyncio.Lock()
-        self._teardown: Teardown | None = None
+        self._teardown: DeploymentDriver | None = None
         self.on_invocation: Callable[[str], None] | None = None
         """Called with the version id of every invocation routed to a registered version."""
 
@@ -90,7 +91,7 @@ class ControlPlane:
     def nca_id(self) -> str:
         return self._nca_id
 
-    def attach(self, teardown: Teardown) -> None:
+    def attach(self, teardown: DeploymentDriver) -> None:
         """Connect the reconciler (it needs the plane, the plane needs it)."""
         self._teardown = teardown
 

@@ -369,17 +369,12 @@ class Reconciler:
 
     def counts(self, record: VersionRecord, spec: dict[str, Any]) -> dict[str, int]:
         """Desired, ready (running) and starting instances of one specification."""
-        own = [
-            i
-            for i in self._backend.instances(record.version_id)
-            if i.plan.gpu_specification_id == spec["gpuSpecificationId"]
-        ]
         return {
             "desired": 0
             if record.status is FunctionStatus.INACTIVE
             else self.desired(record, spec),
-            "ready": sum(1 for i in own if str(i.state) == "RUNNING"),
-            "starting": sum(1 for i in own if str(i.state) == "STARTING"),
+            "ready": self.ready(record, spec),
+            "starting": self._count(record, spec, frozenset({"STARTING"})),
         }
 
     async def _run(self) -> None:
