@@ -40,6 +40,7 @@ def details(summary: Summary) -> str:
             summary.line(),
             *summary.wrong_examples,
             *(f"{n} x {why}" for why, n in summary.lost_reasons.items()),
+            *(f"{n} x failed: {why}" for why, n in summary.failures.items()),
             *summary.notes,
         ]
     )

@@ -4,6 +4,8 @@ A connection the container refuses carried nothing to it: the sidecar marks the 
 unhealthy at once (no waiting for its 10 s check), stops fetching, holds the request and sends it
 when a health check passes again. Only a container still down when the caller's poll budget runs
 out is answered with the connection problem, and only a request that reached the container fails.
+A call whose connection the container drops fails, and the container is probed at once: the calls
+after it are not sent to a container that fails that probe.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ CONTAINER_ERRORS = 'nvcf_worker_requests_total{outcome="container_error"}'
 DELIVERED = 'nvcf_worker_requests_total{outcome="delivered"}'
 HEALTHY = "nvcf_worker_container_healthy"
 PASSTHROUGH = {"nvcf-feature-disable-worker-compatibility": "true"}
+INTERNAL_PROBLEM = {
+    "type": "urn:nvcf-worker-service:problem-details:internal-server-error",
+    "title": "Internal Server Error",
+    "status": 500,
+    "detail": "Internal error while making inference request",
+}
 CONNECTION_PROBLEM = {
     "type": "urn:inference-connection:problem-details:internal-server-error",
     "title": "Internal Server Error",
@@ -136,3 +144,37 @@ async def test_compatibility_mode_answers_202_while_the_container_is_down_then_t
     assert status == 200, body
     assert sent_body(body) == {"n": 7}
     assert echo.stats()["requests"] == 1
+
+
+async def test_after_a_dropped_connection_no_call_goes_to_a_container_that_fails_its_probe(
+    e2e_function: Any, start_stack: Any, scrape: Any, http: aiohttp.ClientSession
+) -> None:
+    # NVIDIA's 10 s periodic check would not see the health change in time: the drop must.
+    echo = e2e_function()
+    stack = start_stack([echo])
+    [sidecar] = stack.sidecars(echo.version_id)
+    drop = {**PASSTHROUGH, "X-E2e-Action": "drop"}
+
+    # A healthy container that dropped one call: the probe passes and the next call goes out.
+    status, _, body = await invoke(http, stack, echo, {"n": 0}, **drop)
+    assert (status, json.loads(body)) == (500, INTERNAL_PROBLEM)
+    status, _, body = await invoke(http, stack, echo, {"n": 1}, **PASSTHROUGH)
+    assert status == 200, body
+    assert scrape(sidecar.metrics_url).get(HEALTHY) == 1
+
+    # A container that fails the probe after a drop (as a dying one does) gets no more calls
+    # until it is healthy again; the call after the drop waits, then is answered.
+    echo.set_health(503)
+    status, _, body = await invoke(http, stack, echo, {"n": 2}, **drop)
+    assert (status, json.loads(body)) == (500, INTERNAL_PROBLEM)
+    waiting = asyncio.create_task(invoke(http, stack, echo, {"n": 3}, **PASSTHROUGH))
+    await wait_for(lambda: scrape(sidecar.metrics_url).get(HEALTHY) == 0, "the probe's verdict")
+    await asyncio.sleep(1.0)
+    assert not waiting.done()
+    assert echo.stats()["requests"] == 3  # n = 0, 1, 2: nothing sent while it fails its probe
+    echo.set_health(200)
+    status, _, body = await asyncio.wait_for(waiting, 30)
+    assert status == 200, body
+    assert sent_body(body) == {"n": 3}
+    assert echo.stats()["requests"] == 4
+    assert sidecar.returncode is None

@@ -121,6 +121,9 @@ class ContainerHealth:
         self._healthy = False
         self._healthy_event = asyncio.Event()
         self._recheck = asyncio.Event()
+        self._settled = asyncio.Event()
+        self._settled.set()
+        self._confirming: asyncio.Task[None] | None = None
         self._reason = "not checked yet"
         self._session: aiohttp.ClientSession | None = None
         self._channel: grpc.aio.Channel | None = None
@@ -153,6 +156,11 @@ class ContainerHealth:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._confirming is not None:
+            self._confirming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._confirming
+            self._confirming = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -255,6 +263,40 @@ class ContainerHealth:
         """
         self._record(Probe(False, reason))
         self._recheck.set()
+
+    @property
+    def suspect(self) -> bool:
+        """Whether a call lost its connection and the probe that follows has not answered yet."""
+        return not self._settled.is_set()
+
+    def report_dropped(self, reason: str) -> None:
+        """A call lost its connection after it reached the container: probe the container now.
+
+        A container that is dying (a SIGKILLed server's sockets close over a few milliseconds)
+        would take and drop the next calls too; `wait_settled` lets them wait for this probe,
+        and a failed probe marks the container unhealthy, so they are held as refused calls are.
+        A healthy container (one handler that closed its connection) costs them one probe.
+        """
+        if not self._healthy or self.suspect:
+            return  # already unhealthy (the monitor re-checks it) or already being probed
+        self._settled.clear()
+        self._confirming = asyncio.create_task(self._confirm(reason))
+
+    async def _confirm(self, reason: str) -> None:
+        try:
+            probe = await self.probe()
+            if probe.ok:
+                self._record(probe)
+            else:
+                self._record(Probe(False, f"{probe.reason} (after {reason})"))
+                self._recheck.set()
+        finally:
+            self._settled.set()
+
+    async def wait_settled(self) -> bool:
+        """Wait for the probe `report_dropped` started (if any); whether the container is healthy."""
+        await self._settled.wait()
+        return self._healthy
 
     async def monitor(self) -> None:
         """Re-check every `health_check_interval` seconds while healthy, every

@@ -12,7 +12,8 @@ route; the `X-E2e-Action` header picks what it does:
   `abandoned`) as soon as its client disconnects;
 * `die`: SIGKILLs its own process: before the response head (`X-E2e-Die: before-head`, default),
   after the head and `X-E2e-Sent` (100) bytes of a declared `X-E2e-Length` (1000) (`after-head`),
-  or after 3 SSE events (`mid-stream`).
+  or after 3 SSE events (`mid-stream`);
+* `drop`: closes the connection without answering, and goes on serving.
 
 `GET /v2/health/ready` answers the status code written in HEALTH_FILE (503 while it is missing;
 200 when no file is given). `GET /stats` is `{requests, in_flight, max_in_flight, abandoned}` of
@@ -96,6 +97,10 @@ def build_app(health_file: Path | None) -> web.Application:
                 await response.write(b"x" * int(request.headers.get("X-E2e-Sent", "100")))
                 await die()
             await die()
+        if action == "drop":
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=500, text="never sent: the connection is closed")
         raise web.HTTPBadRequest(text=f"unknown X-E2e-Action {action!r}")
 
     async def stream_events(
