@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shlex
 import sys
 import uuid
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from nvcf_platform.backends.instance import (
 from nvcf_platform.backends.leftovers import stop_leftovers
 from nvcf_platform.backends.plan import InstancePlan
 from nvcf_platform.backends.process import ChildProcess
+from nvcf_platform.backends.variables import platform_variables, utils_variables
 from nvcf_platform.control.problems import ControlError
 from nvcf_platform.devstack.stack_spec import (
     FunctionSpec,
@@ -253,10 +253,12 @@ class LocalBackend:
             container_env={
                 **image_env,
                 **plan.container_environment,
-                **self._platform_variables(plan),
+                **platform_variables(
+                    plan, region=self.region, backend=self.name, environment="local"
+                ),
                 "INFERENCE_PORT": str(port),
             },
-            sidecar_env=self._sidecar_variables(plan, image_ref),
+            sidecar_env=utils_variables(plan, image_ref),
             cwd=cwd,
             secrets=plan.secrets or None,
             wait_ready=False,
@@ -323,41 +325,6 @@ class LocalBackend:
             f"--metrics-port={metrics_port}",
             f"--backend-directory={self.triton_backend_directory}",
         ]
-
-    def _platform_variables(self, plan: InstancePlan) -> dict[str, str]:
-        """What NVCA's downward API gives the inference container (platform wins)."""
-        return {
-            "NVCF_REGION": self.region,
-            "NVCF_INSTANCETYPE": plan.instance_type,
-            "NVCF_INSTANCETYPE_VALUE": plan.instance_type,
-            "NVCF_BACKEND": self.name,
-            "NVCF_ENV": "local",
-            "NVCF_NCA_ID": plan.nca_id,
-            "NVCF_FUNCTION_ID": plan.function_id,
-            "NVCF_FUNCTION_VERSION_ID": plan.function_version_id,
-            "NVCF_FUNCTION_NAME": plan.function_name,
-        }
-
-    def _sidecar_variables(self, plan: InstancePlan, image: str | None) -> dict[str, str]:
-        """NVIDIA's utils-container variables beyond what the dev stack sets (reference §7.1)."""
-        health = plan.health
-        grpc_health = health.protocol.upper() == "GRPC"
-        env = {
-            "NCA_ID": plan.nca_id,
-            "NVCF_INSTANCE_ID": plan.instance_id,
-            "INSTANCE_TYPE": plan.instance_type,
-            "GPU_NAME": plan.gpu,
-            "INFERENCE_CONTAINER": image or "tritonserver",
-            "INFERENCE_CONTAINER_ARGS": shlex.join(plan.container_args),
-            "INFERENCE_URL": plan.inference_url,
-            "INFERENCE_HEALTH_PROTOCOL": "gRPC" if grpc_health else "HTTP",
-            "INFERENCE_PROTOCOL": "GRPC" if grpc_health else "REST",
-        }
-        if health.timeout:
-            env["INFERENCE_HEALTH_TIMEOUT"] = health.timeout
-        if health.expected_status_code:
-            env["INFERENCE_HEALTH_EXPECTED_RESPONSE_CODE"] = str(health.expected_status_code)
-        return env
 
     def _forget_old(self) -> None:
         ended = [
