@@ -23,6 +23,7 @@ import orjson
 from nats.errors import Error as NatsError
 
 from nvcf_platform.backends.images import ImageCatalog
+from nvcf_platform.backends.kubernetes.settings import KubernetesSettings
 from nvcf_platform.control.registry import Registry
 from nvcf_platform.errors import ConfigError, PlatformError
 from nvcf_platform.service import PlatformService
@@ -59,6 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="deployed instances' directories and logs "
         "(NVCF_PLATFORM_INSTANCES_DIR; default: a temporary directory)",
+    )
+    add(
+        "--kubernetes",
+        type=Path,
+        metavar="FILE",
+        help="run deployed instances as worker pods in Kubernetes, with the settings of this "
+        "JSON file (NVCF_PLATFORM_KUBERNETES; needs the kubernetes extra; docs/scale.md)",
     )
     add(
         "--reconcile-interval",
@@ -185,6 +193,8 @@ def load_registry(settings: PlatformSettings) -> Registry:
     read too, so that a bad one is a `ConfigError` before anything starts."""
     if settings.images_path is not None:
         ImageCatalog.from_toml(settings.images_path)
+    if settings.kubernetes_path is not None:
+        KubernetesSettings.from_file(settings.kubernetes_path)
     if settings.config_path is None:
         return Registry(())
     return Registry.from_toml(settings.config_path)
@@ -217,6 +227,7 @@ def settings_from_args(
         ready_file=args.ready_file,
         images_path=args.images,
         instances_dir=args.instances_dir,
+        kubernetes_path=args.kubernetes,
         reconcile_interval=args.reconcile_interval,
         undeploy_drain_timeout=args.undeploy_drain_timeout,
         deploy_timeout=args.deploy_timeout,

@@ -86,6 +86,9 @@ class PlatformSettings:
     function's `containerImage` and `models` run as on this machine. None: an empty catalog."""
     instances_dir: Path | None = None
     """Where deployed instances keep their directories and logs; None: a temporary directory."""
+    kubernetes_path: Path | None = None
+    """The Kubernetes backend's settings (JSON, `backends/kubernetes/settings.py`): deployed
+    instances run as worker pods instead of local processes. None: the local backend."""
     control_state: bool = True
     """Keep functions, versions and deployments in the `nvcf_control` KV bucket (file storage)
     and load them at start-up."""
@@ -252,6 +255,7 @@ ENV_VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "deploy_timeout": ("NVCF_PLATFORM_DEPLOY_TIMEOUT", _float),
     "images_path": ("NVCF_PLATFORM_IMAGES", Path),
     "instances_dir": ("NVCF_PLATFORM_INSTANCES_DIR", Path),
+    "kubernetes_path": ("NVCF_PLATFORM_KUBERNETES", Path),
     "control_state": ("NVCF_PLATFORM_CONTROL_STATE", _boolean),
     "reconcile_interval": ("NVCF_PLATFORM_RECONCILE_INTERVAL", _float),
     "undeploy_drain_timeout": ("NVCF_PLATFORM_UNDEPLOY_DRAIN_TIMEOUT", _float),

@@ -106,3 +106,39 @@ def test_platform_without_config_serves_an_empty_registry_until_sigterm(
     with urllib.request.urlopen(request, timeout=10) as response:
         assert json.loads(response.read()) == {"functions": []}
     assert process.stop() == 0
+
+
+def test_a_bad_kubernetes_settings_file_exits_2_naming_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "kubernetes.json"
+    bad.write_text(json.dumps({"utilsImage": "x/sidecar:1", "grpcUrl": "http://p:9090"}))
+    result = subprocess.run(
+        [*COMMAND, "--kubernetes", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert f"{bad}: natsUrl is required" in result.stderr
+
+
+@pytest.mark.nats
+def test_a_platform_that_cannot_reach_kubernetes_stops_at_once_saying_why(
+    nats_server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    settings = tmp_path / "kubernetes.json"
+    settings.write_text(
+        json.dumps(
+            {
+                "utilsImage": "x/sidecar:1",
+                "grpcUrl": "http://p:9090",
+                "natsUrl": "nats://n:4222",
+                "kubeconfig": str(tmp_path / "missing-kubeconfig"),
+            }
+        )
+    )
+    result = subprocess.run(
+        [
+            *COMMAND, "--kubernetes", str(settings), "--nats", nats_server.url,
+            "--port", "0", "--grpc-port", "0",
+        ],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "no Kubernetes configuration" in result.stderr + result.stdout

@@ -12,11 +12,12 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nats.aio.client import Client
 
 from nvcf_platform.backends.images import ImageCatalog
+from nvcf_platform.backends.kubernetes.settings import KubernetesSettings
 from nvcf_platform.backends.local import LocalBackend
 from nvcf_platform.backends.plan import InstancePlan
 from nvcf_platform.control.autoscaler import Autoscaler
@@ -28,11 +29,14 @@ from nvcf_platform.control.reconciler import Reconciler
 from nvcf_platform.control.records import VersionRecord
 from nvcf_platform.control.registry import FunctionVersion, Registry
 from nvcf_platform.control.store import ControlStore
-from nvcf_platform.errors import PlatformError
+from nvcf_platform.errors import ConfigError, PlatformError
 from nvcf_platform.invocation.exchange import refused
 from nvcf_platform.invocation.queues import QueueInspector
 from nvcf_platform.invocation.workqueue import WorkQueue
 from nvcf_platform.settings import PlatformSettings
+
+if TYPE_CHECKING:
+    from nvcf_platform.backends.kubernetes.backend import KubernetesBackend
 
 __all__ = ["ControlRuntime", "instance_plan"]
 
@@ -54,6 +58,19 @@ def instance_plan(record: VersionRecord, spec: dict[str, Any], instance_id: str)
     )
 
 
+def kubernetes_backend(settings: KubernetesSettings, *, region: str) -> KubernetesBackend:
+    """The Kubernetes backend; ConfigError if the client library (extra `kubernetes`) is not
+    installed."""
+    try:
+        from nvcf_platform.backends.kubernetes.backend import KubernetesBackend
+    except ImportError as error:
+        raise ConfigError(
+            f"--kubernetes needs kubernetes_asyncio: pip install 'nvcf-worker[kubernetes]' "
+            f"({error})"
+        ) from None
+    return KubernetesBackend(settings, region=region)
+
+
 class ControlRuntime:
     """`async with ControlRuntime(...)`: stored versions loaded, instances reconciled inside;
     leaving it stops the reconcile loop, then every instance (drained)."""
@@ -72,6 +89,11 @@ class ControlRuntime:
         if images is None:
             path = settings.images_path
             images = ImageCatalog() if path is None else ImageCatalog.from_toml(path)
+        kube = None
+        if settings.kubernetes_path is not None:
+            kube = KubernetesSettings.from_file(settings.kubernetes_path)
+            if catalog is None and kube.gpus:
+                catalog = Catalog.from_mapping(kube.gpus, cluster_group_name=kube.cluster_group)
         self._settings = settings
         self._store = ControlStore(nc, replicas=settings.replicas)
         self._own_work_dir = settings.instances_dir is None
@@ -84,12 +106,16 @@ class ControlRuntime:
             provision=queue.provision,
         )
         backlog = QueueInspector(nc, region=settings.region).backlog
-        self.backend = LocalBackend(
-            images,
-            grpc_url=grpc_url,
-            nats_url=settings.nats_url,
-            work_dir=self._work_dir,
-            region=settings.region,
+        self.backend: LocalBackend | KubernetesBackend = (
+            LocalBackend(
+                images,
+                grpc_url=grpc_url,
+                nats_url=settings.nats_url,
+                work_dir=self._work_dir,
+                region=settings.region,
+            )
+            if kube is None
+            else kubernetes_backend(kube, region=settings.region)
         )
         self.reconciler = Reconciler(
             self.plane,
