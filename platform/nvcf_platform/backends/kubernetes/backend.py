@@ -155,11 +155,11 @@ class KubernetesBackend:
             secret = secrets_object(plan, self.settings, pod_uid=created.metadata.uid)
             if secret is not None:
                 await core.create_namespaced_secret(namespace, secret)  # type: ignore[arg-type]
-        except ApiException as error:
-            self._set(plan.instance_id, InstanceState.FAILED, _api_error("create", error))
+        except (ApiException, aiohttp.ClientError, OSError) as error:
+            why = _api_error("create", error) if isinstance(error, ApiException) else repr(error)
+            self._set(plan.instance_id, InstanceState.FAILED, f"pod not created: {why}")
             _log.error(
-                "instance pod not created",
-                extra={"instance_id": plan.instance_id, "error": _api_error("create", error)},
+                "instance pod not created", extra={"instance_id": plan.instance_id, "error": why}
             )
             return dataclasses.replace(self._statuses[plan.instance_id])
         _log.info(
@@ -273,6 +273,10 @@ class KubernetesBackend:
                     timeout_seconds=_WATCH_SECONDS,
                 ) as events:
                     async for event in events:
+                        if event["type"] == "ERROR":  # a Status, e.g. 410: version expired
+                            raw = event.get("raw_object") or {}
+                            code = raw.get("code", 500) if isinstance(raw, dict) else 500
+                            raise ApiException(status=code, reason=str(raw)[:200])
                         pod = event["object"]
                         document = api.sanitize_for_serialization(pod)
                         version = document["metadata"].get("resourceVersion") or version
