@@ -86,6 +86,20 @@ IMAGES = {
         health_port_variable="HEALTH_PORT",
         health_path="/v1/health/ready",
     ),
+    "platform": Image(
+        base="python:3.11-slim",
+        imports=(
+            "nvcf_platform.main",
+            "nvcf_platform.backends.kubernetes.backend",
+            "kubernetes_asyncio",
+            "nats",
+            "grpc",
+        ),
+        absent=("pytriton", "numpy", "starlette"),
+        commands=(("nvcf-sidecar", "platform", "--help"),),
+        health_port_variable="NVCF_PLATFORM_PORT",
+        health_path="/health",
+    ),
 }
 
 

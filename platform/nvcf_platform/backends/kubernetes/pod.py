@@ -181,7 +181,6 @@ def secrets_object(
                     "kind": "Pod",
                     "name": plan.instance_id,
                     "uid": pod_uid,
-                    "blockOwnerDeletion": True,
                 }
             ],
         },
