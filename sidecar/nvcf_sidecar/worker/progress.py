@@ -1,5 +1,7 @@
-"""Progress monitoring (§7): one watchdog observer on the response base dir turns each new version
-of `<BASE_RESPONSE_DIR>/<reqid>/progress` into a `ProgressUpdate` for the request that waits on it.
+"""Progress monitoring (§7): one watcher of the response base dir turns each new version of
+`<BASE_RESPONSE_DIR>/<reqid>/progress` into a `ProgressUpdate` for the request that waits on it.
+The watcher is inotify read by the event loop on Linux (`inotify.DirectoryEvents`), watchdog's
+observer thread elsewhere (or when asked for).
 
 Beyond NVIDIA's watcher: a file written in place is read only once whole (debounce, re-reads), and
 files are routed by directory as well as by `id`. Reading and checking one file is `progress_file`.
@@ -20,6 +22,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from nvcf_sidecar.worker.errors import WorkerError
+from nvcf_sidecar.worker.inotify import DirectoryEvents, inotify_available
 from nvcf_sidecar.worker.metrics import WorkerMetrics
 from nvcf_sidecar.worker.progress_file import (
     TORN,
@@ -183,11 +186,25 @@ class ProgressMonitor:
 
     Events are debounced by `debounce` seconds of quiet per file (a close after writing or a
     rename into place is read at once); files are read off the loop, at most 250,000 bytes.
+    `source` picks the watcher: `auto` (inotify where the system has it, else watchdog),
+    `inotify` or `watchdog`.
     """
 
-    def __init__(self, base_dir: Path, metrics: WorkerMetrics, *, debounce: float = 0.025) -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        metrics: WorkerMetrics,
+        *,
+        debounce: float = 0.025,
+        source: str = "auto",
+    ) -> None:
         if not debounce >= 0:  # also refuses NaN
             raise ValueError(f"debounce must not be negative, not {debounce!r}")
+        if source not in ("auto", "inotify", "watchdog"):
+            raise ValueError(f"source must be auto, inotify or watchdog, not {source!r}")
+        self._source = source
+        self._events: DirectoryEvents | None = None
+        self._running = False
         self._base_dir = Path(base_dir)
         self._metrics = metrics
         self._debounce = debounce
@@ -204,22 +221,54 @@ class ProgressMonitor:
         """Requests currently watched."""
         return len(self._by_id)
 
+    @property
+    def source(self) -> str:
+        """The watcher in use: `inotify` or `watchdog` (`auto` before the start)."""
+        return self._source
+
     async def __aenter__(self) -> ProgressMonitor:
-        if self._observer is not None:
+        if self._running:
             raise ProgressMonitorError("the progress monitor is already running")
         self._loop = asyncio.get_running_loop()
+        use_inotify = self._source == "inotify" or (self._source == "auto" and inotify_available())
         try:
-            self._base, self._observer = await asyncio.to_thread(self._start_observer, self._loop)
+            if use_inotify:
+                self._base = await asyncio.to_thread(self._make_base)
+                try:
+                    self._events = DirectoryEvents(self._base, self._on_file)
+                    self._events.open()
+                except OSError as error:
+                    if self._source == "inotify":
+                        raise
+                    logger.warning(  # e.g. out of inotify instances: watchdog polls then
+                        "inotify unavailable; watching progress files with watchdog",
+                        extra={"error": str(error)},
+                    )
+                    self._events, use_inotify = None, False
+            if not use_inotify:
+                self._base, self._observer = await asyncio.to_thread(
+                    self._start_observer, self._loop
+                )
         except OSError as error:
             raise ProgressMonitorError(
                 f"cannot watch {self._base_dir} for progress files: {error}"
             ) from error
-        logger.info("watching progress files", extra={"path": self._base})
+        self._source = "inotify" if use_inotify else "watchdog"
+        self._running = True
+        logger.info("watching progress files", extra={"path": self._base, "source": self._source})
         return self
 
-    def _start_observer(self, loop: asyncio.AbstractEventLoop) -> tuple[str, BaseObserver]:
+    def _make_base(self) -> str:
         self._base_dir.mkdir(parents=True, exist_ok=True)
-        base = os.path.realpath(self._base_dir)
+        return os.path.realpath(self._base_dir)
+
+    def _on_file(self, path: str, immediate: bool) -> None:
+        """An inotify event (in the loop): only files named `progress` matter."""
+        if os.path.basename(path) == PROGRESS_FILE_NAME:
+            self._on_event(path, immediate)
+
+    def _start_observer(self, loop: asyncio.AbstractEventLoop) -> tuple[str, BaseObserver]:
+        base = self._make_base()
         observer = Observer()
         try:
             observer.schedule(
@@ -238,6 +287,10 @@ class ProgressMonitor:
         tb: TracebackType | None,
     ) -> None:
         observer, self._observer = self._observer, None
+        events, self._events = self._events, None
+        self._running = False
+        if events is not None:
+            events.close()
         for state in self._files.values():
             if state.timer is not None:
                 state.timer.cancel()
@@ -255,7 +308,7 @@ class ProgressMonitor:
         return ProgressWatch(self, request_id, Path(response_dir))
 
     def _register(self, watch: ProgressWatch) -> None:
-        if self._observer is None:
+        if not self._running:
             raise ProgressMonitorError("the progress monitor is not running")
         key = os.path.realpath(watch.response_dir)
         if key == self._base or os.path.commonpath([key, self._base]) != self._base:
@@ -280,7 +333,7 @@ class ProgressMonitor:
             del self._by_dir[watch._key]
 
     def _on_event(self, path: str, immediate: bool) -> None:
-        if self._observer is None:
+        if not self._running:
             return
         parent = os.path.dirname(path)
         if parent not in self._by_dir and os.path.dirname(parent) != self._base:
@@ -313,7 +366,7 @@ class ProgressMonitor:
     def _read_done(self, path: str, state: _FileState, task: asyncio.Task[FileRead | None]) -> None:
         self._reads.discard(task)
         state.reading = False
-        if task.cancelled() or self._observer is None or self._loop is None:
+        if task.cancelled() or not self._running or self._loop is None:
             return
         read: FileRead | None = None
         if (error := task.exception()) is not None:

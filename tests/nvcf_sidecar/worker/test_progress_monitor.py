@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from harness.modules import load_module
+from nvcf_sidecar.worker.inotify import inotify_available
 from nvcf_sidecar.worker.metrics import WorkerMetrics
 from nvcf_sidecar.worker.progress import (
     ProgressMonitor,
@@ -44,9 +45,16 @@ def base(tmp_path: Path) -> Path:
     return tmp_path / "responses"  # created by the monitor
 
 
-@pytest.fixture
-async def monitor(base: Path, metrics: WorkerMetrics) -> AsyncIterator[ProgressMonitor]:
-    async with ProgressMonitor(base, metrics) as running:
+SOURCES = ["watchdog", *(["inotify"] if inotify_available() else [])]
+
+
+@pytest.fixture(params=SOURCES)
+async def monitor(
+    base: Path, metrics: WorkerMetrics, request: pytest.FixtureRequest
+) -> AsyncIterator[ProgressMonitor]:
+    """The monitor on each watcher this system has: every test runs on both on Linux."""
+    async with ProgressMonitor(base, metrics, source=request.param) as running:
+        assert running.source == request.param
         yield running
 
 
