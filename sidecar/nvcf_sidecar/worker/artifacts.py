@@ -24,6 +24,7 @@ __all__ = [
     "Artifact",
     "ArtifactRefused",
     "RefusalReason",
+    "holds_no_outputs",
     "open_artifact",
     "record_refusal",
     "scan_artifacts",
@@ -75,6 +76,26 @@ class Artifact:
     """The output directory joined with `relative` (for logs; open it with `open_artifact`)."""
     size: int
     """Size in bytes when scanned."""
+
+
+def holds_no_outputs(response_dir: Path) -> bool:
+    """Whether `response_dir` is missing or holds nothing but the progress report: most
+    requests' case, answered with one directory listing on the caller's thread instead of a
+    `scan_artifacts` walk on a worker thread. False when it cannot tell (a symlink, an error):
+    the full scan then reports it."""
+    try:
+        descriptor = os.open(response_dir, _DIRECTORY_FLAGS)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        names = os.listdir(descriptor)
+    except OSError:
+        return False
+    finally:
+        os.close(descriptor)
+    return not names or names == [PROGRESS_FILE_NAME]
 
 
 def scan_artifacts(

@@ -38,7 +38,7 @@ from nvcf_sidecar.protocol import (
     worker_problem,
 )
 from nvcf_sidecar.protocol.limits import CLIENT_GONE_GRACE_SECONDS
-from nvcf_sidecar.worker.artifacts import scan_artifacts
+from nvcf_sidecar.worker.artifacts import holds_no_outputs, scan_artifacts
 from nvcf_sidecar.worker.attach import AttachClient, AttachError
 from nvcf_sidecar.worker.deadline import item_budget
 from nvcf_sidecar.worker.forward import (
@@ -379,7 +379,11 @@ async def _map_response(
         body = inference_error_problem(response.status, buffered)
         log.info("container answered %d; relayed as a problem", response.status)
         return Answer(response.status, [("Content-Type", PROBLEM_CONTENT_TYPE)], body)
-    artifacts = await asyncio.to_thread(scan_artifacts, response_dir, log=log, metrics=metrics)
+    artifacts = (
+        []
+        if holds_no_outputs(response_dir)
+        else await asyncio.to_thread(scan_artifacts, response_dir, log=log, metrics=metrics)
+    )
     if len(buffered) > limit or artifacts:
         reason = f"body over {limit} bytes" if len(buffered) > limit else "output files"
         log.info("large response (%s, %d file(s))", reason, len(artifacts))

@@ -14,6 +14,7 @@ from nvcf_sidecar.worker.artifacts import (
     Artifact,
     ArtifactRefused,
     RefusalReason,
+    holds_no_outputs,
     open_artifact,
     scan_artifacts,
 )
@@ -100,6 +101,27 @@ def test_only_progress_means_no_artifacts(
     out = tmp_path / REQUEST_ID
     write(out / "progress", b"{}")
     assert scan_artifacts(out, log=log, metrics=metrics) == []
+
+
+def test_the_quick_check_says_no_outputs_only_when_the_full_scan_would_find_none(
+    tmp_path: Path, log: RequestLog, metrics: WorkerMetrics
+) -> None:
+    out = tmp_path / REQUEST_ID
+    assert holds_no_outputs(out)  # missing
+    out.mkdir()
+    assert holds_no_outputs(out)  # empty
+    write(out / "progress", b"{}")
+    assert holds_no_outputs(out)
+    (out / "empty").mkdir()  # no artifact, but the full scan decides
+    assert not holds_no_outputs(out)
+    assert scan_artifacts(out, log=log, metrics=metrics) == []
+    (out / "empty").rmdir()
+    write(out / "result.json", b"{}")
+    assert not holds_no_outputs(out)
+    linked = tmp_path / "linked"
+    linked.symlink_to(out / "missing-target")
+    assert not holds_no_outputs(linked)  # a symlinked directory: the full scan refuses it
+    assert not holds_no_outputs(out / "result.json")  # not a directory
 
 
 def test_partial_files_are_refused_logged_with_the_request_id_and_counted(
