@@ -53,6 +53,8 @@ async def test_platform_command_serves_until_sigterm_and_exits_0(
             ids.api_key,
             "--ready-file",
             ready,
+            "--log-level",
+            "DEBUG",  # the per-request line is DEBUG
         ],
         name="platform",
     )

@@ -231,7 +231,8 @@ class WorkerExchange:
                 self._withdraw_later(version, request_id)
                 raise
             else:
-                _log.info("worker responded", extra={**extra, "status": worker.status})
+                # DEBUG: one line per request is the sidecar's ("request finished", INFO).
+                _log.debug("worker responded", extra={**extra, "status": worker.status})
                 if worker.status == 202:
                     try:
                         await self._track(version, request_id, item.requestTime.ToNanoseconds())
