@@ -27,6 +27,7 @@ import aiohttp
 import orjson
 
 from bench.harness import Case, Measurement, RunSettings, SuiteReport, machine_info
+from bench.wrk import WrkError, run_wrk, wrk_path
 from nvcf_platform.devstack.stack import FunctionSpec, LocalStack
 
 __all__ = [
@@ -348,6 +349,8 @@ class SidecarReport(SuiteReport):
 
     comparisons: tuple[LevelComparison, ...] = ()
     setup: Mapping[str, Any] = field(default_factory=dict)
+    compiled: Mapping[str, Any] = field(default_factory=dict)
+    """The `wrk` phase (when wrk is on PATH): per path, its figures and CPU per request."""
 
     def loads(self) -> tuple[LoadMeasurement, ...]:
         """`measurements`, typed as what this suite puts there."""
@@ -391,6 +394,7 @@ class SidecarReport(SuiteReport):
             "comparisons": [dataclasses.asdict(c) for c in self.comparisons],
             "aims": self.aims(),
             "cases": [measurement.to_json() for measurement in self.measurements],
+            "compiled_load": dict(self.compiled),
         }
 
 
@@ -503,6 +507,66 @@ async def _measure(
     return measurements
 
 
+def _measure_wrk(
+    stack: LocalStack,
+    server_port: int,
+    settings: RunSettings,
+    progress: Callable[[str], None] | None,
+) -> dict[str, Any]:
+    """With `wrk` on PATH: both paths at the top concurrency for a few seconds each, the load
+    from compiled code; {} without wrk. The aiohttp phases have checked the answers already."""
+    if wrk_path() is None:
+        return {}
+    connections = max(level.concurrency for level in LEVELS)
+    seconds = 5.0 if settings.iteration_scale >= 1 else 2.0  # --quick: 2 s
+    body, _ = _Requests(_TARGET_BODY_BYTES).next()
+    targets = {
+        "direct": (f"http://127.0.0.1:{server_port}/", {"Content-Type": "application/json"}),
+        "stack": (
+            stack.invoke_url(FUNCTION_ID),
+            {"Content-Type": "application/json", "Authorization": f"Bearer {stack.api_key}"},
+        ),
+    }
+    pids = _stack_pids(stack)
+    figures: dict[str, Any] = {"connections": connections, "seconds": seconds}
+    for key, (url, headers) in targets.items():
+        if progress is not None:
+            progress(f"wrk c{connections}.{key}")
+        before = _CpuSnapshot.take(pids)
+        try:
+            result = run_wrk(
+                url, body=body, headers=headers, connections=connections, seconds=seconds
+            )
+        except WrkError as error:
+            raise SidecarBenchError(f"wrk on the {key} path: {error}") from None
+        answered = result.requests - result.status_errors
+        cpu = _CpuSnapshot.take(pids).per_request_us(before, answered)
+        cpu.pop("client", None)  # wrk's CPU is not this process's
+        figures[key] = {**dataclasses.asdict(result), "ok_per_s": result.ok_per_s, "cpu_us": cpu}
+    direct_rate = figures["direct"]["ok_per_s"]
+    figures["throughput_ratio"] = figures["stack"]["ok_per_s"] / direct_rate if direct_rate else 0
+    return figures
+
+
+def _format_wrk(compiled: Mapping[str, Any]) -> list[str]:
+    if not compiled:
+        return ["wrk: not on PATH, no compiled-client phase."]
+    lines = [
+        f"wrk, {compiled['connections']} connections, {compiled['seconds']:g} s per path "
+        "(the client is compiled code):"
+    ]
+    for key in ("direct", "stack"):
+        f = compiled[key]
+        cpu = ", ".join(f"{n} {v:,.0f}" for n, v in f["cpu_us"].items() if v is not None)
+        lines.append(
+            f"  {key:<6}  {f['ok_per_s']:>9,.0f} req/s  p50 {f['p50_ms']:.2f} ms  "
+            f"p99 {f['p99_ms']:.2f} ms  errors {f['status_errors'] + f['socket_errors']}  "
+            f"CPU µs/req: {cpu}"
+        )
+    lines.append(f"  stack vs direct throughput: x{compiled['throughput_ratio']:.3f}")
+    return lines
+
+
 def _measurement(
     level: LoadLevel,
     target: Target,
@@ -601,6 +665,7 @@ def run(settings: RunSettings, progress: Callable[[str], None] | None = None) ->
             measurements = asyncio.run(
                 _measure(stack, function.inference_port, LEVELS, settings, warmup, progress)
             )
+            compiled = _measure_wrk(stack, function.inference_port, settings, progress)
         except SidecarBenchError as error:
             tails = "\n".join(
                 f"--- {process.name} log ends with:\n{process.log_tail()}"
@@ -616,6 +681,7 @@ def run(settings: RunSettings, progress: Callable[[str], None] | None = None) ->
         environment=machine_info(cpu_model=_cpu_model(), versions=_versions()),
         wall_s=time.perf_counter() - started,
         comparisons=_comparisons(measured),
+        compiled=compiled,
         setup={
             "levels": LEVELS,
             "warmup": warmup,
@@ -720,6 +786,7 @@ def format_report(report: SidecarReport) -> str:
                 for i, cell in enumerate(row)
             ).rstrip()
         )
+    lines += ["", *_format_wrk(report.compiled)]
     if any(m.cut_short for m in report.measurements):
         lines.append("* stopped at the time cap before all its requests: figures are from fewer.")
     lines.append(f"{len(report.measurements)} measurements in {report.wall_s:.1f} s.")
