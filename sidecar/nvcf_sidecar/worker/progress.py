@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -310,7 +311,7 @@ class ProgressMonitor:
     def _register(self, watch: ProgressWatch) -> None:
         if not self._running:
             raise ProgressMonitorError("the progress monitor is not running")
-        key = os.path.realpath(watch.response_dir)
+        key = self._key_of(watch.response_dir)
         if key == self._base or os.path.commonpath([key, self._base]) != self._base:
             raise ProgressMonitorError(
                 f"response directory {watch.response_dir} is not inside {self._base}"
@@ -325,6 +326,19 @@ class ProgressMonitor:
         path = os.path.join(key, PROGRESS_FILE_NAME)
         if os.path.lexists(path):  # written before the watch: read it once now
             self._on_event(path, True)
+
+    def _key_of(self, directory: Path) -> str:
+        """The real path of a request directory: for `<base dir>/<name>` that is a directory (not a
+        link), the real base joined with the name, from one lstat; else `os.path.realpath`."""
+        text = os.fspath(directory)
+        parent, name = os.path.split(text)
+        if parent == os.fspath(self._base_dir) and name not in ("", ".", ".."):
+            try:
+                if stat.S_ISDIR(os.lstat(text).st_mode):
+                    return os.path.join(self._base, name)
+            except OSError:
+                pass
+        return os.path.realpath(directory)
 
     def _unregister(self, watch: ProgressWatch) -> None:
         if self._by_id.get(watch.request_id) is watch:

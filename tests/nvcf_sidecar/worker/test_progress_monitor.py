@@ -583,6 +583,11 @@ async def test_duplicate_and_misplaced_watches_are_refused(
         monitor.watch("req-out", tmp_path / "outside").__enter__()
     with pytest.raises(ProgressMonitorError, match="not inside"):
         monitor.watch("req-base", base).__enter__()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (base / "req-link").symlink_to(outside)  # a request directory swapped for a link
+    with pytest.raises(ProgressMonitorError, match="not inside"):
+        monitor.watch("req-link", base / "req-link").__enter__()
     assert monitor.watched == 0
 
 
