@@ -17,6 +17,10 @@ __all__ = [
     "request_stream_name",
     "request_subject",
     "request_subject_filter",
+    "session_lookup_stream_name",
+    "session_lookup_subject",
+    "session_lookup_subject_filter",
+    "session_reconnect_subject",
     "tracking_stream_name",
     "tracking_subject",
     "tracking_subject_filter",
@@ -101,3 +105,30 @@ def tracking_subject_filter(region: str) -> str:
 def tracking_subject(region: str, request_id: str) -> str:
     """The tracking record of one request: `requestToFunctionVersion.<region>.<reqid>`."""
     return f"requestToFunctionVersion.{_region(region)}.{_request(request_id)}"
+
+
+# --- stateful (gRPC) sessions (nvcf-grpc-sessions §2, §4) ----------------------------------------
+
+
+def session_reconnect_subject(request_id: str) -> str:
+    """Where the gRPC proxy asks a session's worker to dial back again (core NATS):
+    `stateful_session.reconnect.<reqid>`."""
+    return f"stateful_session.reconnect.{_request(request_id)}"
+
+
+def session_lookup_stream_name(region: str) -> str:
+    """The stream of live sessions' registrations: `stateful_session_lookup_<region>`."""
+    return f"stateful_session_lookup_{_region(region)}"
+
+
+def session_lookup_subject_filter(region: str) -> str:
+    """The subjects the session lookup stream captures: `stateful_session.lookup.<region>.>`."""
+    return f"stateful_session.lookup.{_region(region)}.>"
+
+
+def session_lookup_subject(region: str, function_version_id: str, request_id: str) -> str:
+    """A session's registration: `stateful_session.lookup.<region>.<fvid>.<reqid>`."""
+    return (
+        f"stateful_session.lookup.{_region(region)}.{_version(function_version_id)}"
+        f".{_request(request_id)}"
+    )

@@ -52,6 +52,7 @@ from nvcf_sidecar.worker.gate import ContainerGate, ContainerWatch
 from nvcf_sidecar.worker.metrics import Outcome, WorkerMetrics
 from nvcf_sidecar.worker.passthrough import Polling, serve_passthrough
 from nvcf_sidecar.worker.sessions import HttpSessions
+from nvcf_sidecar.worker.stateful import StatefulSessions
 from nvcf_worker.headers import is_safe_component
 
 __all__ = ["STALE_ITEM_SECONDS", "RequestLog", "RequestRunner"]
@@ -94,12 +95,14 @@ class RequestRunner:
         compat: CompatibilityServices | None = None,
         *,
         watch: ContainerWatch | None = None,
+        stateful: StatefulSessions | None = None,
     ) -> None:
         self._config = config
         self._metrics = metrics
         self._sessions = sessions
         self._compat = compat
         self._gate = ContainerGate(sessions.container, metrics, watch)
+        self._stateful = stateful
 
     async def run(
         self,
@@ -127,6 +130,11 @@ class RequestRunner:
         accepted = request_time(request)
         if accepted is not None:
             self._metrics.queue_wait.observe(max(0.0, received - accepted))
+        if request.HasField("statefulConfig"):  # a gRPC session: no request, a tunnel
+            if self._stateful is None:
+                log.error("a stateful (gRPC) work item, and this runner serves none")
+                return Outcome.WORKER_ERROR
+            return await self._stateful.serve(request, log)
         try:
             connection = first_http1_config(request)
         except MissingAttachConfig as error:

@@ -77,6 +77,7 @@ async def open_request_runner(context: RunnerContext) -> RequestHandler:
     from nvcf_sidecar.worker.progress import ProgressMonitor
     from nvcf_sidecar.worker.request import RequestRunner
     from nvcf_sidecar.worker.sessions import HttpSessions
+    from nvcf_sidecar.worker.stateful import StatefulSessions
 
     config, metrics = context.config, context.metrics
     sessions = await context.stack.enter_async_context(HttpSessions(config))
@@ -85,7 +86,16 @@ async def open_request_runner(context: RunnerContext) -> RequestHandler:
     )
     shipper = LargeResponseShipper(sessions.transfer, context.api, metrics)
     compat = CompatibilityServices(progress, context.nats.client, shipper)
-    return RequestRunner(config, metrics, sessions, compat, watch=context.container)
+    api = context.api
+
+    def region() -> str:  # the region whose queue delivered the session (the primary one)
+        connection = api.connection
+        return connection.region if connection is not None else "default"
+
+    stateful = StatefulSessions(config, context.nats.client, region)
+    return RequestRunner(
+        config, metrics, sessions, compat, watch=context.container, stateful=stateful
+    )
 
 
 class Sidecar:

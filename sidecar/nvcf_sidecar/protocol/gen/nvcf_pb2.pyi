@@ -103,6 +103,35 @@ class InputAssetReference(_message.Message):
 Global___InputAssetReference: _TypeAlias = InputAssetReference  # noqa: Y015
 
 @_typing.final
+class StatefulSessionTracking(_message.Message):
+    """A stateful (gRPC) session's registration: the worker publishes it to
+    `stateful_session.lookup.<region>.<fvid>.<reqid>`; the gRPC proxy reads it to resume a session.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNCTIONID_FIELD_NUMBER: _builtins.int
+    FUNCTIONVERSIONID_FIELD_NUMBER: _builtins.int
+    INVOKERNCAID_FIELD_NUMBER: _builtins.int
+    functionId: _builtins.str
+    functionVersionId: _builtins.str
+    invokerNcaId: _builtins.str
+    def __init__(
+        self,
+        *,
+        functionId: _builtins.str = ...,
+        functionVersionId: _builtins.str = ...,
+        invokerNcaId: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["functionId", b"functionId", "functionVersionId", b"functionVersionId", "invokerNcaId", b"invokerNcaId"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatefulSessionTracking: _TypeAlias = StatefulSessionTracking  # noqa: Y015
+
+@_typing.final
 class WorkerInvokeFunctionRequest(_message.Message):
     """The work item published to `rq.<region>.<fvid>.<reqid>`, and the item of each status poll."""
 
