@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import uuid
 
-__all__ = ["count", "port", "positive", "seconds", "uuid_text"]
+__all__ = ["count", "port", "port_or_zero", "positive", "seconds", "uuid_text"]
 
 
 def uuid_text(value: str) -> str:
@@ -44,6 +44,14 @@ def port(value: str) -> int:
     """A TCP port, 1-65535."""
     number = _integer(value)
     if not 0 < number < 65536:
+        raise argparse.ArgumentTypeError(f"port out of range: {number}")
+    return number
+
+
+def port_or_zero(value: str) -> int:
+    """A TCP port, or 0 for a free one."""
+    number = _integer(value)
+    if not 0 <= number < 65536:
         raise argparse.ArgumentTypeError(f"port out of range: {number}")
     return number
 

@@ -122,6 +122,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--host", help="listen address of HTTP and gRPC (NVCF_PLATFORM_HOST, 127.0.0.1)")
     add("--port", type=int, metavar="N", help="HTTP port, 0 = free (NVCF_PLATFORM_PORT, 8080)")
     add("--grpc-port", type=int, metavar="N", help="gRPC port (NVCF_PLATFORM_GRPC_PORT, 9090)")
+    add(
+        "--grpc-proxy-port",
+        type=int,
+        metavar="N",
+        help="NVCF's gRPC entry point for gRPC functions, h2c; 0 = free "
+        "(NVCF_PLATFORM_GRPC_PROXY_PORT; default: off; NVIDIA's 10081)",
+    )
+    add(
+        "--grpc-tunnel-port",
+        type=int,
+        metavar="N",
+        help="where workers dial back for gRPC sessions (NVCF_PLATFORM_GRPC_TUNNEL_PORT, 0 = free)",
+    )
+    add(
+        "--grpc-tunnel-url",
+        metavar="URL",
+        help="the dial-back URL given to workers (NVCF_PLATFORM_GRPC_TUNNEL_URL; "
+        "default http://<host>:<tunnel port>/v1/proxy)",
+    )
     add("--region", help="region of streams and headers (NVCF_PLATFORM_REGION, local)")
     add(
         "--api-key",
@@ -228,6 +247,9 @@ def settings_from_args(
         images_path=args.images,
         instances_dir=args.instances_dir,
         kubernetes_path=args.kubernetes,
+        grpc_proxy_port=args.grpc_proxy_port,
+        grpc_tunnel_port=args.grpc_tunnel_port,
+        grpc_tunnel_url=args.grpc_tunnel_url,
         reconcile_interval=args.reconcile_interval,
         undeploy_drain_timeout=args.undeploy_drain_timeout,
         deploy_timeout=args.deploy_timeout,

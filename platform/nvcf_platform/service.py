@@ -31,6 +31,7 @@ from nvcf_platform.invocation.drain import CallerDrain
 from nvcf_platform.invocation.exchange import WorkerExchange
 from nvcf_platform.invocation.exec import ExecEndpoint
 from nvcf_platform.invocation.gateway import InvocationGateway
+from nvcf_platform.invocation.grpc_proxy import GrpcProxy
 from nvcf_platform.invocation.invocation import CallerIdentity, ObjectLinks, PexecEndpoint
 from nvcf_platform.invocation.nats_link import NatsLink
 from nvcf_platform.invocation.queues import QueueEndpoints, QueueInspector
@@ -98,6 +99,7 @@ class PlatformService:
         self._object_store: ObjectStore | None = None
         self._states: FunctionStates | None = None
         self._control: ControlRuntime | None = None
+        self._grpc_proxy: GrpcProxy | None = None
         self._app: web.Application | None = None
         self._http_port = 0
         self._grpc_port = 0
@@ -210,6 +212,15 @@ class PlatformService:
             "grpc_url": self.grpc_url,
             "nats_url": self._settings.nats_url,
             "region": self._settings.region,
+            **(
+                {}
+                if self._grpc_proxy is None
+                else {
+                    "grpc_proxy_port": self._grpc_proxy.client_port,
+                    "grpc_proxy_address": f"{url_host(self._settings.host)}:"
+                    f"{self._grpc_proxy.client_port}",
+                }
+            ),
         }
 
     def _running_port(self, port: int) -> int:
@@ -395,6 +406,17 @@ class PlatformService:
             await grpc_server.stop(None)  # releases the bound port
             raise
         stack.push_async_callback(grpc_server.stop, GRPC_STOP_GRACE)
+        if settings.grpc_proxy_port is not None:
+            proxy = GrpcProxy(
+                callers=callers,
+                resolve=control.invocation_resolver(),
+                queue=queue,
+                region=settings.region,
+                tunnel_url=settings.grpc_tunnel_url,
+            )
+            await proxy.start(settings.host, settings.grpc_proxy_port, settings.grpc_tunnel_port)
+            stack.push_async_callback(proxy.stop)
+            self._grpc_proxy = proxy
         # Last in, first out: instances stop (drained) while HTTP and gRPC still serve them.
         await stack.enter_async_context(control)
 
@@ -436,6 +458,7 @@ class PlatformService:
         self._object_store = None
         self._states = None
         self._control = None
+        self._grpc_proxy = None
         self._app = None
         self._site = None
         self._http_port = 0

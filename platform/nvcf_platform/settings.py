@@ -86,6 +86,13 @@ class PlatformSettings:
     function's `containerImage` and `models` run as on this machine. None: an empty catalog."""
     instances_dir: Path | None = None
     """Where deployed instances keep their directories and logs; None: a temporary directory."""
+    grpc_proxy_port: int | None = None
+    """NVCF's gRPC entry point (h2c; NVIDIA's port is 10081); None: no gRPC proxy, 0: a free
+    port."""
+    grpc_tunnel_port: int = 0
+    """Where workers dial back for gRPC sessions (`CONNECT /v1/proxy`; NVIDIA's 10086)."""
+    grpc_tunnel_url: str | None = None
+    """The dial-back URL workers are given; default `http://<host>:<tunnel port>/v1/proxy`."""
     kubernetes_path: Path | None = None
     """The Kubernetes backend's settings (JSON, `backends/kubernetes/settings.py`): deployed
     instances run as worker pods instead of local processes. None: the local backend."""
@@ -107,7 +114,11 @@ class PlatformSettings:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
-        for name, port in (("port", self.port), ("grpc_port", self.grpc_port)):
+        ports = [("port", self.port), ("grpc_port", self.grpc_port)]
+        ports.append(("grpc_tunnel_port", self.grpc_tunnel_port))
+        if self.grpc_proxy_port is not None:
+            ports.append(("grpc_proxy_port", self.grpc_proxy_port))
+        for name, port in ports:
             if not 0 <= port <= 65535:
                 raise ConfigError(f"{name}: {port} is not a TCP port (0-65535; 0 picks a free one)")
         try:
@@ -256,6 +267,9 @@ ENV_VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "images_path": ("NVCF_PLATFORM_IMAGES", Path),
     "instances_dir": ("NVCF_PLATFORM_INSTANCES_DIR", Path),
     "kubernetes_path": ("NVCF_PLATFORM_KUBERNETES", Path),
+    "grpc_proxy_port": ("NVCF_PLATFORM_GRPC_PROXY_PORT", _int),
+    "grpc_tunnel_port": ("NVCF_PLATFORM_GRPC_TUNNEL_PORT", _int),
+    "grpc_tunnel_url": ("NVCF_PLATFORM_GRPC_TUNNEL_URL", str),
     "control_state": ("NVCF_PLATFORM_CONTROL_STATE", _boolean),
     "reconcile_interval": ("NVCF_PLATFORM_RECONCILE_INTERVAL", _float),
     "undeploy_drain_timeout": ("NVCF_PLATFORM_UNDEPLOY_DRAIN_TIMEOUT", _float),

@@ -106,7 +106,6 @@ def grpc_stack(start_stack: Callable[..., LocalStack]) -> tuple[LocalStack, Func
         name="grpc-echo",
         default_invocation_path="/grpc",
         max_request_concurrency=2,
-        sidecar_env={"INFERENCE_HEALTH_PROTOCOL": "grpc"},
     )
     return start_stack([spec]), spec
 

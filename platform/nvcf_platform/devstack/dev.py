@@ -120,6 +120,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the platform's HTTP port (8080)",
     )
     add("--api-key", default="nvcf-local-key", metavar="KEY", help="callers' bearer token")
+    add(
+        "--grpc-proxy-port",
+        type=argtypes.port_or_zero,
+        default=0,
+        metavar="N",
+        help="NVCF's gRPC entry point for gRPC functions (0: a free port, printed; NVIDIA's 10081)",
+    )
     add("--work-dir", type=Path, metavar="DIR", help="logs and state (a temporary directory)")
     add("--timeout", type=argtypes.seconds, default=120.0, metavar="S", help="start-up limit (120)")
     add(
@@ -280,6 +287,8 @@ def _run(
         api_key=args.api_key,
         platform_port=args.port,
         platform_args=(
+            "--grpc-proxy-port",
+            str(args.grpc_proxy_port),
             "--reconcile-interval",
             _RECONCILE_INTERVAL,
             "--autoscale-interval",

@@ -116,6 +116,13 @@ def ready_text(
     status_url = f"{stack.base_url}/v2/nvcf/pexec/status/REQUEST_ID"
     pids = [(name, nats.pid) for name, nats in stack.nats_nodes.items()]
     pids += [(p.name, p.pid) for p in stack.processes()]
+    if stack.has_grpc_proxy:
+        lines += [
+            f"gRPC functions (inferenceUrl /grpc): h2c at {stack.grpc_proxy_address}, with the "
+            "metadata NVCF's gRPC proxy reads, e.g.",
+            f"  grpcurl -plaintext -H 'authorization: Bearer {key}' -H 'function-id: FUNCTION_ID' "
+            f"{stack.grpc_proxy_address} SERVICE/METHOD",
+        ]
     lines += [
         "status of a request answered 202 (REQUEST_ID: its nvcf-reqid header):",
         f"  curl -sS {auth} {status_url}",

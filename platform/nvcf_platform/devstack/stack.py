@@ -147,6 +147,16 @@ class LocalStack:
         return self._endpoint("grpc_url")
 
     @property
+    def has_grpc_proxy(self) -> bool:
+        """Whether the platform runs NVCF's gRPC entry point."""
+        return "grpc_proxy_address" in self._endpoints
+
+    @property
+    def grpc_proxy_address(self) -> str:
+        """`host:port` of NVCF's gRPC entry point (the platform runs with `--grpc-proxy-port`)."""
+        return self._endpoint("grpc_proxy_address")
+
+    @property
     def nats_url(self) -> str:
         """The embedded NATS server's URL, or every cluster node's, comma-separated."""
         return self._endpoint("nats_url")
@@ -470,6 +480,8 @@ class LocalStack:
         )
         endpoints = wait_listening(self._platform, plan.ready_file, deadline)
         self._endpoints.update(base_url=endpoints.base_url, grpc_url=endpoints.grpc_url)
+        if endpoints.grpc_proxy_address is not None:
+            self._endpoints["grpc_proxy_address"] = endpoints.grpc_proxy_address
         self._progress(f"platform ready: {self.base_url} (nvcf.Worker gRPC at {self.grpc_url})")
 
     def _start_container(self, spec: FunctionSpec) -> StackProcess:

@@ -37,6 +37,8 @@ class PlatformEndpoints:
 
     base_url: str
     grpc_url: str
+    grpc_proxy_address: str | None = None
+    """`host:port` of the gRPC entry point, when the platform runs one (`--grpc-proxy-port`)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,14 @@ def wait_listening(
             )
         time.sleep(_POLL_INTERVAL)
     document = json.loads(ready_file.read_text())
-    endpoints = PlatformEndpoints(base_url=document["base_url"], grpc_url=document["grpc_url"])
-    if expected is not None and endpoints != expected:
+    endpoints = PlatformEndpoints(
+        base_url=document["base_url"],
+        grpc_url=document["grpc_url"],
+        grpc_proxy_address=document.get("grpc_proxy_address"),
+    )
+    if expected is not None and (endpoints.base_url, endpoints.grpc_url) != (
+        expected.base_url,
+        expected.grpc_url,
+    ):
         raise StackError(f"the platform listens at {endpoints}, not at {expected}")
     return endpoints

@@ -31,6 +31,8 @@ __all__ = [
 ]
 
 HOST: Final = "127.0.0.1"
+GRPC_INFERENCE_URL: Final = "/grpc"
+"""NVCF's `inferenceUrl` of gRPC functions: their health check is gRPC's."""
 _WORKER_TOKEN: Final = "nvcf-local-worker-token"  # the platform's gRPC stand-in accepts any
 # Inherited variables that would silently change what a sidecar of the stack does.
 # fmt: off
@@ -173,7 +175,8 @@ def sidecar_environment(
     shared_dir: Path,
 ) -> dict[str, str]:
     """The environment (NVIDIA's names) of one sidecar of `spec`: `inherited` less the variables
-    that would point it elsewhere, the stack's addresses, then `spec.sidecar_env`."""
+    that would point it elsewhere, the stack's addresses, gRPC health for a `/grpc` function (as
+    NVCF sets it), then `spec.sidecar_env`."""
     env = {k: v for k, v in inherited.items() if k not in _DROPPED_SIDECAR_ENV}
     env.update(
         PYTHONUNBUFFERED="1",
@@ -192,6 +195,8 @@ def sidecar_environment(
         SHARED_CONFIG_DIR=str(shared_dir),
         INSTANCE_ID=instance,
     )
+    if spec.default_invocation_path == GRPC_INFERENCE_URL:  # NVCF: a gRPC function
+        env.update(INFERENCE_HEALTH_PROTOCOL="grpc", INFERENCE_PROTOCOL="GRPC")
     env.update(spec.sidecar_env)
     return env
 

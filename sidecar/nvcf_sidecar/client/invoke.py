@@ -190,7 +190,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "exit status: 0 answered (2xx, 302); 1 local file error; 2 bad flags; 3 refused (HTTP "
         "4xx); 4 function or platform failed (HTTP 5xx, broken answer); 5 timed out (HTTP 504 or "
-        "408, or --timeout); 6 platform unreachable; 130 interrupted"
+        "408, or --timeout); 6 platform unreachable; 130 interrupted. "
+        "gRPC functions (inferenceUrl /grpc) are not called with this command: a gRPC client "
+        "(grpcio, grpcurl) calls the platform's gRPC entry point (--grpc-proxy-port; dev prints "
+        "it) with 'authorization: Bearer KEY' and 'function-id: ID' metadata (docs/invocation.md)"
     )
     parser.set_defaults(_invoke_parser=parser)
 
