@@ -41,7 +41,7 @@ from nvcf_platform.devstack.stack_process import live_group_members, signal_grou
 
 ROOT = Path(__file__).resolve().parents[2]
 BYOC = ROOT / "examples" / "byoc"
-EXAMPLES = ("hello", "image_job", "pytriton_sleeper", "streaming")
+EXAMPLES = ("grpc_echo", "hello", "image_job", "pytriton_sleeper", "streaming")
 BASE_IMAGE = {"pytriton_sleeper": "nvcf-worker-pytriton:latest"}
 DEFAULT_BASE_IMAGE = "nvcf-worker-function:latest"
 FIELDS = {
@@ -146,6 +146,8 @@ def test_function_json_has_the_fields_nvcf_needs_and_matches_the_readme(example:
     for field, kind in FIELDS.items():
         assert isinstance(definition.get(field), kind), f"{example}: {field}"
     assert definition["apiBodyFormat"] in {"CUSTOM", "PREDICT_V2"}
+    # A gRPC function is called through the gRPC entry point, with raw HTTP/2: no body format.
+    assert (definition["inferenceUrl"] == "/grpc") == (example == "grpc_echo")
     assert (definition["apiBodyFormat"] == "PREDICT_V2") == definition["inferenceUrl"].startswith(
         "/v2/models/"
     )
@@ -460,3 +462,40 @@ async def test_streaming_via_the_dev_command_relays_each_token_as_it_comes(
     spread = events[-1][0] - events[0][0]
     assert spread >= 0.5 * 0.1 * (len(tokens) - 1), spread
     assert whole == {"text": server.SENTENCE, "tokens": len(tokens)}
+
+
+# -- grpc_echo: a gRPC function through the platform's gRPC entry point ----------------------------
+
+
+@pytest.mark.nats
+@pytest.mark.timeout(90)
+def test_grpc_echo_answers_unary_and_streaming_calls_through_the_grpc_entry_point(
+    tmp_path: Path,
+) -> None:
+    grpc = pytest.importorskip("grpc")
+    spec = spec_from_readme("grpc_echo", {"8000": free_port(), "10081": free_port()})
+    assert spec.default_invocation_path == "/grpc"
+    stack = LocalStack(
+        [spec], work_dir=tmp_path / "stack", platform_args=("--grpc-proxy-port", "0")
+    )
+    stack.start(timeout=60)
+    try:
+        metadata = [
+            ("authorization", f"Bearer {stack.api_key}"),
+            ("function-id", spec.function_id),
+        ]
+        options = [("grpc.enable_http_proxy", 0)]
+        with grpc.insecure_channel(stack.grpc_proxy_address, options=options) as channel:
+            unary = channel.unary_unary("/echo.Echo/Unary")(b"hello", metadata=metadata, timeout=30)
+            repeated = list(
+                channel.unary_stream("/echo.Echo/Repeat")(b"again", metadata=metadata, timeout=30)
+            )
+            chat = list(
+                channel.stream_stream("/echo.Echo/Chat")(
+                    iter([b"a", b"bb"]), metadata=metadata, timeout=30
+                )
+            )
+        assert (unary, repeated, chat) == (b"hello", [b"again"] * 3, [b"a", b"bb"])
+    finally:
+        stack.stop()
+        print_logs(stack)
