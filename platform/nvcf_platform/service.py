@@ -32,6 +32,7 @@ from nvcf_platform.invocation.exchange import WorkerExchange
 from nvcf_platform.invocation.exec import ExecEndpoint
 from nvcf_platform.invocation.gateway import InvocationGateway
 from nvcf_platform.invocation.grpc_proxy import GrpcProxy
+from nvcf_platform.invocation.grpc_sessions import SessionLookup
 from nvcf_platform.invocation.invocation import CallerIdentity, ObjectLinks, PexecEndpoint
 from nvcf_platform.invocation.nats_link import NatsLink
 from nvcf_platform.invocation.queues import QueueEndpoints, QueueInspector
@@ -223,6 +224,14 @@ class PlatformService:
             ),
         }
 
+    def _versions_of(self, function_id: str) -> list[str]:
+        """The version ids of a function ([] for an unknown one)."""
+        try:
+            function = self._registry.function(function_id)
+        except LookupError:
+            return []
+        return [version.function_version_id for version in function.versions]
+
     def _running_port(self, port: int) -> int:
         if not port:
             raise PlatformError("the platform is not running")
@@ -413,6 +422,12 @@ class PlatformService:
                 queue=queue,
                 region=settings.region,
                 tunnel_url=settings.grpc_tunnel_url,
+                sessions=SessionLookup(
+                    nc,
+                    region=settings.region,
+                    replicas=settings.replicas,
+                    versions_of=self._versions_of,
+                ),
             )
             await proxy.start(settings.host, settings.grpc_proxy_port, settings.grpc_tunnel_port)
             stack.push_async_callback(proxy.stop)

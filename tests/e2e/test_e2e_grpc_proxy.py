@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ pytestmark = [pytest.mark.nats, pytest.mark.timeout(120)]
 
 SERVER = Path(__file__).resolve().parent / "servers" / "grpc_echo.py"
 OPTIONS = [("grpc.enable_http_proxy", 0)]
+DELIVERED = 'nvcf_worker_requests_total{outcome="delivered"}'
 
 
 @pytest.fixture
@@ -53,10 +55,17 @@ def test_unary_server_streaming_and_bidirectional_calls_reach_the_function(
     stack, spec = grpc_function
     with grpc.insecure_channel(stack.grpc_proxy_address, options=OPTIONS) as channel:
         sent = metadata(stack, spec)
-        assert channel.unary_unary("/echo.Echo/Unary")(b"hello", metadata=sent, timeout=30) == (
-            b"hello"
+        answer, call = channel.unary_unary("/echo.Echo/Unary").with_call(
+            b"hello", metadata=sent, timeout=30
         )
+        assert answer == b"hello"
+        # The session's request id on every answer, and once as NVIDIA's cookie.
+        head = dict(call.initial_metadata())
+        request_id = str(uuid.UUID(head["nvcf-reqid"]))
+        assert head["set-cookie"] == f"nvcf-request-id={request_id}"
         repeated = channel.unary_stream("/echo.Echo/Repeat")(b"x", metadata=sent, timeout=30)
+        assert dict(repeated.initial_metadata())["nvcf-reqid"] == request_id  # one session
+        assert "set-cookie" not in dict(repeated.initial_metadata())
         assert list(repeated) == [b"x"] * 3
 
         def messages() -> Iterator[bytes]:
@@ -123,3 +132,63 @@ def test_a_sidecar_killed_mid_stream_gives_the_caller_a_clean_grpc_error(
     error: Any = broken.value
     # The tunnel closed with the sidecar: the caller's connection ends, not hangs.
     assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+
+
+def test_a_second_connection_with_nvcf_reqid_resumes_the_live_session(
+    grpc_function: tuple[LocalStack, FunctionSpec], scrape: Any
+) -> None:
+    stack, spec = grpc_function
+    [sidecar] = stack.sidecars(spec.version_id)
+    release = threading.Event()
+
+    def messages() -> Iterator[bytes]:
+        yield b"first"
+        release.wait(30)  # session A stays open while B resumes it
+
+    with grpc.insecure_channel(stack.grpc_proxy_address, options=OPTIONS) as first:
+        chat = first.stream_stream("/echo.Echo/Chat")(
+            messages(), metadata=metadata(stack, spec), timeout=60
+        )
+        assert next(chat) == b"first"
+        request_id = dict(chat.initial_metadata())["nvcf-reqid"]
+        resumed = metadata(stack, spec, **{"nvcf-reqid": request_id})
+        deadline = time.monotonic() + 15
+        while True:  # the worker registers the session just after its tunnel opens
+            try:
+                with grpc.insecure_channel(stack.grpc_proxy_address, options=OPTIONS) as second:
+                    answer, call = second.unary_unary("/echo.Echo/Unary").with_call(
+                        b"again", metadata=resumed, timeout=30
+                    )
+                break
+            except grpc.RpcError as error:
+                # NOT_FOUND until the registration lands; anything else, or too long, fails.
+                if error.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert answer == b"again"
+        assert dict(call.initial_metadata())["nvcf-reqid"] == request_id
+        release.set()
+        assert list(chat) == []
+    # Two connections, one session: one slot, one outcome.
+    deadline = time.monotonic() + 15
+    while scrape(sidecar.metrics_url).get(DELIVERED) != 1:
+        assert time.monotonic() < deadline, scrape(sidecar.metrics_url).get(DELIVERED)
+        time.sleep(0.1)
+
+
+def test_resuming_a_session_that_does_not_exist_is_not_found(
+    grpc_function: tuple[LocalStack, FunctionSpec],
+) -> None:
+    stack, spec = grpc_function
+    unknown = str(uuid.uuid4())
+    with grpc.insecure_channel(stack.grpc_proxy_address, options=OPTIONS) as channel:
+        with pytest.raises(grpc.RpcError) as missing:
+            channel.unary_unary("/echo.Echo/Unary")(
+                b"x", metadata=metadata(stack, spec, **{"nvcf-reqid": unknown}), timeout=30
+            )
+        error: Any = missing.value
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert error.details() == f"no existing session found for request id {unknown}"
+        # A request id that is not a UUID counts as absent: a new session.
+        plain = metadata(stack, spec, **{"nvcf-reqid": "not-a-uuid"})
+        assert channel.unary_unary("/echo.Echo/Unary")(b"y", metadata=plain, timeout=30) == b"y"

@@ -8,12 +8,13 @@ answers them: HTTP 200 with `grpc-status` for gRPC callers). Then it mints a one
 (64 characters, valid 30 s) and publishes a session work item (`statefulConfig`, the dial-back
 URL and the token) to the version's queue. It then waits up to 30 s for the worker to dial back
 (`CONNECT /v1/proxy` on the tunnel port, `Authorization: Bearer <token>`, `X-Request-ID`).
-The caller's bytes so far are replayed into the tunnel, and both are joined until either closes.
+The caller's bytes so far are replayed into the tunnel, and both are joined until either closes
+(`grpc_relay.join_session`). A connection whose first request carries `nvcf-reqid` resumes that
+live session instead: its worker is asked for another tunnel (`grpc_sessions.SessionLookup`).
 
 Differences from NVIDIA's proxy, which re-originates every stream: the caller's HTTP/2 goes to
-the container as it came. So one client connection serves one function (the first request's),
-and responses carry no `nvcf-reqid` header or cookie. Session resume by `nvcf-reqid` is not
-built.
+the container as it came, only the container's header blocks are re-encoded (to add
+`nvcf-reqid`). So one client connection serves one function (the first request's).
 """
 
 from __future__ import annotations
@@ -31,15 +32,13 @@ from typing import Final
 from nvcf_platform.control.registry import FunctionVersion
 from nvcf_platform.errors import PlatformError
 from nvcf_platform.invocation.exchange import InvocationRefused
+from nvcf_platform.invocation.grpc_relay import Tunnel, join_session
+from nvcf_platform.invocation.grpc_sessions import SessionLookup
 from nvcf_platform.invocation.h2frames import (
     EMPTY_SETTINGS,
-    PREFACE,
-    Frame,
     H2Error,
     goaway,
     grpc_refusal,
-    is_settings_ack,
-    read_frame,
     read_request_headers,
 )
 from nvcf_platform.invocation.invocation import CallerIdentity
@@ -57,7 +56,6 @@ TUNNEL_WAIT_SECONDS: Final = 30.0
 """How long a caller's first RPC waits for a worker's tunnel before DEADLINE_EXCEEDED."""
 _HEAD_SECONDS: Final = 30.0
 _HEAD_LIMIT: Final = 16 * 1024
-_CHUNK: Final = 64 * 1024
 # gRPC status codes of the refusals (reference §5).
 UNAUTHENTICATED: Final = 16
 INVALID_ARGUMENT: Final = 3
@@ -83,18 +81,12 @@ def grpc_code_of(http_status: int) -> int:
 
 
 @dataclass
-class _Tunnel:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-
-
-@dataclass
 class _Pending:
     """A session waiting for its worker: the token it may dial back with, once."""
 
     request_id: str
     minted: float
-    tunnel: asyncio.Future[_Tunnel] = field(default_factory=asyncio.Future)
+    tunnel: asyncio.Future[Tunnel] = field(default_factory=asyncio.Future)
 
 
 class GrpcProxy:
@@ -109,12 +101,14 @@ class GrpcProxy:
         queue: WorkQueue,
         region: str,
         tunnel_url: str | None = None,
+        sessions: SessionLookup | None = None,
     ) -> None:
         self._callers = callers
         self._resolve = resolve
         self._queue = queue
         self._region = region
         self._tunnel_url = tunnel_url
+        self._lookup = sessions
         self._pending: dict[str, _Pending] = {}
         self._sessions: set[asyncio.Task[None]] = set()
         self._clients: asyncio.Server | None = None
@@ -142,6 +136,8 @@ class GrpcProxy:
         self._tunnels = await asyncio.start_server(self._on_tunnel, sock=tunnels, limit=_HEAD_LIMIT)
         if self._tunnel_url is None:
             self._tunnel_url = f"http://{url_host(host)}:{self.tunnel_port}/v1/proxy"
+        if self._lookup is not None:
+            await self._lookup.provision()
         _log.info(
             "gRPC proxy listening",
             extra={"port": self.client_port, "tunnel_url": self._tunnel_url},
@@ -214,6 +210,14 @@ class GrpcProxy:
             await refuse(INVALID_ARGUMENT, 400, "no function-id was passed in the metadata")
             return
         version_id = headers.get("function-version-id", "").strip() or None
+        resumed = headers.get("nvcf-reqid", "").strip()
+        if self._lookup is not None and _is_uuid(resumed):  # a non-UUID counts as absent
+            tunnel = await self._resume(str(uuid.UUID(resumed)), function_id, version_id, refuse)
+            if tunnel is None:
+                return
+            _log.info("gRPC session resumed", extra={"request_id": resumed})
+            await join_session(frames, reader, writer, tunnel, str(uuid.UUID(resumed)))
+            return
         try:
             version = self._resolve(function_id, version_id)
         except InvocationRefused as error:
@@ -232,7 +236,7 @@ class GrpcProxy:
             "gRPC session started",
             extra={"request_id": request_id, "function_version_id": version.function_version_id},
         )
-        await _join(frames, reader, writer, tunnel)
+        await join_session(frames, reader, writer, tunnel, request_id)
         _log.info("gRPC session ended", extra={"request_id": request_id})
 
     async def _open_session(
@@ -240,7 +244,7 @@ class GrpcProxy:
         version: FunctionVersion,
         request_id: str,
         refuse: Callable[[int, int, str], object],
-    ) -> _Tunnel | None:
+    ) -> Tunnel | None:
         """Publish the session's work item and wait for its worker's tunnel (None: refused)."""
         token = secrets.token_hex(32)
         pending = _Pending(request_id, time.monotonic())
@@ -251,6 +255,51 @@ class GrpcProxy:
                 await self._queue.publish(version.function_version_id, request_id, item)
             except (PlatformError, OSError, TimeoutError) as error:
                 await _await(refuse(INTERNAL, 500, f"failed to publish the session: {error}"))
+                return None
+            try:
+                async with asyncio.timeout(TUNNEL_WAIT_SECONDS):
+                    return await pending.tunnel
+            except TimeoutError:
+                await _await(refuse(DEADLINE_EXCEEDED, 504, "failed to establish link to worker"))
+                return None
+        finally:
+            self._pending.pop(token, None)
+
+    async def _resume(
+        self,
+        request_id: str,
+        function_id: str,
+        version_id: str | None,
+        refuse: Callable[[int, int, str], object],
+    ) -> Tunnel | None:
+        """Another tunnel into a live session (reference §5, resume): its registration must
+        exist and match the caller; the session's worker is asked to dial back again."""
+        assert self._lookup is not None
+        try:
+            found = await self._lookup.find(request_id, function_id, version_id)
+        except (PlatformError, OSError, TimeoutError) as error:
+            await _await(refuse(INTERNAL, 500, f"failed to look the session up: {error}"))
+            return None
+        if found is None:
+            await _await(
+                refuse(NOT_FOUND, 404, f"no existing session found for request id {request_id}")
+            )
+            return None
+        if (
+            found.functionId != function_id
+            or (version_id is not None and found.functionVersionId != version_id)
+            or found.invokerNcaId != self._callers.nca_id
+        ):
+            await _await(refuse(INTERNAL, 500, "the session belongs to another function or caller"))
+            return None
+        token = secrets.token_hex(32)
+        pending = _Pending(request_id, time.monotonic())
+        self._pending[token] = pending
+        try:
+            try:
+                await self._lookup.ask_reconnect(request_id, self._session_item(request_id, token))
+            except (PlatformError, OSError, TimeoutError) as error:
+                await _await(refuse(INTERNAL, 500, f"failed to publish the reconnect: {error}"))
                 return None
             try:
                 async with asyncio.timeout(TUNNEL_WAIT_SECONDS):
@@ -321,7 +370,7 @@ class GrpcProxy:
             return
         self._pending.pop(token, None)  # one use
         writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
-        pending.tunnel.set_result(_Tunnel(reader, writer))
+        pending.tunnel.set_result(Tunnel(reader, writer))
 
 
 def _is_uuid(text: str) -> bool:
@@ -335,45 +384,3 @@ def _is_uuid(text: str) -> bool:
 async def _await(value: object) -> None:
     if asyncio.iscoroutine(value):
         await value
-
-
-async def _join(
-    frames: list[Frame],
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    tunnel: _Tunnel,
-) -> None:
-    """Replay the caller's preface and frames into the tunnel, then relay both ways until
-    either closes. The one SETTINGS ACK the caller sends for the proxy's own SETTINGS is not
-    passed on (the container never sent those settings)."""
-    kept = [frame for frame in frames if not is_settings_ack(frame)]
-    ack_pending = len(kept) == len(frames)  # the caller's ACK is still to come
-    tunnel.writer.write(PREFACE + b"".join(frame.raw for frame in kept))
-
-    async def upstream() -> None:
-        nonlocal ack_pending
-        while ack_pending:
-            frame = await read_frame(reader)
-            if is_settings_ack(frame):
-                ack_pending = False
-            else:
-                tunnel.writer.write(frame.raw)
-                await tunnel.writer.drain()
-        while chunk := await reader.read(_CHUNK):
-            tunnel.writer.write(chunk)
-            await tunnel.writer.drain()
-
-    async def downstream() -> None:
-        while chunk := await tunnel.reader.read(_CHUNK):
-            writer.write(chunk)
-            await writer.drain()
-
-    pumps = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
-    try:
-        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in pumps:
-            task.cancel()
-        tunnel.writer.close()
-        writer.close()
-        await asyncio.gather(*pumps, return_exceptions=True)

@@ -23,6 +23,10 @@ __all__ = [
     "H2Error",
     "goaway",
     "grpc_refusal",
+    "header_fragment",
+    "header_frames",
+    "header_table_size",
+    "is_settings_ack",
     "read_frame",
     "read_request_headers",
 ]
@@ -61,18 +65,18 @@ class Frame:
     raw: bytes
 
 
-async def read_frame(reader: asyncio.StreamReader) -> Frame:
-    """The next frame; H2Error for one over the default size, IncompleteReadError at EOF."""
+async def read_frame(reader: asyncio.StreamReader, *, limit: int = MAX_FRAME) -> Frame:
+    """The next frame; H2Error for one over `limit` bytes, IncompleteReadError at EOF."""
     head = await reader.readexactly(9)
     length = int.from_bytes(head[:3], "big")
-    if length > MAX_FRAME:
-        raise H2Error(f"a frame of {length} bytes, over the default maximum of {MAX_FRAME}")
+    if length > limit:
+        raise H2Error(f"a frame of {length} bytes, over the maximum of {limit}")
     payload = await reader.readexactly(length) if length else b""
     stream_id = _HEADER.unpack(head[5:9])[0] & 0x7FFF_FFFF
     return Frame(head[3], head[4], stream_id, payload, head + payload)
 
 
-def _fragment(frame: Frame) -> bytes:
+def header_fragment(frame: Frame) -> bytes:
     """A HEADERS frame's header block fragment, padding and priority removed."""
     data = frame.payload
     pad = 0
@@ -108,7 +112,7 @@ async def read_request_headers(
             continue
         if stream_id == 0:
             stream_id = frame.stream_id
-            block += _fragment(frame)
+            block += header_fragment(frame)
         elif frame.kind == CONTINUATION and frame.stream_id == stream_id:
             block += frame.payload
         else:
@@ -165,3 +169,29 @@ def goaway(last_stream_id: int, code: int = 0) -> bytes:
 
 def is_settings_ack(frame: Frame) -> bool:
     return frame.kind == SETTINGS and bool(frame.flags & ACK)
+
+
+def header_frames(stream_id: int, block: bytes, *, end_stream: bool) -> bytes:
+    """A header block as HEADERS (and CONTINUATION frames beyond the default frame size)."""
+    chunks = [block[i : i + MAX_FRAME] for i in range(0, len(block), MAX_FRAME)] or [b""]
+    out = bytearray()
+    for index, chunk in enumerate(chunks):
+        last = index == len(chunks) - 1
+        flags = END_HEADERS if last else 0
+        if index == 0:
+            out += _frame(HEADERS, flags | (END_STREAM if end_stream else 0), stream_id, chunk)
+        else:
+            out += _frame(CONTINUATION, flags, stream_id, chunk)
+    return bytes(out)
+
+
+def header_table_size(frames: Sequence[Frame]) -> int:
+    """SETTINGS_HEADER_TABLE_SIZE of the last SETTINGS among `frames` that sets it (4096)."""
+    size = 4096
+    for frame in frames:
+        if frame.kind != SETTINGS or frame.flags & ACK:
+            continue
+        for offset in range(0, len(frame.payload) - 5, 6):
+            if int.from_bytes(frame.payload[offset : offset + 2], "big") == 0x1:
+                size = int.from_bytes(frame.payload[offset + 2 : offset + 6], "big")
+    return size
