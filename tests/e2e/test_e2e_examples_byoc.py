@@ -469,23 +469,19 @@ async def test_streaming_via_the_dev_command_relays_each_token_as_it_comes(
 
 @pytest.mark.nats
 @pytest.mark.timeout(90)
-def test_grpc_echo_answers_unary_and_streaming_calls_through_the_grpc_entry_point(
-    tmp_path: Path,
-) -> None:
+def test_grpc_echo_answers_unary_and_streaming_calls_under_the_dev_command(tmp_path: Path) -> None:
     grpc = pytest.importorskip("grpc")
-    spec = spec_from_readme("grpc_echo", {"8000": free_port(), "10081": free_port()})
-    assert spec.default_invocation_path == "/grpc"
-    stack = LocalStack(
-        [spec], work_dir=tmp_path / "stack", platform_args=("--grpc-proxy-port", "0")
-    )
-    stack.start(timeout=60)
+    port, proxy_port, platform_port = free_ports(3)
+    argv = localize(readme_dev_command("grpc_echo"), {"8000": port, "10081": proxy_port})
+    argv[2:2] = ["--port", str(platform_port)]  # the platform's port, 8080 by default
+    function_id = parse_dev_command(argv).function_id
+    command = DevCommand(argv, tmp_path / "dev.log")
     try:
-        metadata = [
-            ("authorization", f"Bearer {stack.api_key}"),
-            ("function-id", spec.function_id),
-        ]
+        command.wait_ready(60)
+        assert f"h2c at 127.0.0.1:{proxy_port}" in command.output()  # dev prints the address
+        metadata = [("authorization", "Bearer nvcf-local-key"), ("function-id", function_id)]
         options = [("grpc.enable_http_proxy", 0)]
-        with grpc.insecure_channel(stack.grpc_proxy_address, options=options) as channel:
+        with grpc.insecure_channel(f"127.0.0.1:{proxy_port}", options=options) as channel:
             unary = channel.unary_unary("/echo.Echo/Unary")(b"hello", metadata=metadata, timeout=30)
             repeated = list(
                 channel.unary_stream("/echo.Echo/Repeat")(b"again", metadata=metadata, timeout=30)
@@ -495,7 +491,7 @@ def test_grpc_echo_answers_unary_and_streaming_calls_through_the_grpc_entry_poin
                     iter([b"a", b"bb"]), metadata=metadata, timeout=30
                 )
             )
-        assert (unary, repeated, chat) == (b"hello", [b"again"] * 3, [b"a", b"bb"])
     finally:
-        stack.stop()
-        print_logs(stack)
+        status = command.stop()
+    assert status == 0, command.output()
+    assert (unary, repeated, chat) == (b"hello", [b"again"] * 3, [b"a", b"bb"])
