@@ -79,6 +79,21 @@ def make_function(
     return E2EFunction(function, health_file)
 
 
+GRPC_SERVER = SERVERS / "grpc_echo.py"
+
+
+def grpc_echo_function(max_request_concurrency: int = 2) -> FunctionSpec:
+    """The gRPC echo container as a gRPC function (`/grpc`: its sidecar checks gRPC health)."""
+    port = free_port()
+    return FunctionSpec(
+        command=[sys.executable, str(GRPC_SERVER), str(port)],
+        inference_port=port,
+        name="grpc-echo",
+        default_invocation_path="/grpc",
+        max_request_concurrency=max_request_concurrency,
+    )
+
+
 def _print_logs(stack: LocalStack) -> None:
     """Log tails on stdout, which pytest shows for a failed test."""
     for process in stack.processes():

@@ -6,36 +6,27 @@ real grpcio server. Refusals come back as gRPC statuses, as NVIDIA's proxy gives
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from nvcf_platform.devstack.stack import FunctionSpec, LocalStack, free_port
+from e2e.conftest import grpc_echo_function
+from nvcf_platform.devstack.stack import FunctionSpec, LocalStack
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(120)]
 
-SERVER = Path(__file__).resolve().parent / "servers" / "grpc_echo.py"
 OPTIONS = [("grpc.enable_http_proxy", 0)]
 DELIVERED = 'nvcf_worker_requests_total{outcome="delivered"}'
 
 
 @pytest.fixture
 def grpc_function(start_stack: Callable[..., LocalStack]) -> tuple[LocalStack, FunctionSpec]:
-    port = free_port()
-    spec = FunctionSpec(
-        command=[sys.executable, str(SERVER), str(port)],
-        inference_port=port,
-        name="grpc-echo",
-        default_invocation_path="/grpc",
-        max_request_concurrency=4,
-    )
+    spec = grpc_echo_function(max_request_concurrency=4)
     stack = start_stack([spec], platform_args=("--grpc-proxy-port", "0"))
     return stack, spec
 

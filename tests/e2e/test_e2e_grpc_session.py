@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -24,9 +22,9 @@ import nats
 import pytest
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from e2e.conftest import REGION
+from e2e.conftest import REGION, grpc_echo_function
 from harness.waits import wait_for
-from nvcf_platform.devstack.stack import FunctionSpec, LocalStack, free_port
+from nvcf_platform.devstack.stack import FunctionSpec, LocalStack
 from nvcf_sidecar.protocol import (
     request_subject,
     session_lookup_stream_name,
@@ -39,7 +37,6 @@ from nvcf_sidecar.worker.tunnel import Tunnel, splice
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(120)]
 
-SERVER = Path(__file__).resolve().parent / "servers" / "grpc_echo.py"
 DELIVERED = 'nvcf_worker_requests_total{outcome="delivered"}'
 WORKER_ERROR = 'nvcf_worker_requests_total{outcome="worker_error"}'
 GRPC_OPTIONS = [("grpc.enable_http_proxy", 0)]
@@ -99,14 +96,7 @@ async def proxy() -> AsyncIterator[Proxy]:
 
 @pytest.fixture
 def grpc_stack(start_stack: Callable[..., LocalStack]) -> tuple[LocalStack, FunctionSpec]:
-    port = free_port()
-    spec = FunctionSpec(
-        command=[sys.executable, str(SERVER), str(port)],
-        inference_port=port,
-        name="grpc-echo",
-        default_invocation_path="/grpc",
-        max_request_concurrency=2,
-    )
+    spec = grpc_echo_function()
     return start_stack([spec]), spec
 
 

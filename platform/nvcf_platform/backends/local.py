@@ -16,14 +16,13 @@ import contextlib
 import logging
 import os
 import sys
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Final, TypeVar
+from typing import Final
 
 import aiohttp
 
+from nvcf_platform.backends.checks import checked_definition
 from nvcf_platform.backends.errors import BackendError, InstanceNotFound
 from nvcf_platform.backends.images import ImageCatalog
 from nvcf_platform.backends.instance import (
@@ -50,7 +49,6 @@ __all__ = ["InstanceState", "InstanceStatus", "LocalBackend"]
 
 _log = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
 _TRITON_HEALTH: Final = "/v2/health/ready"
 _KEPT_TERMINATED: Final = 100
 """Terminated instances still listed (the newest), for a look at how they ended."""
@@ -135,25 +133,7 @@ class LocalBackend:
 
     def check(self, plan: InstancePlan) -> None:
         """Raise `ControlError(400, ...)` if this backend cannot run `plan`."""
-        chart = _read(plan, lambda: plan.helm_chart)
-        if chart is not None:
-            raise ControlError(
-                400, f"the local backend cannot run Helm chart functions: {chart} (helmChart)"
-            )
-        image = _read(plan, lambda: plan.container_image)
-        models = _read(plan, lambda: plan.models)
-        _read(plan, lambda: (plan.container_args, plan.container_environment, plan.secrets))
-        _read(plan, lambda: plan.health)
-        if image is None and not models:
-            raise ControlError(400, "the function names neither a containerImage nor models")
-        for field, value in (
-            ("function_id", plan.function_id),
-            ("function_version_id", plan.function_version_id),
-        ):
-            try:
-                uuid.UUID(value)
-            except ValueError:
-                raise ControlError(400, f"{field} {value!r} is not a UUID") from None
+        image, models = checked_definition(plan, self.name)
         try:
             if image is not None:
                 self.images.image(image)
@@ -335,11 +315,3 @@ class LocalBackend:
         for key in ended[: max(0, len(ended) - _KEPT_TERMINATED)]:
             del self._instances[key]
             self._supervisors.pop(key, None)
-
-
-def _read(plan: InstancePlan, reader: Callable[[], _T]) -> _T:
-    """A definition reading, its BackendError as 400."""
-    try:
-        return reader()
-    except BackendError as error:
-        raise ControlError(400, f"function definition: {error}") from None

@@ -25,7 +25,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -246,15 +246,29 @@ class GrpcProxy:
         refuse: Callable[[int, int, str], object],
     ) -> Tunnel | None:
         """Publish the session's work item and wait for its worker's tunnel (None: refused)."""
+
+        async def publish(item: bytes) -> None:
+            await self._queue.publish(version.function_version_id, request_id, item)
+
+        return await self._await_worker(request_id, publish, "the session", refuse)
+
+    async def _await_worker(
+        self,
+        request_id: str,
+        send: Callable[[bytes], Awaitable[None]],
+        what: str,
+        refuse: Callable[[int, int, str], object],
+    ) -> Tunnel | None:
+        """Mint a one-use token, `send` the item that carries it, and wait for the worker's
+        tunnel with that token (None: refused, the caller answered)."""
         token = secrets.token_hex(32)
         pending = _Pending(request_id, time.monotonic())
         self._pending[token] = pending
         try:
-            item = self._session_item(request_id, token)
             try:
-                await self._queue.publish(version.function_version_id, request_id, item)
+                await send(self._session_item(request_id, token))
             except (PlatformError, OSError, TimeoutError) as error:
-                await _await(refuse(INTERNAL, 500, f"failed to publish the session: {error}"))
+                await _await(refuse(INTERNAL, 500, f"failed to publish {what}: {error}"))
                 return None
             try:
                 async with asyncio.timeout(TUNNEL_WAIT_SECONDS):
@@ -292,23 +306,12 @@ class GrpcProxy:
         ):
             await _await(refuse(INTERNAL, 500, "the session belongs to another function or caller"))
             return None
-        token = secrets.token_hex(32)
-        pending = _Pending(request_id, time.monotonic())
-        self._pending[token] = pending
-        try:
-            try:
-                await self._lookup.ask_reconnect(request_id, self._session_item(request_id, token))
-            except (PlatformError, OSError, TimeoutError) as error:
-                await _await(refuse(INTERNAL, 500, f"failed to publish the reconnect: {error}"))
-                return None
-            try:
-                async with asyncio.timeout(TUNNEL_WAIT_SECONDS):
-                    return await pending.tunnel
-            except TimeoutError:
-                await _await(refuse(DEADLINE_EXCEEDED, 504, "failed to establish link to worker"))
-                return None
-        finally:
-            self._pending.pop(token, None)
+        lookup = self._lookup
+
+        async def reconnect(item: bytes) -> None:
+            await lookup.ask_reconnect(request_id, item)
+
+        return await self._await_worker(request_id, reconnect, "the reconnect", refuse)
 
     def _session_item(self, request_id: str, token: str) -> bytes:
         item = WorkerInvokeFunctionRequest(

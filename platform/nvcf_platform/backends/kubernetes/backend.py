@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import logging
 import time
-import uuid
 from types import TracebackType
 from typing import Any, Final
 
@@ -26,6 +25,7 @@ import aiohttp
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from nvcf_platform.backends.checks import checked_definition
 from nvcf_platform.backends.errors import BackendError, InstanceNotFound
 from nvcf_platform.backends.instance import InstanceState, InstanceStatus
 from nvcf_platform.backends.kubernetes.pod import (
@@ -112,15 +112,7 @@ class KubernetesBackend:
 
     def check(self, plan: InstancePlan) -> None:
         """Raise `ControlError(400, ...)` if this backend cannot run `plan`."""
-        try:
-            chart, image, models = plan.helm_chart, plan.container_image, plan.models
-            _ = (plan.container_args, plan.container_environment, plan.secrets, plan.health)
-        except BackendError as error:
-            raise ControlError(400, f"function definition: {error}") from None
-        if chart is not None:
-            raise ControlError(
-                400, f"the kubernetes backend cannot run Helm chart functions yet: {chart}"
-            )
+        image, models = checked_definition(plan, self.name)
         if models:
             raise ControlError(
                 400,
@@ -129,14 +121,6 @@ class KubernetesBackend:
             )
         if image is None:
             raise ControlError(400, "the function names no containerImage")
-        for field, value in (
-            ("function_id", plan.function_id),
-            ("function_version_id", plan.function_version_id),
-        ):
-            try:
-                uuid.UUID(value)
-            except ValueError:
-                raise ControlError(400, f"{field} {value!r} is not a UUID") from None
 
     async def start(self, plan: InstancePlan) -> InstanceStatus:
         """Create the instance's pod (and its secrets); returns at once, STARTING."""

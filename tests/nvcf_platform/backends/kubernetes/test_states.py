@@ -148,7 +148,7 @@ def test_the_backend_refuses_what_it_cannot_run_with_a_400_naming_it(backend: An
     cases: list[tuple[dict[str, Any], str]] = [
         ({"helmChart": "https://helm.ngc.nvidia.com/acme/charts/echo-1.0.tgz"}, "Helm chart"),
         ({"models": [{"name": "echo", "version": "1"}]}, "models[]"),
-        ({"containerImage": None}, "no containerImage"),
+        ({"containerImage": None}, "neither a containerImage nor models"),
         ({"containerArgs": "'unclosed"}, "containerArgs"),
     ]
     for definition, words in cases:
