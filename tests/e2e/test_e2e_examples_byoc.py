@@ -480,7 +480,7 @@ def test_grpc_echo_answers_unary_and_streaming_calls_under_the_dev_command(tmp_p
         command.wait_ready(60)
         assert f"h2c at 127.0.0.1:{proxy_port}" in command.output()  # dev prints the address
         metadata = [("authorization", "Bearer nvcf-local-key"), ("function-id", function_id)]
-        options = [("grpc.enable_http_proxy", 0)]
+        options = [("grpc.enable_http_proxy", 0), ("grpc.use_local_subchannel_pool", 1)]
         with grpc.insecure_channel(f"127.0.0.1:{proxy_port}", options=options) as channel:
             unary = channel.unary_unary("/echo.Echo/Unary")(b"hello", metadata=metadata, timeout=30)
             repeated = list(

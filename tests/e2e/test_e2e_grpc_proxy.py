@@ -20,7 +20,9 @@ from nvcf_platform.devstack.stack import FunctionSpec, LocalStack
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(120)]
 
-OPTIONS = [("grpc.enable_http_proxy", 0)]
+# Each channel its own connection: grpcio shares them between channels of one process by
+# default, and a session is one connection.
+OPTIONS = [("grpc.enable_http_proxy", 0), ("grpc.use_local_subchannel_pool", 1)]
 DELIVERED = 'nvcf_worker_requests_total{outcome="delivered"}'
 
 

@@ -39,7 +39,9 @@ pytestmark = [pytest.mark.nats, pytest.mark.timeout(120)]
 
 DELIVERED = 'nvcf_worker_requests_total{outcome="delivered"}'
 WORKER_ERROR = 'nvcf_worker_requests_total{outcome="worker_error"}'
-GRPC_OPTIONS = [("grpc.enable_http_proxy", 0)]
+# Each channel its own connection: grpcio shares them between channels of one process by
+# default, and a session is one connection.
+GRPC_OPTIONS = [("grpc.enable_http_proxy", 0), ("grpc.use_local_subchannel_pool", 1)]
 
 
 @dataclass
@@ -166,6 +168,8 @@ class ClientSide:
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
         self.server.close()
+        while not self.proxy.tunnels.empty():  # a tunnel no client used: close it, as the
+            self.proxy.tunnels.get_nowait().writer.close()  # proxy's idle timeout would
         for task in self.splices:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

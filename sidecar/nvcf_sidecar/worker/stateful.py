@@ -47,6 +47,7 @@ REGISTRATION_INTERVAL_SECONDS: Final = 20 * 60
 """NVIDIA's worker registers a live session again every 20 minutes (the stream keeps 1 h)."""
 _REGISTRATION_RETRY: Final = (1.0, 30.0)
 _PURGE_TIMEOUT: Final = 5.0
+_STOP_TIMEOUT: Final = 5.0
 
 
 def proxy_endpoints(request: WorkerInvokeFunctionRequest) -> list[ProxyEndpoint]:
@@ -95,7 +96,8 @@ class StatefulSessions:
         reconnects = await self._nats.subscribe(
             session_reconnect_subject(request_id), cb=on_reconnect
         )
-        registration = asyncio.create_task(self._register(request, log))
+        stopping = asyncio.Event()
+        registration = asyncio.create_task(self._register(request, log, stopping))
         try:
             try:
                 first = await open_tunnel(endpoints, request_id, log)
@@ -111,12 +113,14 @@ class StatefulSessions:
             return Outcome.DELIVERED
         finally:
             ending = True
+            stopping.set()
             with contextlib.suppress(Exception):
                 await reconnects.unsubscribe()
             registration.cancel()
             for task in tunnels:
                 task.cancel()
-            await asyncio.gather(registration, *tunnels, return_exceptions=True)
+            # Bounded: nats-py's request can swallow a cancel (the flag ends the loop then).
+            await asyncio.wait({registration, *tunnels}, timeout=_STOP_TIMEOUT)
             await self._purge(request_id, log)
 
     async def _dial_and_serve(
@@ -148,7 +152,10 @@ class StatefulSessions:
         )
 
     async def _register(
-        self, request: WorkerInvokeFunctionRequest, log: logging.LoggerAdapter[Any]
+        self,
+        request: WorkerInvokeFunctionRequest,
+        log: logging.LoggerAdapter[Any],
+        stopping: asyncio.Event,
     ) -> None:
         """Publish the session's registration now and every 20 minutes; retried with backoff
         while the lookup stream cannot take it (the proxy creates that stream)."""
@@ -162,16 +169,17 @@ class StatefulSessions:
         )
         stream = self._nats.jetstream()
         pause, longest = _REGISTRATION_RETRY
-        while True:
+        while not stopping.is_set():
             try:
                 await stream.publish(subject, tracking, timeout=_PURGE_TIMEOUT)
-            except Exception as error:
+            except Exception as error:  # retried, never fatal to the session
                 log.debug("stateful session: registration not stored: %r", error)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, longest)
-                continue
-            pause = _REGISTRATION_RETRY[0]
-            await asyncio.sleep(REGISTRATION_INTERVAL_SECONDS)
+                wait, pause = pause, min(pause * 2, longest)
+            else:
+                wait, pause = REGISTRATION_INTERVAL_SECONDS, _REGISTRATION_RETRY[0]
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await stopping.wait()
 
     async def _purge(self, request_id: str, log: logging.LoggerAdapter[Any]) -> None:
         region = self._region()
