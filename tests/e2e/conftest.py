@@ -79,14 +79,15 @@ def make_function(
     return E2EFunction(function, health_file)
 
 
-GRPC_SERVER = SERVERS / "grpc_echo.py"
+GRPC_SERVER = Path(__file__).resolve().parents[2] / "examples" / "byoc" / "grpc_echo" / "server.py"
+"""The grpc_echo example: unary, server-streaming (3 answers) and bidi echo, gRPC health."""
 
 
 def grpc_echo_function(max_request_concurrency: int = 2) -> FunctionSpec:
-    """The gRPC echo container as a gRPC function (`/grpc`: its sidecar checks gRPC health)."""
+    """The grpc_echo example as a gRPC function (`/grpc`: its sidecar checks gRPC health)."""
     port = free_port()
     return FunctionSpec(
-        command=[sys.executable, str(GRPC_SERVER), str(port)],
+        command=[sys.executable, str(GRPC_SERVER), "--port", str(port)],
         inference_port=port,
         name="grpc-echo",
         default_invocation_path="/grpc",

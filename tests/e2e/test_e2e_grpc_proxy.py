@@ -42,6 +42,18 @@ def metadata(stack: LocalStack, spec: FunctionSpec, **changes: str | None) -> li
     return [(name, value) for name, value in fields.items() if value is not None]
 
 
+def open_chat(channel: grpc.Channel, sent: list[tuple[str, str]], release: threading.Event) -> Any:
+    """A bidi call that has had its first answer and stays open until `release` is set."""
+
+    def messages() -> Iterator[bytes]:
+        yield b"first"
+        release.wait(30)
+
+    chat = channel.stream_stream("/echo.Echo/Chat")(messages(), metadata=sent, timeout=60)
+    assert next(chat) == b"first"
+    return chat
+
+
 def test_unary_server_streaming_and_bidirectional_calls_reach_the_function(
     grpc_function: tuple[LocalStack, FunctionSpec],
 ) -> None:
@@ -108,16 +120,8 @@ def test_a_sidecar_killed_mid_stream_gives_the_caller_a_clean_grpc_error(
     stack, spec = grpc_function
     [sidecar] = stack.sidecars(spec.version_id)
     release = threading.Event()
-
-    def messages() -> Iterator[bytes]:
-        yield b"first"
-        release.wait(30)  # the stream stays open until the test is done
-
     with grpc.insecure_channel(stack.grpc_proxy_address, options=OPTIONS) as channel:
-        chat = channel.stream_stream("/echo.Echo/Chat")(
-            messages(), metadata=metadata(stack, spec), timeout=60
-        )
-        assert next(chat) == b"first"
+        chat = open_chat(channel, metadata(stack, spec), release)
         sidecar.kill()
         with pytest.raises(grpc.RpcError) as broken:
             next(chat)
@@ -133,16 +137,8 @@ def test_a_second_connection_with_nvcf_reqid_resumes_the_live_session(
     stack, spec = grpc_function
     [sidecar] = stack.sidecars(spec.version_id)
     release = threading.Event()
-
-    def messages() -> Iterator[bytes]:
-        yield b"first"
-        release.wait(30)  # session A stays open while B resumes it
-
     with grpc.insecure_channel(stack.grpc_proxy_address, options=OPTIONS) as first:
-        chat = first.stream_stream("/echo.Echo/Chat")(
-            messages(), metadata=metadata(stack, spec), timeout=60
-        )
-        assert next(chat) == b"first"
+        chat = open_chat(channel=first, sent=metadata(stack, spec), release=release)
         request_id = dict(chat.initial_metadata())["nvcf-reqid"]
         resumed = metadata(stack, spec, **{"nvcf-reqid": request_id})
         deadline = time.monotonic() + 15
