@@ -243,7 +243,7 @@ class GrpcProxy:
         self,
         version: FunctionVersion,
         request_id: str,
-        refuse: Callable[[int, int, str], object],
+        refuse: Callable[[int, int, str], Awaitable[None]],
     ) -> Tunnel | None:
         """Publish the session's work item and wait for its worker's tunnel (None: refused)."""
 
@@ -257,7 +257,7 @@ class GrpcProxy:
         request_id: str,
         send: Callable[[bytes], Awaitable[None]],
         what: str,
-        refuse: Callable[[int, int, str], object],
+        refuse: Callable[[int, int, str], Awaitable[None]],
     ) -> Tunnel | None:
         """Mint a one-use token, `send` the item that carries it, and wait for the worker's
         tunnel with that token (None: refused, the caller answered)."""
@@ -268,13 +268,13 @@ class GrpcProxy:
             try:
                 await send(self._session_item(request_id, token))
             except (PlatformError, OSError, TimeoutError) as error:
-                await _await(refuse(INTERNAL, 500, f"failed to publish {what}: {error}"))
+                await refuse(INTERNAL, 500, f"failed to publish {what}: {error}")
                 return None
             try:
                 async with asyncio.timeout(TUNNEL_WAIT_SECONDS):
                     return await pending.tunnel
             except TimeoutError:
-                await _await(refuse(DEADLINE_EXCEEDED, 504, "failed to establish link to worker"))
+                await refuse(DEADLINE_EXCEEDED, 504, "failed to establish link to worker")
                 return None
         finally:
             self._pending.pop(token, None)
@@ -284,7 +284,7 @@ class GrpcProxy:
         request_id: str,
         function_id: str,
         version_id: str | None,
-        refuse: Callable[[int, int, str], object],
+        refuse: Callable[[int, int, str], Awaitable[None]],
     ) -> Tunnel | None:
         """Another tunnel into a live session (reference §5, resume): its registration must
         exist and match the caller; the session's worker is asked to dial back again."""
@@ -292,19 +292,17 @@ class GrpcProxy:
         try:
             found = await self._lookup.find(request_id, function_id, version_id)
         except (PlatformError, OSError, TimeoutError) as error:
-            await _await(refuse(INTERNAL, 500, f"failed to look the session up: {error}"))
+            await refuse(INTERNAL, 500, f"failed to look the session up: {error}")
             return None
         if found is None:
-            await _await(
-                refuse(NOT_FOUND, 404, f"no existing session found for request id {request_id}")
-            )
+            await refuse(NOT_FOUND, 404, f"no existing session found for request id {request_id}")
             return None
         if (
             found.functionId != function_id
             or (version_id is not None and found.functionVersionId != version_id)
             or found.invokerNcaId != self._callers.nca_id
         ):
-            await _await(refuse(INTERNAL, 500, "the session belongs to another function or caller"))
+            await refuse(INTERNAL, 500, "the session belongs to another function or caller")
             return None
         lookup = self._lookup
 
@@ -382,8 +380,3 @@ def _is_uuid(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-async def _await(value: object) -> None:
-    if asyncio.iscoroutine(value):
-        await value

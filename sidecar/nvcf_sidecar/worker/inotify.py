@@ -133,12 +133,16 @@ class DirectoryEvents:
                     "cannot watch a response directory", extra={"path": path, "error": str(error)}
                 )
             return
+        self._report_files(path)
+
+    def _report_files(self, directory: str) -> None:
+        """Report every file `directory` holds now, as whole (the kernel may not have)."""
         try:
-            names = os.listdir(path)
+            names = os.listdir(directory)
         except OSError:
             return
         for name in names:
-            self._on_file(os.path.join(path, name), True)
+            self._on_file(os.path.join(directory, name), True)
 
     def _scan(self) -> None:
         """Watch every directory in the base (at start, and after the kernel dropped events)."""
@@ -183,20 +187,15 @@ class DirectoryEvents:
             self._rescan_files()
 
     def _rescan_files(self) -> None:
+        """After lost events: the files of the directories already watched, then the
+        directories the kernel did not announce (`_scan` reports theirs)."""
+        for wd, path in list(self._paths.items()):
+            if wd != self._base_wd:
+                self._report_files(path)
         try:
             self._scan()
         except OSError as error:
             logger.error("scanning the response directories failed", extra={"error": str(error)})
-            return
-        for wd, path in list(self._paths.items()):
-            if wd == self._base_wd:
-                continue
-            try:
-                names = os.listdir(path)
-            except OSError:
-                continue
-            for name in names:
-                self._on_file(os.path.join(path, name), True)
 
 
 def _os_error(what: str) -> OSError:
