@@ -19,8 +19,15 @@ from nvcf_platform.control.validation_fields import (
     parse_duration,
 )
 
-__all__ = ["MODEL_ONLY_CONTAINER_ARGS", "function_definition", "function_update"]
+__all__ = [
+    "GRPC_INFERENCE_URL",
+    "MODEL_ONLY_CONTAINER_ARGS",
+    "function_definition",
+    "function_update",
+]
 
+GRPC_INFERENCE_URL: Final = "/grpc"
+"""NVCF's `inferenceUrl` of gRPC functions: without a `health` object, their health is gRPC's."""
 MODEL_ONLY_CONTAINER_ARGS: Final = (
     "tritonserver --model-repository /config/models --model-control-mode none --allow-metrics 1"
     " --allow-gpu-metrics 1 --allow-cpu-metrics 1 --metrics-interval-ms 500 --strict-readiness 1"
@@ -130,7 +137,7 @@ def function_definition(body: object) -> dict[str, Any]:
         _health(health)
         if health is not None
         else {
-            "protocol": "gRPC" if inference_url == "/grpc" else "HTTP",
+            "protocol": "gRPC" if inference_url == GRPC_INFERENCE_URL else "HTTP",
             "uri": health_uri or "/v2/health/ready",
             "port": port or 8000,
             "timeout": "PT10S",

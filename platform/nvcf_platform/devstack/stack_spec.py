@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from nvcf_platform.control.validation import GRPC_INFERENCE_URL
 from nvcf_platform.devstack.stack_process import StackError
 from nvcf_worker.integrations.tritonserver import libpython_dir
 from nvcf_worker.secrets import SECRETS_PATH_ENV
@@ -31,8 +32,6 @@ __all__ = [
 ]
 
 HOST: Final = "127.0.0.1"
-GRPC_INFERENCE_URL: Final = "/grpc"
-"""NVCF's `inferenceUrl` of gRPC functions: their health check is gRPC's."""
 _WORKER_TOKEN: Final = "nvcf-local-worker-token"  # the platform's gRPC stand-in accepts any
 # Inherited variables that would silently change what a sidecar of the stack does.
 # fmt: off
