@@ -124,7 +124,9 @@ def test_a_stack_on_a_cluster_replicates_everything_and_a_polled_request_outlive
             leader = cluster.wait_for_stream_leader(stream, 10)
             cluster.kill_node(leader)
             assert cluster.wait_for_stream_leader(stream, 20, other_than=leader) != leader
-            answer = http_request("GET", status_url, headers=headers, timeout=10)
+            # The killed node may have led the tracking stream as well: the poll's record
+            # write waits for that election too (up to 10 s).
+            answer = http_request("GET", status_url, headers=headers, timeout=30)
             assert answer.status == 202, answer.body[:300]  # still running, still tracked
             cluster.restart_node(leader)
         deadline = time.monotonic() + 40

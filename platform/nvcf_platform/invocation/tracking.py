@@ -18,9 +18,10 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js.api import StorageType
 from nats.js.client import JetStreamContext
-from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from nvcf_platform.errors import NatsUnavailable, PlatformError
+from nvcf_platform.invocation.js_retry import write_through_elections
 from nvcf_platform.invocation.nats_link import NOT_CONNECTED
 from nvcf_sidecar.protocol import (
     MAX_QUEUED_MESSAGES,
@@ -33,7 +34,9 @@ from nvcf_sidecar.protocol import (
 __all__ = ["TRACKING_TIMEOUT", "RequestTracking", "TrackingFailed"]
 
 TRACKING_TIMEOUT: Final = 10.0
-"""Bound on one tracking-stream call (create, publish, direct get, purge)."""
+"""Bound on one tracking-stream call (create, direct get, purge) and on a write, retries included."""
+PUBLISH_TIMEOUT: Final = 5.0
+"""How long one try of a write waits for the stream's acknowledgement."""
 
 _STREAM_NAME_IN_USE: Final = 10058
 
@@ -119,8 +122,9 @@ class RequestTracking:
         """Write (or replace) the record of `request_id`: its function, version and start time.
 
         `request_time_ns` is when the platform accepted the original invocation (Unix time in
-        nanoseconds; default now). A missing stream is created and the write retried once.
-        Raises `TrackingFailed`.
+        nanoseconds; default now). Carried through a missing stream or a cluster's leader
+        election within `TRACKING_TIMEOUT` (`js_retry.write_through_elections`). Raises
+        `TrackingFailed`.
         """
         record = WorkerResultTracking(functionId=function_id, functionVersionId=function_version_id)
         record.requestTime.FromNanoseconds(
@@ -129,21 +133,35 @@ class RequestTracking:
         subject = tracking_subject(self._region, request_id)
         payload = record.SerializeToString()
         self._require_connection()
-        try:
-            try:
-                await self._js.publish(subject, payload, timeout=TRACKING_TIMEOUT)
-            except NoStreamResponseError:
-                _log.warning(
-                    "tracking stream missing; creating it", extra={"request_id": request_id}
-                )
-                await self.provision()
-                await self._js.publish(subject, payload, timeout=TRACKING_TIMEOUT)
-        except (NatsError, TimeoutError) as error:
-            raise self._failure(request_id, "write", error) from error
+        error = await write_through_elections(
+            lambda deadline: self._publish_once(request_id, payload, deadline),
+            deadline=time.monotonic() + TRACKING_TIMEOUT,
+            create_stream=self.provision,
+            extra={"request_id": request_id, "subject": subject},
+        )
+        if error is not None:
+            raise self._failure(request_id, "write", error)
         _log.debug(
             "request tracked",
             extra={"request_id": request_id, "function_version_id": function_version_id},
         )
+
+    async def _publish_once(
+        self, request_id: str, payload: bytes, deadline: float
+    ) -> Exception | None:
+        """None on success; the error to retry otherwise. A stream's refusal (full, ...) is
+        raised as `TrackingFailed`; the connection down as `NatsUnavailable`."""
+        self._require_connection()
+        timeout = max(0.1, min(PUBLISH_TIMEOUT, deadline - time.monotonic()))
+        try:
+            await self._js.publish(
+                tracking_subject(self._region, request_id), payload, timeout=timeout
+            )
+        except APIError as error:
+            raise TrackingFailed(request_id, "write", _reason(error)) from error
+        except (NatsError, TimeoutError) as error:
+            return error
+        return None
 
     async def lookup(self, request_id: str) -> WorkerResultTracking | None:
         """The record of `request_id` (direct get of the subject's last message); None if absent.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import random
 import time
 from collections.abc import Sequence
 from typing import Final
@@ -19,9 +18,10 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js.api import StorageType
 from nats.js.client import JetStreamContext
-from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from nvcf_platform.errors import NatsUnavailable, PublishFailed, QueueFull
+from nvcf_platform.invocation.js_retry import RETRY_DELAYS, write_through_elections
 from nvcf_platform.invocation.nats_link import NOT_CONNECTED
 from nvcf_sidecar.protocol import (
     cancel_subject,
@@ -31,19 +31,12 @@ from nvcf_sidecar.protocol import (
     request_subject,
 )
 
-__all__ = ["PUBLISH_DEADLINE", "PUBLISH_RETRY_DELAYS", "WorkQueue"]
+__all__ = ["PUBLISH_DEADLINE", "WorkQueue"]
 
-PUBLISH_RETRY_DELAYS: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
-"""Upper bounds of the (full-jitter) pauses before each publish retry, as NVIDIA's IS retries."""
 PUBLISH_TIMEOUT: Final = 5.0
 """How long one publish waits for the stream's acknowledgement."""
 PUBLISH_DEADLINE: Final = 10.0
 """Bound on a whole publish, retries included (NVIDIA's retries could take a minute)."""
-RETRY_FLOOR: Final = 0.5
-"""Pause between publish retries once the backoff's are spent; also the time kept for the last
-attempt when a pause would pass the deadline."""
-MAX_PUBLISH_ATTEMPTS: Final = 40
-"""Bound on the retries of one publish (the deadline ends them sooner)."""
 ADMIN_TIMEOUT: Final = 10.0
 """Bound on one stream/consumer create or purge call (NVIDIA's purge timeout is 10 s)."""
 
@@ -81,7 +74,7 @@ class WorkQueue:
         ack_wait: float,
         storage: StorageType,
         replicas: int = 1,
-        retry_delays: Sequence[float] = PUBLISH_RETRY_DELAYS,
+        retry_delays: Sequence[float] = RETRY_DELAYS,
         deadline: float = PUBLISH_DEADLINE,
     ) -> None:
         self._nc = nc
@@ -155,52 +148,22 @@ class WorkQueue:
     async def publish(self, function_version_id: str, request_id: str, payload: bytes) -> None:
         """Publish one work item on `rq.<region>.<fvid>.<reqid>` (reference §5.1 step 5).
 
-        A missing stream is created once, then retried (also when that creation fails: a
-        cluster electing the stream's leader answers like a missing stream for a few seconds). "Maximum messages per subject exceeded"
-        means an earlier attempt landed: success. A full stream raises `QueueFull` at once;
-        anything else is retried with jittered backoff, then every `RETRY_FLOOR` seconds, until
-        `PUBLISH_DEADLINE`, and finally raises `PublishFailed`. The connection
-        being down (before any attempt) raises `NatsUnavailable` instead of retrying.
+        Carried through a missing stream or a cluster's leader election until the deadline
+        (`js_retry.write_through_elections`). "Maximum messages per subject exceeded" means an
+        earlier attempt landed: success. A full stream raises `QueueFull` at once; the deadline
+        passed raises `PublishFailed`. The connection being down raises `NatsUnavailable` instead
+        of retrying.
         """
         subject = request_subject(self._region, function_version_id, request_id)
-        deadline = time.monotonic() + self._deadline
-        error = await self._publish_once(subject, payload, deadline)
-        if error is None:
-            return
-        if isinstance(error, NoStreamResponseError):
-            _log.warning(
-                "queue stream missing; creating it",
-                extra={"request_id": request_id, "function_version_id": function_version_id},
-            )
-            try:
-                await asyncio.wait_for(
-                    self.provision(function_version_id), max(0.1, deadline - time.monotonic())
-                )
-            except (NatsError, TimeoutError) as failure:
-                # A cluster electing the stream's leader (a few seconds after its node died)
-                # answers nobody either: retry the publish within the deadline, not fail it.
-                _log.warning(
-                    "queue stream not re-created; retrying the publish",
-                    extra={"request_id": request_id, "error": repr(failure)},
-                )
-        # Jittered backoff first; once its pauses are spent, a retry every RETRY_FLOOR until the
-        # deadline: a cluster electing the stream's leader answers nobody for 4-9 s after the
-        # node that led it died, and then takes the publish.
-        pauses = [bound * random.random() for bound in (0.0, *self._retry_delays)]
-        for attempt in range(MAX_PUBLISH_ATTEMPTS):
-            left = deadline - time.monotonic()
-            if left <= RETRY_FLOOR:
-                break
-            pause = pauses[attempt] if attempt < len(pauses) else RETRY_FLOOR
-            await asyncio.sleep(min(pause, left - RETRY_FLOOR))
-            error = await self._publish_once(subject, payload, deadline)
-            if error is None:
-                return
-            _log.warning(
-                "publish failed; retrying",
-                extra={"request_id": request_id, "subject": subject, "error": repr(error)},
-            )
-        raise PublishFailed(subject, repr(error))
+        error = await write_through_elections(
+            lambda deadline: self._publish_once(subject, payload, deadline),
+            deadline=time.monotonic() + self._deadline,
+            create_stream=lambda: self.provision(function_version_id),
+            delays=self._retry_delays,
+            extra={"request_id": request_id, "subject": subject},
+        )
+        if error is not None:
+            raise PublishFailed(subject, repr(error))
 
     async def _publish_once(
         self, subject: str, payload: bytes, deadline: float
