@@ -315,8 +315,12 @@ class PollingJob:
         if self.duration is not None:
             asyncio.get_running_loop().call_later(self.duration, self._done.set)
         if self.subscribe:
-            self._subscription = await worker.subscribe_polls(item.requestId, self._polled(worker))
+            await self.subscribe_polls(item.requestId, worker)
         await self._answer(item, worker)
+
+    async def subscribe_polls(self, request_id: str, worker: MockWorker) -> None:
+        """Take the polls of `request_id` from now on (as a worker back from a reconnect)."""
+        self._subscription = await worker.subscribe_polls(request_id, self._polled(worker))
 
     def _polled(
         self, worker: MockWorker

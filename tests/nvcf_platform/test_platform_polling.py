@@ -224,6 +224,29 @@ async def test_no_worker_taking_the_poll_is_504_problem_and_the_request_stays(
     assert len(caller.platform.tokens) == 0
 
 
+async def test_a_poll_nobody_takes_is_asked_again_until_a_worker_subscribes(
+    caller: Any, start_worker: Any
+) -> None:
+    # A worker whose NATS node died subscribes again once it reconnected to another node.
+    job = PollingJob(RESULT, subscribe=False)
+    worker = await start_worker(job)
+    request_id = await accepted(caller)
+    job.finish()
+
+    async def back_after_a_reconnect() -> None:
+        await asyncio.sleep(1.0)
+        await job.subscribe_polls(request_id, worker)
+
+    comeback = asyncio.create_task(back_after_a_reconnect())
+    started = time.monotonic()
+    async with caller.status(request_id) as response:
+        assert response.status == 200, await response.text()
+        assert await response.read() == b"the result"
+    assert time.monotonic() - started >= 1.0
+    await comeback
+    assert await caller.platform.tracking.lookup(request_id) is None
+
+
 async def test_worker_taking_the_poll_but_never_answering_is_504_and_ends_the_request(
     caller: Any, start_worker: Any, ids: Any, observer: Any
 ) -> None:

@@ -59,6 +59,11 @@ __all__ = [
 
 POLL_NOT_ACKNOWLEDGED: Final = "worker did not acknowledge the status request."
 """Detail of the 504 problem when no worker replied on `rq_polling.<reqid>` in time."""
+POLL_SUBSCRIBER_WAIT: Final = 3.0
+"""How long a status poll that finds no worker subscribed is asked again before its 504: a worker
+whose NATS node died is back on another within about a second."""
+POLL_SUBSCRIBER_RETRY: Final = 0.1
+"""Pause between those asks."""
 WITHDRAW_WAIT: Final = 60.0
 """How long the withdrawal of a request answered 503 waits for NATS to come back (not at
 shutdown: then it gives up at once)."""
@@ -317,25 +322,37 @@ class WorkerExchange:
             self._tokens.revoke(slot.token)
 
     async def _request_poll(self, item: WorkerInvokeFunctionRequest, extra: dict[str, str]) -> bool:
-        """Whether a worker took the poll (any reply); False on no responders or a timeout."""
-        try:
-            self._link.require()
-            payload = encode_invoke_request(item)
-            await self._link.client.request(
-                polling_subject(item.requestId), payload, timeout=POLL_REPLY_TIMEOUT_SECONDS
-            )
-        except NatsUnavailable as error:
-            raise unavailable(error) from None
-        except (NoRespondersError, TimeoutError) as error:
-            if not self._link.up:
-                raise unavailable(NatsUnavailable("NATS connection lost")) from None
-            _log.warning("no worker took the poll", extra={**extra, "error": repr(error)})
-            return False
-        except (MessageTooLarge, NatsError) as error:
-            _log.error("poll not sent", extra={**extra, "error": repr(error)})
-            raise refused(500, f"failed to send nats request; cause: {error}") from None
-        _log.debug("poll acknowledged", extra=extra)
-        return True
+        """Whether a worker took the poll (any reply); False on a timeout, or on no responders
+        for `POLL_SUBSCRIBER_WAIT` (a worker whose NATS node died subscribes again once it
+        reconnected to another: asked again every `POLL_SUBSCRIBER_RETRY` seconds meanwhile)."""
+        payload = encode_invoke_request(item)
+        give_up = time.monotonic() + POLL_SUBSCRIBER_WAIT
+        while True:
+            try:
+                self._link.require()
+                await self._link.client.request(
+                    polling_subject(item.requestId), payload, timeout=POLL_REPLY_TIMEOUT_SECONDS
+                )
+            except NatsUnavailable as error:
+                raise unavailable(error) from None
+            except NoRespondersError as error:
+                if self._link.up and time.monotonic() < give_up:
+                    await asyncio.sleep(POLL_SUBSCRIBER_RETRY)
+                    continue
+                return self._poll_not_taken(error, extra)
+            except TimeoutError as error:
+                return self._poll_not_taken(error, extra)
+            except (MessageTooLarge, NatsError) as error:
+                _log.error("poll not sent", extra={**extra, "error": repr(error)})
+                raise refused(500, f"failed to send nats request; cause: {error}") from None
+            _log.debug("poll acknowledged", extra=extra)
+            return True
+
+    def _poll_not_taken(self, error: Exception, extra: dict[str, str]) -> bool:
+        if not self._link.up:
+            raise unavailable(NatsUnavailable("NATS connection lost")) from None
+        _log.warning("no worker took the poll", extra={**extra, "error": repr(error)})
+        return False
 
     async def _track(
         self, version: FunctionVersion, request_id: str, request_time_ns: int | None
