@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -207,9 +208,9 @@ def summarize(
     for outcome in by_id.values():
         counts[outcome.kind] += 1
         if outcome.kind is RequestClass.CLEAN_FAILURE:
-            failures[outcome.detail] += 1
+            failures[_without_ids(outcome.detail)] += 1
         elif outcome.kind is RequestClass.LOST:
-            lost_reasons[outcome.detail] += 1
+            lost_reasons[_without_ids(outcome.detail)] += 1
         elif outcome.kind is RequestClass.WRONG and len(wrong) < 10:
             wrong.append(f"{outcome.request_id}: {outcome.detail}")
     unsent = len(request_ids) - len(by_id)
@@ -247,3 +248,11 @@ def summarize(
     if summary.executed_unknown:
         summary.notes.append(f"{summary.executed_unknown} executions of ids nobody sent")
     return summary
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+
+
+def _without_ids(reason: str) -> str:
+    """`reason` with its UUIDs (request, version ids) as `<id>`: one count per kind of failure."""
+    return _UUID.sub("<id>", reason)

@@ -73,3 +73,21 @@ def test_the_summary_joins_answers_with_executions() -> None:
     assert summary.executed_unknown == 1
     assert summary.failed
     assert "correct=2 clean_failure=1 wrong=0 lost=1 duplicates=1 unreceived=1" in summary.line()
+
+
+def test_failure_reasons_are_counted_by_kind_whatever_ids_they_name() -> None:
+    def failed(request_id: str, detail: str) -> Outcome:
+        return Outcome(request_id, RequestClass.CLEAN_FAILURE, 500, 0.1, 0, None, detail)
+
+    publish = "failed to publish the work item on 'rq.local.{}.{}': NoStreamResponseError()"
+    version = "1839ee0e-485e-4736-b3cd-f90b203111be"
+    outcomes = [
+        failed("a", publish.format(version, "027ab066-4981-403b-a3d3-576791b1bec3")),
+        failed("b", publish.format(version, "830C94B5-80ED-44E1-AC26-D4FF0C614E2C")),
+        failed("c", "NATS is not connected"),
+    ]
+    summary = summarize("s", ["a", "b", "c"], outcomes, Executions(Counter(), 0), wall_s=1.0)
+    assert summary.failures == {
+        "failed to publish the work item on 'rq.local.<id>.<id>': NoStreamResponseError()": 2,
+        "NATS is not connected": 1,
+    }
