@@ -276,6 +276,7 @@ class PollingJob:
     (with `NVCF-PERCENT-COMPLETE: percent` when given, and `progress_body`). Each poll is
     acknowledged, then (unless `answer_polls` is False) answered over its own attach config
     with `result` once the job is done, or another 202 when the poll's budget runs out first.
+    The first `lose_polls` polls get no reply at all, as if lost on the way.
     """
 
     def __init__(
@@ -287,6 +288,7 @@ class PollingJob:
         progress_body: bytes = b"",
         subscribe: bool = True,
         answer_polls: bool = True,
+        lose_polls: int = 0,
     ) -> None:
         self.result = result
         self.duration = duration
@@ -294,6 +296,9 @@ class PollingJob:
         self.progress_body = progress_body
         self.subscribe = subscribe
         self.answer_polls = answer_polls
+        self.lose_polls = lose_polls
+        """How many polls vanish unreplied first, as in a node loss."""
+        self.polls_seen = 0
         self.item: WorkerInvokeFunctionRequest | None = None
         self.answers: list[tuple[str, int, tuple[int, bytes]]] = []
         """(requestId, status POSTed, platform's answer to that POST), in order."""
@@ -326,6 +331,9 @@ class PollingJob:
         self, worker: MockWorker
     ) -> Callable[[WorkerInvokeFunctionRequest, Msg], Awaitable[None]]:
         async def on_poll(poll: WorkerInvokeFunctionRequest, message: Msg) -> None:
+            self.polls_seen += 1
+            if self.polls_seen <= self.lose_polls:
+                return
             await message.respond(b"")  # "took the poll", before any work, as NVIDIA's worker
             if self.answer_polls:
                 worker.spawn(self._answer(poll, worker))

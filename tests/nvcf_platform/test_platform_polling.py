@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from harness.modules import load_module
+from nvcf_platform.invocation import exchange
 from nvcf_sidecar.protocol import cancel_subject, tracking_stream_name
 
 pytestmark = pytest.mark.nats
@@ -245,6 +246,21 @@ async def test_a_poll_nobody_takes_is_asked_again_until_a_worker_subscribes(
     assert time.monotonic() - started >= 1.0
     await comeback
     assert await caller.platform.tracking.lookup(request_id) is None
+
+
+async def test_a_poll_lost_on_the_way_is_asked_again(
+    caller: Any, start_worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A route still pointing at a dead NATS node swallows the poll: no reply, no "no responders".
+    monkeypatch.setattr(exchange, "POLL_TRY_SECONDS", 0.5)
+    job = PollingJob(RESULT, lose_polls=1)
+    await start_worker(job)
+    request_id = await accepted(caller)
+    job.finish()
+    async with caller.status(request_id) as response:
+        assert response.status == 200, await response.text()
+        assert await response.read() == b"the result"
+    assert job.polls_seen == 2
 
 
 async def test_worker_taking_the_poll_but_never_answering_is_504_and_ends_the_request(

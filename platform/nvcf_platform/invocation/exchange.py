@@ -64,6 +64,9 @@ POLL_SUBSCRIBER_WAIT: Final = 3.0
 whose NATS node died is back on another within about a second."""
 POLL_SUBSCRIBER_RETRY: Final = 0.1
 """Pause between those asks."""
+POLL_TRY_SECONDS: Final = 5.0
+"""How long one ask of a status poll waits for the worker's reply before the poll is sent again
+(a worker replies on receipt, in milliseconds; within `POLL_REPLY_TIMEOUT_SECONDS` in all)."""
 WITHDRAW_WAIT: Final = 60.0
 """How long the withdrawal of a request answered 503 waits for NATS to come back (not at
 shutdown: then it gives up at once)."""
@@ -322,25 +325,36 @@ class WorkerExchange:
             self._tokens.revoke(slot.token)
 
     async def _request_poll(self, item: WorkerInvokeFunctionRequest, extra: dict[str, str]) -> bool:
-        """Whether a worker took the poll (any reply); False on a timeout, or on no responders
-        for `POLL_SUBSCRIBER_WAIT` (a worker whose NATS node died subscribes again once it
-        reconnected to another: asked again every `POLL_SUBSCRIBER_RETRY` seconds meanwhile)."""
+        """Whether a worker took the poll (any reply) within `POLL_REPLY_TIMEOUT_SECONDS`.
+
+        Asked again, the same poll, when a node loss may have lost it: after no reply for
+        `POLL_TRY_SECONDS` (routes still pointing at a dead node swallow it), and every
+        `POLL_SUBSCRIBER_RETRY` seconds while nobody is subscribed, up to `POLL_SUBSCRIBER_WAIT`
+        (a worker whose node died subscribes again once it reconnected to another). A worker
+        takes a repeated poll once (the sidecar drops copies; NVIDIA's replies at once).
+        """
         payload = encode_invoke_request(item)
-        give_up = time.monotonic() + POLL_SUBSCRIBER_WAIT
+        subject = polling_subject(item.requestId)
+        started = time.monotonic()
+        deadline = started + POLL_REPLY_TIMEOUT_SECONDS
         while True:
+            left = deadline - time.monotonic()
             try:
                 self._link.require()
                 await self._link.client.request(
-                    polling_subject(item.requestId), payload, timeout=POLL_REPLY_TIMEOUT_SECONDS
+                    subject, payload, timeout=max(0.05, min(POLL_TRY_SECONDS, left))
                 )
             except NatsUnavailable as error:
                 raise unavailable(error) from None
             except NoRespondersError as error:
-                if self._link.up and time.monotonic() < give_up:
+                if self._link.up and time.monotonic() - started < POLL_SUBSCRIBER_WAIT:
                     await asyncio.sleep(POLL_SUBSCRIBER_RETRY)
                     continue
                 return self._poll_not_taken(error, extra)
             except TimeoutError as error:
+                if self._link.up and deadline - time.monotonic() > POLL_SUBSCRIBER_RETRY:
+                    _log.warning("poll not acknowledged yet; asking again", extra=extra)
+                    continue
                 return self._poll_not_taken(error, extra)
             except (MessageTooLarge, NatsError) as error:
                 _log.error("poll not sent", extra={**extra, "error": repr(error)})

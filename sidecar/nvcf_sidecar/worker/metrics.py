@@ -158,7 +158,8 @@ class WorkerMetrics:
         )
         self.polls = Counter(
             "nvcf_worker_polls",
-            "Status polls received on rq_polling.<reqid>, by result (taken, malformed, reply_failed).",
+            "Status polls received on rq_polling.<reqid>, by result (taken, repeated, malformed, "
+            "reply_failed).",
             ["result"],
             registry=self.registry,
         )

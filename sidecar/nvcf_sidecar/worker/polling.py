@@ -81,7 +81,9 @@ class PollSubscription:
     for this request, or a message with no reply subject, is logged, counted as
     `polls{result="malformed"}` and skipped without a reply (the platform then answers its
     caller 504). A reply that cannot be sent is counted as `polls{result="reply_failed"}` and
-    the poll skipped: the platform has given up on it.
+    the poll skipped: the platform has given up on it. A copy of a poll already taken (the
+    platform asks again when a reply was slow or lost) is replied to, counted as
+    `polls{result="repeated"}` and not queued again.
 
     When a caller polls twice before the first poll is served, both are queued; the older one's
     attach token may already be dead on the platform (its caller got a 504), which surfaces as
@@ -103,6 +105,8 @@ class PollSubscription:
         self._metrics = metrics
         self._log = log
         self._polls: asyncio.Queue[WorkerInvokeFunctionRequest] = asyncio.Queue()
+        self._taken: set[bytes] = set()
+        """The payloads of the polls taken: each carries its own tokens, so a copy is a repeat."""
         self._subscription: Subscription | None = None
 
     @property
@@ -195,6 +199,13 @@ class PollSubscription:
             self._metrics.polls.labels("reply_failed").inc()
             self._log.warning("status poll not acknowledged, skipped: %s", error)
             return
+        if msg.data in self._taken:
+            # The platform asked again (it may have lost the first during a node loss): the
+            # reply above answers it; the poll is queued once.
+            self._metrics.polls.labels("repeated").inc()
+            self._log.debug("status poll repeated; taken once")
+            return
+        self._taken.add(msg.data)
         self._metrics.polls.labels("taken").inc()
         self._polls.put_nowait(poll)
         self._log.debug("status poll taken", extra={"pending": self._polls.qsize()})

@@ -118,6 +118,26 @@ async def test_queued_polls_come_out_oldest_first(worker_nc: NATS, platform_nc: 
             await subscription.next_poll(0.1)
 
 
+async def test_a_poll_asked_again_is_replied_to_and_taken_once(
+    worker_nc: NATS, platform_nc: NATS
+) -> None:
+    # The platform sends the same poll again when its reply was slow or lost (a node loss).
+    request_id = str(uuid.uuid4())
+    metrics = WorkerMetrics()
+    poll, other = poll_item(request_id, "token-1"), poll_item(request_id, "token-2")
+    async with PollSubscription(
+        worker_nc, request_id, metrics=metrics, log=log_for(request_id)
+    ) as subscription:
+        for payload in (poll, poll, other):
+            assert await send_poll(platform_nc, request_id, payload.SerializeToString()) == b""
+        assert (polls(metrics, "taken"), polls(metrics, "repeated")) == (2, 1)
+        assert [token_of(await subscription.next_poll(0)) for _ in range(2)] == [
+            "token-1",
+            "token-2",
+        ]
+        assert subscription.pending == 0
+
+
 @pytest.mark.parametrize(
     "payload",
     [
