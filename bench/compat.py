@@ -32,6 +32,7 @@ import aiohttp
 import orjson
 
 from bench.harness import Case, Measurement, RunSettings, SuiteReport, filesystem_type, machine_info
+from bench.processes import memory_kib, process_cpu_s
 from bench.servers.compat_bench_server import OUTPUT_NAME, pattern_block
 from bench.sidecar import percentile
 from nvcf_platform.devstack.stack import FunctionSpec, LocalStack
@@ -70,7 +71,6 @@ _POLL_SECONDS: Final = "60"
 _LARGE_POLL_SECONDS: Final = "600"
 _WARMUP_UPDATES: Final = 3
 _TIMEOUT: Final = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)
-_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 class CompatBenchError(RuntimeError):
@@ -80,19 +80,8 @@ class CompatBenchError(RuntimeError):
 # --- processes ----------------------------------------------------------------------------------
 
 
-def _peak_rss_kib(pid: int) -> int | None:
-    """VmHWM (the process's peak resident set) from /proc; None once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 def _peak_rss(roles: Mapping[str, int | None]) -> dict[str, int | None]:
-    return {name: None if pid is None else _peak_rss_kib(pid) for name, pid in roles.items()}
+    return {name: None if pid is None else memory_kib(pid, "VmHWM") for name, pid in roles.items()}
 
 
 def _cpu_seconds(roles: Mapping[str, int | None]) -> dict[str, float]:
@@ -102,11 +91,7 @@ def _cpu_seconds(roles: Mapping[str, int | None]) -> dict[str, float]:
         if pid is None:
             seconds[name] = time.process_time()
             continue
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            seconds[name] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-        except OSError:
-            seconds[name] = 0.0
+        seconds[name] = process_cpu_s(pid) or 0.0
     return seconds
 
 

@@ -10,7 +10,6 @@ import asyncio
 import dataclasses
 import itertools
 import math
-import os
 import socket
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import aiohttp
 import orjson
 
 from bench.harness import Case, Measurement, RunSettings, SuiteReport, machine_info
+from bench.processes import CLOCK_TICKS, CpuSnapshot
 from bench.wrk import WrkError, run_wrk, wrk_path
 from nvcf_platform.devstack.stack import FunctionSpec, LocalStack
 
@@ -212,40 +212,6 @@ async def _drive(
 
 
 # --- CPU accounting -------------------------------------------------------------------------------
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _process_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of process `pid` (all its threads) from /proc; None if gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces; the fields after its ')' are fixed.
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-
-@dataclass(frozen=True)
-class _CpuSnapshot:
-    """CPU seconds used so far by this process (`client`) and by each role's processes."""
-
-    seconds: Mapping[str, float]
-
-    @staticmethod
-    def take(processes: Mapping[str, Sequence[int]]) -> _CpuSnapshot:
-        seconds = {"client": time.process_time()}
-        for name, pids in processes.items():
-            seconds[name] = sum(_process_cpu_s(pid) or 0.0 for pid in pids)
-        return _CpuSnapshot(seconds)
-
-    def per_request_us(self, before: _CpuSnapshot, answered: int) -> dict[str, float | None]:
-        return {
-            name: (value - before.seconds[name]) * 1e6 / answered if answered else None
-            for name, value in self.seconds.items()
-        }
-
 
 # --- figures ----------------------------------------------------------------------------------
 
@@ -486,7 +452,7 @@ async def _measure(
                         f"{target.label} answered no warm-up request correctly at concurrency "
                         f"{level.concurrency}: {dict(warm.errors)}; e.g. {warm.error_examples}"
                     )
-                before = _CpuSnapshot.take(pids)
+                before = CpuSnapshot.take(pids)
                 tally, wall_ns, cut_short = await _drive(
                     http,
                     target,
@@ -495,7 +461,7 @@ async def _measure(
                     count=count,
                     cap_s=settings.budget_s,
                 )
-                cpu = _CpuSnapshot.take(pids).per_request_us(before, len(tally.latencies_ns))
+                cpu = CpuSnapshot.take(pids).per_request_us(before, len(tally.latencies_ns))
                 if not tally.latencies_ns:
                     raise SidecarBenchError(
                         f"{target.label} answered no request correctly at concurrency "
@@ -532,7 +498,7 @@ def _measure_wrk(
     for key, (url, headers) in targets.items():
         if progress is not None:
             progress(f"wrk c{connections}.{key}")
-        before = _CpuSnapshot.take(pids)
+        before = CpuSnapshot.take(pids)
         try:
             result = run_wrk(
                 url, body=body, headers=headers, connections=connections, seconds=seconds
@@ -540,7 +506,7 @@ def _measure_wrk(
         except WrkError as error:
             raise SidecarBenchError(f"wrk on the {key} path: {error}") from None
         answered = result.requests - result.status_errors
-        cpu = _CpuSnapshot.take(pids).per_request_us(before, answered)
+        cpu = CpuSnapshot.take(pids).per_request_us(before, answered)
         cpu.pop("client", None)  # wrk's CPU is not this process's
         figures[key] = {**dataclasses.asdict(result), "ok_per_s": result.ok_per_s, "cpu_us": cpu}
     direct_rate = figures["direct"]["ok_per_s"]
@@ -760,7 +726,7 @@ def format_report(report: SidecarReport) -> str:
         f"({'met' if aims['added_p50_met'] else 'NOT met'}); throughput >= "
         f"{aims['throughput_ratio_at_least']}x direct: x{aims['throughput_ratio']:.2f} "
         f"({'met' if aims['throughput_met'] else 'NOT met'}).",
-        f"CPU per answered request, µs (user + system time from /proc, in {1000 / _CLOCK_TICKS:g} ms "
+        f"CPU per answered request, µs (user + system time from /proc, in {1000 / CLOCK_TICKS:g} ms "
         "ticks, / answers):",
     ]
     cpu_rows = [("conc", "path", *_cpu_columns(report))]
