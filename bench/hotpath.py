@@ -1,0 +1,445 @@
+"""The hot path's aims, measured with a compiled client (`wrk`), each against a baseline of the
+same run:
+
+1. **echo**: bench sidecar's echo server behind a LocalStack (one sidecar, 32 slots), called at
+   concurrency 1 and 32 directly and through the stack; CPU per answered request of the
+   platform, nats-server, sidecar and server (user + system time from /proc).
+2. **dev**: `nvcf-sidecar dev --config` running the same server with dev's defaults (one
+   sidecar, one slot), and a LocalStack of the same spec: concurrency 1 and 32 each. dev's own
+   process is counted too: it copies every child's output.
+3. **pytriton**: the pytriton_sleeper example (sleep 0) behind a LocalStack with 32 slots,
+   against Triton's HTTP port called directly, at concurrency 32.
+4. **memory**: the echo stack's sidecar: resident memory (VmRSS) idle, before any load, then
+   after each tenth of `MEMORY_REQUESTS` requests at concurrency 32.
+
+Without wrk on PATH the suite measures nothing and says so (`apt-get install wrk`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from bench.harness import RunSettings, SuiteReport, machine_info
+from bench.hotpath_aims import AIMS, evaluate_aims, format_aims
+from bench.processes import CpuSnapshot, memory_kib
+from bench.sidecar import FUNCTION_ID, VERSION_ID, echo_function
+from bench.wrk import WrkError, run_wrk, wrk_path
+from nvcf_platform.devstack.stack import FunctionSpec, LocalStack
+from nvcf_platform.devstack.stack_spec import free_port
+
+__all__ = [
+    "AIMS",
+    "DEFAULT_SETTINGS",
+    "DESCRIPTION",
+    "MEMORY_REQUESTS",
+    "HotpathBenchError",
+    "HotpathReport",
+    "format_report",
+    "run",
+]
+
+DESCRIPTION: Final = (
+    "hot path (wrk): CPU per request, dev vs direct and LocalStack, PyTriton, sidecar memory"
+)
+#: `budget_s`: seconds of each concurrency-32 phase (concurrency 1: half); `iteration_scale`
+#: scales `MEMORY_REQUESTS` (--quick: a tenth).
+DEFAULT_SETTINGS: Final = RunSettings(budget_s=10.0)
+MEMORY_REQUESTS: Final = 100_000
+CONCURRENCY: Final = 32
+_ROOT: Final = Path(__file__).resolve().parents[1]
+_SLEEPER: Final = _ROOT / "examples" / "byoc" / "pytriton_sleeper"
+_MODEL: Final = "timed_sleeper"
+_DEV_READY: Final = "[dev] Ctrl-C stops everything."
+_DEV_START_S: Final = 120.0
+_ECHO_BODY: Final = orjson.dumps(
+    {
+        "id": "hotpath",
+        "inputs": [{"name": "prompt", "datatype": "BYTES", "shape": [1], "data": ["x" * 150]}],
+    }
+)
+_SLEEP_BODY: Final = orjson.dumps(
+    {"inputs": [{"name": "sleep_duration", "datatype": "FP32", "shape": [1], "data": [0.0]}]}
+)
+_JSON: Final = {"Content-Type": "application/json"}
+
+
+class HotpathBenchError(RuntimeError):
+    """A phase could not be measured (the message says which and why)."""
+
+
+@dataclass(frozen=True)
+class _Load:
+    """How one phase loads a URL."""
+
+    connections: int
+    seconds: float
+
+
+def _load(
+    label: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    load: _Load,
+    pids: Mapping[str, Sequence[int]],
+) -> dict[str, Any]:
+    """One wrk phase: its figures and the CPU µs per answered request of each role in `pids`."""
+    before = CpuSnapshot.take(pids)
+    try:
+        result = run_wrk(
+            url, body=body, headers=headers, connections=load.connections, seconds=load.seconds
+        )
+    except WrkError as error:
+        raise HotpathBenchError(f"{label}: {error}") from None
+    answered = result.requests - result.status_errors
+    if answered <= 0:
+        raise HotpathBenchError(f"{label}: no request answered 2xx ({result})")
+    cpu = CpuSnapshot.take(pids).per_request_us(before, answered)
+    cpu.pop("client", None)  # wrk's CPU is not this process's
+    return {**dataclasses.asdict(result), "ok_per_s": result.ok_per_s, "cpu_us": cpu}
+
+
+def _stack_roles(stack: LocalStack, version_id: str) -> dict[str, list[int]]:
+    nats = stack.nats.pid
+    return {
+        "platform": [stack.platform.pid],
+        "nats-server": [] if nats is None else [nats],
+        "sidecar": [process.pid for process in stack.sidecars(version_id)],
+        "server": [stack.container(version_id).pid],
+    }
+
+
+def _stack_headers(stack: LocalStack) -> dict[str, str]:
+    return {**_JSON, **stack.auth_headers}
+
+
+# --- 1 and 4: the echo stack, and its sidecar's memory ------------------------------------------
+
+
+def _echo_and_memory(
+    settings: RunSettings, work: Path, progress: Callable[[str], None]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    spec = echo_function()
+    direct = f"http://127.0.0.1:{spec.inference_port}/"
+    figures: dict[str, Any] = {"sidecars": 1, "slots": spec.max_request_concurrency}
+    with LocalStack([spec], work_dir=work / "echo") as stack:
+        roles = _stack_roles(stack, VERSION_ID)
+        sidecar = roles["sidecar"][0]
+        idle_kib = memory_kib(sidecar)
+        url, headers = stack.invoke_url(FUNCTION_ID), _stack_headers(stack)
+        for connections, seconds in ((1, settings.budget_s / 2), (CONCURRENCY, settings.budget_s)):
+            load = _Load(connections, seconds)
+            progress(f"echo c{connections}")
+            figures[f"c{connections}"] = {
+                "direct": _load("echo direct", direct, _JSON, _ECHO_BODY, load, roles),
+                "stack": _load("echo stack", url, headers, _ECHO_BODY, load, roles),
+            }
+        progress("memory")
+        memory = _memory_curve(url, headers, sidecar, idle_kib, settings)
+    return figures, memory
+
+
+def _memory_curve(
+    url: str,
+    headers: Mapping[str, str],
+    sidecar: int,
+    idle_kib: int | None,
+    settings: RunSettings,
+) -> dict[str, Any]:
+    """VmRSS of the sidecar after every tenth of the requests (the echo phases count too)."""
+    total = max(1_000, round(MEMORY_REQUESTS * settings.iteration_scale))
+    step = total // 10
+    curve: list[tuple[int, float | None]] = []
+    sent = 0
+    roles = {"sidecar": [sidecar]}
+    # Each round runs long enough for about one step at the rate of the round before.
+    rate = 1_000.0
+    for _ in range(200):  # bounded: a stack that answers nothing raises before
+        if sent >= total:
+            break
+        seconds = max(1.0, min(30.0, step / rate))
+        figures = _load("memory", url, headers, _ECHO_BODY, _Load(CONCURRENCY, seconds), roles)
+        sent += figures["requests"]
+        rate = max(figures["ok_per_s"], 50.0)
+        kib = memory_kib(sidecar)
+        curve.append((sent, None if kib is None else round(kib / 1024, 1)))
+    return {
+        "requests": sent,
+        "idle_mib": None if idle_kib is None else round(idle_kib / 1024, 1),
+        "curve_mib": curve,
+    }
+
+
+# --- 2: dev against LocalStack ------------------------------------------------------------------
+
+
+def _default_spec(port: int) -> FunctionSpec:
+    """The echo server as dev runs it from a config that sets only what it must."""
+    spec = echo_function(port)
+    return dataclasses.replace(
+        spec,
+        sidecars=FunctionSpec.sidecars,
+        max_request_concurrency=FunctionSpec.max_request_concurrency,
+    )
+
+
+def _dev_config(spec: FunctionSpec) -> str:
+    return "\n".join(
+        [
+            "[[functions]]",
+            'name = "echo"',
+            f"id = {json.dumps(spec.function_id)}",
+            f"command = {json.dumps(list(spec.command))}",
+            f"inference_port = {spec.inference_port}",
+            f"default_invocation_path = {json.dumps(spec.default_invocation_path)}",
+            f"health_endpoint = {json.dumps(spec.health_endpoint)}",
+            "",
+        ]
+    )
+
+
+@dataclass
+class _DevProcess:
+    """`nvcf-sidecar dev` as a user runs it; its output is read (and dropped) by a thread."""
+
+    process: subprocess.Popen[bytes]
+    lines: list[str] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)
+    output_lines: int = 0
+
+    def follow(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            self.output_lines += 1
+            line = raw.decode(errors="replace").rstrip("\n")
+            if line.startswith("[dev] "):
+                self.lines.append(line)
+                if line.startswith("[dev] pids: "):
+                    for pair in line.removeprefix("[dev] pids: ").split():
+                        name, _, pid = pair.partition("=")
+                        if pid.isdigit():
+                            self.pids[name] = int(pid)
+
+
+@contextmanager
+def _dev(config: Path, work: Path, port: int, api_key: str) -> Iterator[_DevProcess]:
+    command = [sys.executable, "-m", "nvcf_sidecar.cli", "dev", "--config", str(config)]
+    command += ["--port", str(port), "--api-key", api_key, "--work-dir", str(work)]
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
+    dev = _DevProcess(process)
+    reader = threading.Thread(target=dev.follow, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + _DEV_START_S
+        while _DEV_READY not in dev.lines:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise HotpathBenchError("dev did not start: " + " | ".join(dev.lines[-5:]))
+            time.sleep(0.05)
+        yield dev
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)  # Ctrl-C: dev stops its children in order
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        reader.join(5)
+
+
+def _dev_and_localstack(
+    settings: RunSettings, work: Path, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    spec = _default_spec(free_port())
+    direct = f"http://127.0.0.1:{spec.inference_port}/"
+    loads = {1: _Load(1, settings.budget_s / 2), CONCURRENCY: _Load(CONCURRENCY, settings.budget_s)}
+    figures: dict[str, Any] = {
+        "sidecars": spec.sidecars,
+        "slots": spec.max_request_concurrency,
+    }
+    config = work / "dev.toml"
+    config.write_text(_dev_config(spec))
+    api_key = "hotpath-key"
+    port = free_port(avoid={spec.inference_port})
+    with _dev(config, work / "dev", port, api_key) as dev:
+        roles = {"dev": [dev.process.pid], **{n: [p] for n, p in dev.pids.items()}}
+        url = f"http://127.0.0.1:{port}/v2/nvcf/pexec/functions/{spec.function_id}"
+        headers = {**_JSON, "Authorization": f"Bearer {api_key}"}
+        for connections, load in loads.items():
+            progress(f"dev c{connections}")
+            figures[f"c{connections}"] = {
+                "direct": _load("dev direct", direct, _JSON, _ECHO_BODY, load, roles),
+                "dev": _load("dev", url, headers, _ECHO_BODY, load, roles),
+            }
+        figures["dev_output_lines"] = dev.output_lines
+    with LocalStack([spec], work_dir=work / "localstack") as stack:
+        roles = _stack_roles(stack, spec.version_id)
+        for connections, load in loads.items():
+            progress(f"localstack c{connections}")
+            figures[f"c{connections}"]["localstack"] = _load(
+                "localstack",
+                stack.invoke_url(spec.function_id),
+                _stack_headers(stack),
+                _ECHO_BODY,
+                load,
+                roles,
+            )
+    return figures
+
+
+# --- 3: PyTriton -------------------------------------------------------------------------------
+
+
+def _pytriton(settings: RunSettings, work: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    command = [sys.executable, "server.py", "--http-port", str(http)]
+    command += ["--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    home = Path(tempfile.mkdtemp(prefix="pyt-"))  # PyTriton's socket paths must stay short
+    spec = FunctionSpec(
+        command=command,
+        inference_port=http,
+        name="sleeper",
+        default_invocation_path=f"/v2/models/{_MODEL}/infer",
+        health_endpoint=f"/v2/models/{_MODEL}/ready",
+        max_request_concurrency=CONCURRENCY,
+        container_env={"PYTRITON_HOME": str(home)},
+        cwd=_SLEEPER,
+    )
+    load = _Load(CONCURRENCY, settings.budget_s)
+    progress("pytriton")
+    with LocalStack([spec], work_dir=work / "pytriton") as stack:
+        roles = _stack_roles(stack, spec.version_id)
+        direct = f"http://127.0.0.1:{http}/v2/models/{_MODEL}/infer"
+        return {
+            "slots": CONCURRENCY,
+            # The one header the model needs (the stack's sidecar sends it and the others).
+            "direct": _load(
+                "pytriton direct",
+                direct,
+                {**_JSON, "NVCF-REQID": "hotpath-direct"},
+                _SLEEP_BODY,
+                load,
+                roles,
+            ),
+            "stack": _load(
+                "pytriton stack",
+                stack.invoke_url(spec.function_id),
+                _stack_headers(stack),
+                _SLEEP_BODY,
+                load,
+                roles,
+            ),
+        }
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HotpathReport(SuiteReport):
+    """The phases' figures (empty without wrk) and the aims judged on them."""
+
+    figures: Mapping[str, Any] = field(default_factory=dict)
+    skipped: str | None = None
+
+    def aims(self) -> list[dict[str, Any]]:
+        return evaluate_aims(self.figures) if self.figures else []
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "suite": self.suite,
+            "description": self.description,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "wall_s": round(self.wall_s, 3),
+            "method": {
+                "client": "wrk (compiled), POST with keep-alive connections, 2 threads",
+                "cpu_us": "user + system time of each process from /proc over the phase, per "
+                "answered (2xx) request; the client's not counted",
+                "memory": "VmRSS of the sidecar from /proc/<pid>/status",
+                "seconds_at_c32": self.settings.budget_s,
+                "seconds_at_c1": self.settings.budget_s / 2,
+            },
+            "skipped": self.skipped,
+            "environment": dict(self.environment),
+            "figures": dict(self.figures),
+            "aims": self.aims(),
+            "cases": [],
+        }
+
+
+def run(settings: RunSettings, progress: Callable[[str], None] | None = None) -> HotpathReport:
+    """Run every phase (or none, without wrk), print the report and return it."""
+    tell = progress or (lambda _: None)
+    started = time.perf_counter()
+    figures: dict[str, Any] = {}
+    skipped = None
+    if wrk_path() is None:
+        skipped = "wrk is not on PATH (apt-get install wrk): nothing measured"
+    else:
+        with tempfile.TemporaryDirectory(prefix="nvcf-bench-hotpath-") as tmp:
+            work = Path(tmp)
+            figures["echo"], figures["memory"] = _echo_and_memory(settings, work, tell)
+            figures["dev"] = _dev_and_localstack(settings, work, tell)
+            figures["pytriton"] = _pytriton(settings, work, tell)
+    report = HotpathReport(
+        suite="hotpath",
+        description=DESCRIPTION,
+        measurements=(),
+        settings=settings,
+        environment=machine_info(wrk=wrk_path()),
+        wall_s=time.perf_counter() - started,
+        figures=figures,
+        skipped=skipped,
+    )
+    print(format_report(report), end="\n\n", flush=True)
+    return report
+
+
+def format_report(report: HotpathReport) -> str:
+    if report.skipped:
+        return f"bench hotpath: {report.skipped}."
+    f = report.figures
+    lines = [f"bench hotpath ({report.wall_s:.0f} s), wrk; req/s, p50 ms, CPU µs per request:"]
+    for phase, paths in (("echo", ("direct", "stack")), ("dev", ("direct", "dev", "localstack"))):
+        for level in ("c1", f"c{CONCURRENCY}"):
+            for path in paths:
+                lines.append(_row(f"{phase} {level} {path}", f[phase][level][path]))
+    for path in ("direct", "stack"):
+        lines.append(_row(f"pytriton c{CONCURRENCY} {path}", f["pytriton"][path]))
+    memory = f["memory"]
+    curve = ", ".join(f"{n // 1000}k {mib}" for n, mib in memory["curve_mib"])
+    lines.append(f"sidecar VmRSS MiB: idle {memory['idle_mib']}; after requests: {curve}")
+    lines += format_aims(report.aims())
+    return "\n".join(lines)
+
+
+def _row(label: str, figures: Mapping[str, Any]) -> str:
+    cpu = ", ".join(f"{n} {v:,.0f}" for n, v in figures["cpu_us"].items() if v is not None)
+    errors = figures["status_errors"] + figures["socket_errors"]
+    return (
+        f"  {label:<26} {figures['ok_per_s']:>8,.0f}  {figures['p50_ms']:6.2f}  "
+        f"errors {errors:<3} {cpu}"
+    )

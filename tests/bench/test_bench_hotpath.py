@@ -1,0 +1,122 @@
+"""`bench hotpath`: its aims judged on figures (pure logic), the run without wrk, and a quick
+run end to end where wrk is installed.
+
+Smoke tests: they prove the suite runs and reports, never how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bench.hotpath_aims import AIMS, evaluate_aims, format_aims
+from bench.wrk import wrk_path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _phase(ok_per_s: float, p50_ms: float = 1.0, **cpu_us: float) -> dict[str, Any]:
+    return {"ok_per_s": ok_per_s, "p50_ms": p50_ms, "cpu_us": cpu_us}
+
+
+def _figures(**changes: Any) -> dict[str, Any]:
+    figures: dict[str, Any] = {
+        "echo": {"c32": {"stack": _phase(1000, sidecar=180.0, platform=140.0)}},
+        "dev": {
+            "c1": {"direct": _phase(5000, 0.1), "dev": _phase(900, 0.9)},
+            "c32": {
+                "direct": _phase(10_000),
+                "dev": _phase(1600),
+                "localstack": _phase(1650),
+            },
+        },
+        "pytriton": {"direct": _phase(200), "stack": _phase(150)},
+        "memory": {"idle_mib": 55.0, "curve_mib": [(10_000, 58.0), (20_000, 58.5), (100_000, 60)]},
+    }
+    figures.update(changes)
+    return figures
+
+
+def _verdicts(figures: dict[str, Any]) -> dict[str, tuple[float | None, bool | None]]:
+    return {aim["aim"]: (aim["measured"], aim["met"]) for aim in evaluate_aims(figures)}
+
+
+def test_every_aim_is_judged_against_its_bound() -> None:
+    verdicts = _verdicts(_figures())
+    assert set(verdicts) == set(AIMS)
+    assert verdicts["sidecar_cpu_us"] == (180.0, True)
+    assert verdicts["platform_cpu_us"] == (140.0, True)
+    assert verdicts["dev_throughput_ratio"] == (0.16, True)
+    assert verdicts["dev_added_p50_ms"][1] is True  # 0.8 ms
+    assert verdicts["dev_vs_localstack"][1] is True  # 0.97
+    assert verdicts["pytriton_throughput_ratio"] == (0.75, True)
+    assert verdicts["sidecar_idle_rss_mib"] == (55.0, True)
+    assert verdicts["sidecar_rss_growth_mib"] == (2.0, True)
+
+
+def test_aims_missed_and_unmeasured_are_told_apart() -> None:
+    figures = _figures(
+        memory={"idle_mib": None, "curve_mib": [(10_000, 58.0), (100_000, 70.0)]},
+        pytriton={"direct": _phase(0), "stack": _phase(150)},
+    )
+    figures["echo"]["c32"]["stack"]["cpu_us"] = {"sidecar": 617.0}
+    verdicts = _verdicts(figures)
+    assert verdicts["sidecar_cpu_us"] == (617.0, False)
+    assert verdicts["platform_cpu_us"] == (None, None)
+    assert verdicts["sidecar_idle_rss_mib"] == (None, None)
+    assert verdicts["sidecar_rss_growth_mib"] == (12.0, False)
+    assert verdicts["pytriton_throughput_ratio"] == (0.0, False)  # no direct answers: no ratio
+    lines = "\n".join(format_aims(evaluate_aims(figures)))
+    assert re.search(r"sidecar_cpu_us +617  \(<= 200\): NOT met", lines)
+    assert re.search(r"platform_cpu_us +not measured  \(<= 150\): unknown", lines)
+
+
+def _bench(tmp_path: Path, env: dict[str, str], timeout: float) -> tuple[str, dict[str, Any]]:
+    out = tmp_path / "hotpath.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "hotpath", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        env={**env, "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    return done.stdout, json.loads(out.read_text())
+
+
+def test_without_wrk_the_suite_says_so_and_measures_nothing(tmp_path: Path) -> None:
+    stdout, report = _bench(tmp_path, {**os.environ, "PATH": str(tmp_path)}, timeout=60)
+    assert "wrk is not on PATH (apt-get install wrk): nothing measured" in stdout
+    assert report["suite"] == "hotpath"
+    assert report["skipped"].startswith("wrk is not on PATH")
+    assert (report["figures"], report["aims"]) == ({}, [])
+
+
+@pytest.mark.nats
+@pytest.mark.triton
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(wrk_path() is None, reason="wrk is not installed")
+def test_a_quick_run_measures_every_phase_and_judges_every_aim(tmp_path: Path) -> None:
+    stdout, report = _bench(tmp_path, dict(os.environ), timeout=280)
+    figures = report["figures"]
+    assert set(figures) == {"echo", "memory", "dev", "pytriton"}
+    for level in ("c1", "c32"):
+        assert set(figures["echo"][level]) == {"direct", "stack"}
+        assert set(figures["dev"][level]) == {"direct", "dev", "localstack"}
+        assert figures["echo"][level]["stack"]["status_errors"] == 0
+        assert figures["dev"][level]["dev"]["status_errors"] == 0
+    assert figures["dev"]["slots"] == 1  # dev's default
+    assert figures["pytriton"]["stack"]["status_errors"] == 0
+    assert figures["memory"]["requests"] >= 10_000
+    assert len(figures["memory"]["curve_mib"]) >= 10
+    assert [aim["aim"] for aim in report["aims"]] == list(AIMS)
+    assert all(aim["met"] is not None for aim in report["aims"])
+    assert "Aims:" in stdout
