@@ -2,11 +2,13 @@
 PyTriton's `tritonserver` does) is stopped with it, and is gone before the child is restarted.
 
 Real processes: a Python parent that starts a helper in its own session, the helper taking a
-while to exit on SIGTERM, as `tritonserver` does.
+while to exit on SIGTERM, as `tritonserver` does. Also: a child's output reaches its log file as
+written and dev's stream as whole prefixed lines, however the writes split them.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
@@ -95,3 +97,30 @@ def test_a_tracker_never_signals_a_pid_it_did_not_see_start() -> None:
     tracker.note(os.getpid())
     assert os.getpid() not in tracker.alive()
     assert set(tracker.alive()) <= set(descendants([os.getpid()]))
+
+
+# Output in pieces: a line split across two writes, a CRLF line, a last line with no newline.
+WRITER = """
+import sys, time
+for piece in ("a\\nb", "c\\r\\nd"):
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+    time.sleep(0.2)
+"""
+
+
+def test_output_is_copied_whole_lines_with_the_prefix_and_as_written_to_the_log(
+    tmp_path: Path,
+) -> None:
+    stream = io.StringIO()
+    process = StackProcess(
+        "server-writer",
+        [sys.executable, "-c", WRITER],
+        env=dict(os.environ),
+        log_path=tmp_path / "server-writer.log",
+        log_stream=stream,
+    ).start()
+    assert process.wait(10) == 0
+    process.stop(timeout=5)  # joins the reader
+    assert stream.getvalue() == "[server-writer] a\n[server-writer] bc\n[server-writer] d\n"
+    assert (tmp_path / "server-writer.log").read_bytes() == b"a\nbc\r\nd"

@@ -35,6 +35,7 @@ POLL_INTERVAL: Final = 0.25
 """Seconds between two polls of a health URL while waiting for it (4 a second)."""
 _LOG_TAIL_LINES: Final = 40
 _KILL_WAIT: Final = 5.0
+_COPY_CHUNK: Final = 65536
 
 
 class StackError(PlatformError):
@@ -170,18 +171,32 @@ class StackProcess:
         return clone.start()
 
     def _copy_output(self, pipe: IO[bytes], log: IO[bytes], stream: TextIO) -> None:
+        """Copy the child's output to its log file and, line by line with the prefix, to the
+        stream: a chunk at a time, so a busy child costs one write to each per read, not two
+        writes and two flushes per line."""
         prefix = f"[{self.name}] "
+        partial = b""
         with pipe, log:
-            for line in iter(pipe.readline, b""):
-                log.write(line)
+            fd = pipe.fileno()
+            while chunk := os.read(fd, _COPY_CHUNK):
+                log.write(chunk)
                 log.flush()
-                text = line.decode(errors="replace").rstrip("\r\n")
-                try:
-                    with self._stream_lock:
-                        stream.write(f"{prefix}{text}\n")
-                        stream.flush()
-                except (OSError, ValueError):  # the stream was closed; the log file goes on
-                    pass
+                *lines, partial = (partial + chunk).split(b"\n")
+                if lines:
+                    self._echo(stream, prefix, lines)
+            if partial:
+                self._echo(stream, prefix, [partial])
+
+    def _echo(self, stream: TextIO, prefix: str, lines: list[bytes]) -> None:
+        text = "".join(
+            f"{prefix}{line.decode(errors='replace').rstrip(chr(13))}\n" for line in lines
+        )
+        try:
+            with self._stream_lock:
+                stream.write(text)
+                stream.flush()
+        except (OSError, ValueError):  # the stream was closed; the log file goes on
+            pass
 
     # -- signals and waits --------------------------------------------------------------------
 
