@@ -104,8 +104,12 @@ def test_stack_serves_an_invocation_and_stop_leaves_no_process(tmp_path: Path) -
         helpers = group_members(stack.container(spec.version_id).pid)
         assert len(helpers) == 2  # the container and its helper
         pids += helpers
+        responses = stack.response_dir(spec.version_id)
+        assert responses.is_dir()
     finally:
         stack.stop(timeout=1.0)  # the helper ignores SIGTERM: SIGKILLed after 1 s
+    # The per-request directories' root, when the stack made it on /dev/shm, goes with it.
+    assert responses.is_relative_to(tmp_path / "stack") or not responses.parents[2].exists()
     for pid in [*pids, nats_pid]:
         assert gone(pid), f"pid {pid} is still running"
     # Sidecars stop gracefully on SIGTERM.

@@ -37,6 +37,7 @@ from nvcf_platform.backends.plan import InstancePlan
 from nvcf_platform.backends.process import ChildProcess
 from nvcf_platform.backends.variables import platform_variables, utils_variables
 from nvcf_platform.control.problems import ControlError
+from nvcf_platform.devstack.scratch import Scratch
 from nvcf_platform.devstack.stack_spec import (
     FunctionSpec,
     free_port,
@@ -95,12 +96,15 @@ class LocalBackend:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._supervisors: dict[str, asyncio.Task[None]] = {}
+        self._scratch: Scratch | None = None
+        """Where the instances' per-request directories live (`devstack/scratch.py`)."""
 
     def __repr__(self) -> str:
         return f"<LocalBackend instances={len(self._instances)} work_dir={self.work_dir}>"
 
     async def __aenter__(self) -> LocalBackend:
         stop_leftovers(self.work_dir / "instances")
+        self._scratch = Scratch.open(self.work_dir)
         self._session = aiohttp.ClientSession()
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
@@ -128,6 +132,9 @@ class LocalBackend:
             if self._session is not None:
                 await self._session.close()
                 self._session = None
+            if self._scratch is not None:
+                self._scratch.close()
+                self._scratch = None
 
     # -- the backend API ---------------------------------------------------------------------
 
@@ -201,10 +208,17 @@ class LocalBackend:
 
     # -- laying out an instance --------------------------------------------------------------
 
+    def requests_dir(self, instance_id: str) -> Path:
+        """The parent of the instance's `response` and `assets` directories (per-request ones
+        go inside): on /dev/shm when it has room (`devstack/scratch.py`), else with its logs."""
+        root = self.work_dir if self._scratch is None else self._scratch.root
+        return root / "instances" / instance_id
+
     def _prepare(self, plan: InstancePlan, session: aiohttp.ClientSession) -> Instance:
         directory = self.work_dir / "instances" / plan.instance_id
-        for sub in ("response", "assets", "shared"):
-            (directory / sub).mkdir(parents=True, exist_ok=True)
+        requests = self.requests_dir(plan.instance_id)
+        for made in (requests / "response", requests / "assets", directory / "shared"):
+            made.mkdir(parents=True, exist_ok=True)
         port = self._port(plan.instance_id)
         health_port = self._port(plan.instance_id)
         models_dir = self._model_repository(plan, directory / "models")
@@ -251,7 +265,7 @@ class LocalBackend:
             health_port=health_port,
             grpc_url=self.grpc_url,
             nats_url=self.nats_url,
-            version_dir=directory,
+            version_dir=requests,
             shared_dir=directory / "shared",
         )
         sidecar_command = [*sidecar_executable(), "run", "--health-host", self.host]

@@ -1,9 +1,11 @@
 """The whole local NVCF stack as child processes on loopback: NATS, platform, servers, sidecars.
 
 `LocalStack` starts them in dependency order (NATS is one server, or a JetStream cluster of
-several), waits until every sidecar is ready and stops them in reverse; it is what `nvcf-sidecar dev`, the benchmarks and the end-to-end tests run on. Its state
-lives in the work directory (NATS store, file-backed streams, the URL-signing secret), so a
-restarted nats-server or platform finds it again.
+several), waits until every sidecar is ready and stops them in reverse; it is what
+`nvcf-sidecar dev`, the benchmarks and the end-to-end tests run on. Its state lives in the work
+directory (NATS store, file-backed streams, the URL-signing secret), so a restarted nats-server
+or platform finds it again. The per-request directories live on /dev/shm when it has room
+(`scratch.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Final, TextIO
 
 from nvcf_platform.devstack.nats_cluster import EmbeddedNatsCluster
 from nvcf_platform.devstack.nats_server import EmbeddedNatsServer, NatsServerError
+from nvcf_platform.devstack.scratch import Scratch
 from nvcf_platform.devstack.stack_platform import (
     PLATFORM_RESTART_TIMEOUT,
     PlatformEndpoints,
@@ -117,6 +120,7 @@ class LocalStack:
         self._progress = progress
         self._labels = process_labels(self.functions)
         self._nats: EmbeddedNatsServer | None = None
+        self._scratch: Scratch | None = None
         self._cluster_size = nats_cluster
         self._cluster: EmbeddedNatsCluster | None = None
         self._platform: StackProcess | None = None
@@ -190,15 +194,22 @@ class LocalStack:
         return [f"http://{HOST}:{port}/v1/health/ready" for port in ports]
 
     def response_dir(self, version_id: str) -> Path:
-        """`BASE_RESPONSE_DIR` of the version's sidecars."""
-        return self._version_dir(version_id) / "response"
+        """`BASE_RESPONSE_DIR` of the version's sidecars (on /dev/shm when it has room:
+        `scratch.py`)."""
+        return self._requests_dir(version_id) / "response"
 
     def asset_dir(self, version_id: str) -> Path:
         """`BASE_ASSET_DIR` of the version's sidecars."""
-        return self._version_dir(version_id) / "assets"
+        return self._requests_dir(version_id) / "assets"
 
     def _version_dir(self, version_id: str) -> Path:
+        """What the version keeps under the work directory (its secrets file)."""
         return self.work_dir / "functions" / self._spec(version_id).version_id
+
+    def _requests_dir(self, version_id: str) -> Path:
+        """The parent of the version's per-request directories."""
+        root = self.work_dir if self._scratch is None else self._scratch.root
+        return root / "functions" / self._spec(version_id).version_id
 
     # -- processes ------------------------------------------------------------------------------
 
@@ -283,6 +294,7 @@ class LocalStack:
             # Chosen once: the registry names the health ports, a restarted platform reuses its.
             health, self._platform_ports = choose_ports(self.functions, self._platform_port)
             self._health_ports.update(health)
+            self._scratch = Scratch.open(self.work_dir)
             self._start_nats(deadline)
             self._start_platform(deadline)
             for spec in self.functions:
@@ -312,6 +324,8 @@ class LocalStack:
             [] if self._platform is None else [self._platform],
         ]
         errors = stop_in_order(groups, timeout)
+        if self._scratch is not None:
+            self._scratch.close()
         if self._http_listener is not None:
             self._http_listener.close()
             self._http_listener = None
@@ -504,7 +518,7 @@ class LocalStack:
             health_port=health_port,
             grpc_url=self.grpc_url,
             nats_url=self.nats_url,
-            version_dir=self._version_dir(spec.version_id),
+            version_dir=self._requests_dir(spec.version_id),
             shared_dir=self.work_dir / "shared" / name,
         )
         command = [*sidecar_executable(), "run", "--health-host", HOST, *spec.sidecar_args]

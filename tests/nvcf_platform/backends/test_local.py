@@ -231,15 +231,19 @@ async def test_the_server_gets_its_port_args_environment_and_secrets(
 
     instance = backend.instance(plan.instance_id)
     directory = backend.work_dir / "instances" / plan.instance_id
-    assert {"response", "assets", "shared", "server.log", "sidecar.log", "secrets.json"} <= {
+    assert {"shared", "server.log", "sidecar.log", "secrets.json"} <= {
         path.name for path in directory.iterdir()
     }
+    requests = backend.requests_dir(plan.instance_id)  # on /dev/shm when it has room
+    assert (requests / "response").is_dir()
+    assert (requests / "assets").is_dir()
     assert (directory / "secrets.json").stat().st_mode & 0o777 == 0o600
     sidecar_env = instance.sidecar.env
     assert sidecar_env["INFERENCE_PORT"] == port
     assert sidecar_env["MAX_REQUEST_CONCURRENCY"] == "2"
     assert sidecar_env["NVCF_INSTANCE_ID"] == sidecar_env["INSTANCE_ID"] == plan.instance_id
-    assert sidecar_env["BASE_RESPONSE_DIR"] == str(directory / "response")
+    assert sidecar_env["BASE_RESPONSE_DIR"] == str(requests / "response")
+    assert sidecar_env["BASE_ASSET_DIR"] == str(requests / "assets")
     assert sidecar_env["INFERENCE_CONTAINER_ARGS"] == "--extra 'two words'"
 
 
