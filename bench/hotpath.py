@@ -19,15 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,8 +30,10 @@ from typing import Any, Final
 
 import orjson
 
+from bench.dev_process import run_dev
 from bench.harness import RunSettings, SuiteReport, machine_info
 from bench.hotpath_aims import AIMS, evaluate_aims, format_aims
+from bench.hotpath_floors import measure_floors
 from bench.processes import CpuSnapshot, memory_kib
 from bench.sidecar import FUNCTION_ID, VERSION_ID, echo_function
 from bench.wrk import WrkError, run_wrk, wrk_path
@@ -61,12 +58,12 @@ DESCRIPTION: Final = (
 #: scales `MEMORY_REQUESTS` (--quick: a tenth).
 DEFAULT_SETTINGS: Final = RunSettings(budget_s=10.0)
 MEMORY_REQUESTS: Final = 100_000
+FLOOR_OPERATIONS: Final = 5_000
+"""Client exchanges and JetStream publishes timed for the floors (`hotpath_floors.py`)."""
 CONCURRENCY: Final = 32
 _ROOT: Final = Path(__file__).resolve().parents[1]
 _SLEEPER: Final = _ROOT / "examples" / "byoc" / "pytriton_sleeper"
 _MODEL: Final = "timed_sleeper"
-_DEV_READY: Final = "[dev] Ctrl-C stops everything."
-_DEV_START_S: Final = 120.0
 _ECHO_BODY: Final = orjson.dumps(
     {
         "id": "hotpath",
@@ -152,6 +149,14 @@ def _echo_and_memory(
             }
         progress("memory")
         memory = _memory_curve(url, headers, sidecar, idle_kib, settings)
+        progress("floors")
+        figures["floors"] = measure_floors(
+            direct,
+            stack.nats_url,
+            _ECHO_BODY,
+            count=max(500, round(FLOOR_OPERATIONS * settings.iteration_scale)),
+            concurrency=CONCURRENCY,
+        )
     return figures, memory
 
 
@@ -214,62 +219,6 @@ def _dev_config(spec: FunctionSpec) -> str:
     )
 
 
-@dataclass
-class _DevProcess:
-    """`nvcf-sidecar dev` as a user runs it; its output is read (and dropped) by a thread."""
-
-    process: subprocess.Popen[bytes]
-    lines: list[str] = field(default_factory=list)
-    pids: dict[str, int] = field(default_factory=dict)
-    output_lines: int = 0
-
-    def follow(self) -> None:
-        assert self.process.stdout is not None
-        for raw in self.process.stdout:
-            self.output_lines += 1
-            line = raw.decode(errors="replace").rstrip("\n")
-            if line.startswith("[dev] "):
-                self.lines.append(line)
-                if line.startswith("[dev] pids: "):
-                    for pair in line.removeprefix("[dev] pids: ").split():
-                        name, _, pid = pair.partition("=")
-                        if pid.isdigit():
-                            self.pids[name] = int(pid)
-
-
-@contextmanager
-def _dev(config: Path, work: Path, port: int, api_key: str) -> Iterator[_DevProcess]:
-    command = [sys.executable, "-m", "nvcf_sidecar.cli", "dev", "--config", str(config)]
-    command += ["--port", str(port), "--api-key", api_key, "--work-dir", str(work)]
-    process = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        start_new_session=True,
-    )
-    dev = _DevProcess(process)
-    reader = threading.Thread(target=dev.follow, daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + _DEV_START_S
-        while _DEV_READY not in dev.lines:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise HotpathBenchError("dev did not start: " + " | ".join(dev.lines[-5:]))
-            time.sleep(0.05)
-        yield dev
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)  # Ctrl-C: dev stops its children in order
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        reader.join(5)
-
-
 def _dev_and_localstack(
     settings: RunSettings, work: Path, progress: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -284,7 +233,7 @@ def _dev_and_localstack(
     config.write_text(_dev_config(spec))
     api_key = "hotpath-key"
     port = free_port(avoid={spec.inference_port})
-    with _dev(config, work / "dev", port, api_key) as dev:
+    with run_dev(config, work / "dev", port, api_key) as dev:
         roles = {"dev": [dev.process.pid], **{n: [p] for n, p in dev.pids.items()}}
         url = f"http://127.0.0.1:{port}/v2/nvcf/pexec/functions/{spec.function_id}"
         headers = {**_JSON, "Authorization": f"Bearer {api_key}"}
@@ -379,6 +328,9 @@ class HotpathReport(SuiteReport):
                 "cpu_us": "user + system time of each process from /proc over the phase, per "
                 "answered (2xx) request; the client's not counted",
                 "memory": "VmRSS of the sidecar from /proc/<pid>/status",
+                "floors": "CPU of this process per aiohttp client exchange with the echo "
+                "server, per exchange on a bare asyncio protocol, and per JetStream publish "
+                "awaited to its ack, 32 in flight",
                 "seconds_at_c32": self.settings.budget_s,
                 "seconds_at_c1": self.settings.budget_s / 2,
             },
@@ -432,6 +384,13 @@ def format_report(report: HotpathReport) -> str:
     memory = f["memory"]
     curve = ", ".join(f"{n // 1000}k {mib}" for n, mib in memory["curve_mib"])
     lines.append(f"sidecar VmRSS MiB: idle {memory['idle_mib']}; after requests: {curve}")
+    floors = f["echo"]["floors"]
+    lines.append(
+        "floors, CPU µs per operation in this Python: aiohttp client exchange "
+        f"{floors['aiohttp_client_exchange_us']:,.0f}, bare asyncio exchange "
+        f"{floors['raw_asyncio_exchange_us']:,.0f}, JetStream publish + ack "
+        f"{floors['jetstream_publish_us']:,.0f}"
+    )
     lines += format_aims(report.aims())
     return "\n".join(lines)
 

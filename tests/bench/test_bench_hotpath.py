@@ -115,6 +115,10 @@ def test_a_quick_run_measures_every_phase_and_judges_every_aim(tmp_path: Path) -
         assert figures["dev"][level]["dev"]["status_errors"] == 0
     assert figures["dev"]["slots"] == 1  # dev's default
     assert figures["pytriton"]["stack"]["status_errors"] == 0
+    floors = figures["echo"]["floors"]
+    assert floors["aiohttp_client_exchange_us"] > 0
+    assert floors["raw_asyncio_exchange_us"] > 0
+    assert floors["jetstream_publish_us"] > 0
     assert figures["memory"]["requests"] >= 10_000
     assert len(figures["memory"]["curve_mib"]) >= 10
     assert [aim["aim"] for aim in report["aims"]] == list(AIMS)

@@ -1,0 +1,161 @@
+"""What the hot path's building blocks cost in this Python, measured in this process: one
+aiohttp client exchange (the sidecar makes two per request: the container call and the POST
+attach), the same exchange on a bare asyncio protocol (what a hand-written client would
+approach), and one JetStream publish with its ack (the platform makes one per request).
+
+Each figure is CPU time of this process (`time.process_time`) per operation, with
+`CONCURRENCY` operations in flight, as in the hot path's own phases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+import urllib.parse
+from typing import Final
+
+import aiohttp
+import nats
+from nats.js.api import StorageType, StreamConfig
+
+__all__ = ["measure_floors"]
+
+_STREAM: Final = "HOTPATH_FLOOR"
+
+
+async def _post_all(
+    session: aiohttp.ClientSession, url: str, body: bytes, count: int, tasks: int
+) -> None:
+    left = count
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            async with session.post(url, data=body) as response:
+                await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"the echo server answered {response.status}")
+
+    await asyncio.gather(*(worker() for _ in range(tasks)))
+
+
+async def _client_exchanges(url: str, body: bytes, count: int, concurrency: int) -> float:
+    """CPU µs per POST + read of the answer through one aiohttp session."""
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await _post_all(session, url, body, concurrency * 4, concurrency)  # connections open
+        started = time.process_time()
+        await _post_all(session, url, body, count, concurrency)
+        return (time.process_time() - started) * 1e6 / count
+
+
+class _RawExchanges(asyncio.Protocol):
+    """The least an HTTP/1.1 exchange can cost from asyncio: one keep-alive connection, the
+    request written in one call, the answer framed by its Content-Length (no parser, no
+    headers object): what a hand-written client for the container and attach calls would
+    approach."""
+
+    def __init__(self, request: bytes, count: int, done: asyncio.Future[None]) -> None:
+        self._request = request
+        self._left = count
+        self._done = done
+        self._buffer = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        length = 0
+        for line in self._buffer[:end].split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if len(self._buffer) < end + 4 + length:
+            return
+        self._buffer = self._buffer[end + 4 + length :]
+        self._left -= 1
+        assert self._transport is not None
+        if self._left > 0:
+            self._transport.write(self._request)
+        elif not self._done.done():
+            self._done.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done.done():
+            self._done.set_exception(exc or ConnectionError("the echo server closed"))
+
+
+async def _raw_exchanges(host: str, port: int, body: bytes, count: int, concurrency: int) -> float:
+    """CPU µs per exchange of `_RawExchanges`, `concurrency` connections at once."""
+    request = (
+        f"POST / HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    loop = asyncio.get_running_loop()
+    per_connection = max(1, count // concurrency)
+    dones = [loop.create_future() for _ in range(concurrency)]
+    started = time.process_time()
+    transports = []
+    for done in dones:
+        transport, _ = await loop.create_connection(
+            functools.partial(_RawExchanges, request, per_connection, done), host, port
+        )
+        transports.append(transport)
+    await asyncio.gather(*dones)
+    spent = time.process_time() - started
+    for transport in transports:
+        transport.close()
+    return spent * 1e6 / (per_connection * concurrency)
+
+
+async def _publishes(nats_url: str, payload: bytes, count: int, concurrency: int) -> float:
+    """CPU µs per JetStream publish awaited to its ack (a memory stream of its own)."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(
+            StreamConfig(name=_STREAM, subjects=[f"{_STREAM}.>"], storage=StorageType.MEMORY)
+        )
+        try:
+            left = count
+
+            async def publisher() -> None:
+                nonlocal left
+                while left > 0:
+                    left -= 1
+                    await js.publish(f"{_STREAM}.item", payload)
+
+            started = time.process_time()
+            await asyncio.gather(*(publisher() for _ in range(concurrency)))
+            return (time.process_time() - started) * 1e6 / count
+        finally:
+            await js.delete_stream(_STREAM)
+    finally:
+        await nc.close()
+
+
+def measure_floors(
+    echo_url: str, nats_url: str, body: bytes, *, count: int, concurrency: int
+) -> dict[str, float]:
+    """CPU µs per aiohttp client exchange with the echo server, per bare asyncio exchange with
+    it, and per JetStream publish."""
+    address = urllib.parse.urlsplit(echo_url)
+    host, port = address.hostname or "127.0.0.1", address.port or 80
+    return {
+        "aiohttp_client_exchange_us": asyncio.run(
+            _client_exchanges(echo_url, body, count, concurrency)
+        ),
+        "raw_asyncio_exchange_us": asyncio.run(
+            _raw_exchanges(host, port, body, count, concurrency)
+        ),
+        "jetstream_publish_us": asyncio.run(_publishes(nats_url, body, count, concurrency)),
+    }
