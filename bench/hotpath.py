@@ -266,7 +266,8 @@ def _pytriton(settings: RunSettings, work: Path, progress: Callable[[str], None]
     http, grpc, metrics = free_port(), free_port(), free_port()
     command = [sys.executable, "server.py", "--http-port", str(http)]
     command += ["--grpc-port", str(grpc), "--metrics-port", str(metrics)]
-    home = Path(tempfile.mkdtemp(prefix="pyt-"))  # PyTriton's socket paths must stay short
+    home = work / "pyt"  # PyTriton's socket paths must stay short: under the bench's temp dir
+    home.mkdir()
     spec = FunctionSpec(
         command=command,
         inference_port=http,
@@ -351,7 +352,7 @@ def run(settings: RunSettings, progress: Callable[[str], None] | None = None) ->
     if wrk_path() is None:
         skipped = "wrk is not on PATH (apt-get install wrk): nothing measured"
     else:
-        with tempfile.TemporaryDirectory(prefix="nvcf-bench-hotpath-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="nvcf-hp-") as tmp:
             work = Path(tmp)
             figures["echo"], figures["memory"] = _echo_and_memory(settings, work, tell)
             figures["dev"] = _dev_and_localstack(settings, work, tell)
