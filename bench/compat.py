@@ -24,7 +24,6 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -477,10 +476,7 @@ class CompatReport(SuiteReport):
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "suite": self.suite,
-            "description": self.description,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "wall_s": round(self.wall_s, 3),
+            **self.header(),
             "method": {
                 "plain": "time.perf_counter_ns around one pexec (tiny JSON, 200) and its body",
                 "progress": "time.time_ns() at the caller once the 202's body is read, minus "

@@ -131,12 +131,18 @@ class SuiteReport:
     environment: Mapping[str, Any]
     wall_s: float
 
-    def to_json(self) -> dict[str, Any]:
+    def header(self) -> dict[str, Any]:
+        """The keys every suite's JSON starts with: suite, description, when, how long."""
         return {
             "suite": self.suite,
             "description": self.description,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "wall_s": round(self.wall_s, 3),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.header(),
             "method": {
                 "clock": "time.perf_counter_ns",
                 "figure": "median over repeats of (repeat time / iterations)",

@@ -24,7 +24,6 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -34,7 +33,7 @@ from bench.dev_process import run_dev
 from bench.harness import RunSettings, SuiteReport, machine_info
 from bench.hotpath_aims import AIMS, evaluate_aims, format_aims
 from bench.hotpath_floors import measure_floors
-from bench.processes import CpuSnapshot, memory_kib
+from bench.processes import CpuSnapshot, memory_kib, stack_roles
 from bench.sidecar import FUNCTION_ID, VERSION_ID, echo_function
 from bench.wrk import WrkError, run_wrk, wrk_path
 from nvcf_platform.devstack.stack import FunctionSpec, LocalStack
@@ -112,16 +111,6 @@ def _load(
     return {**dataclasses.asdict(result), "ok_per_s": result.ok_per_s, "cpu_us": cpu}
 
 
-def _stack_roles(stack: LocalStack, version_id: str) -> dict[str, list[int]]:
-    nats = stack.nats.pid
-    return {
-        "platform": [stack.platform.pid],
-        "nats-server": [] if nats is None else [nats],
-        "sidecar": [process.pid for process in stack.sidecars(version_id)],
-        "server": [stack.container(version_id).pid],
-    }
-
-
 def _stack_headers(stack: LocalStack) -> dict[str, str]:
     return {**_JSON, **stack.auth_headers}
 
@@ -136,7 +125,7 @@ def _echo_and_memory(
     direct = f"http://127.0.0.1:{spec.inference_port}/"
     figures: dict[str, Any] = {"sidecars": 1, "slots": spec.max_request_concurrency}
     with LocalStack([spec], work_dir=work / "echo") as stack:
-        roles = _stack_roles(stack, VERSION_ID)
+        roles = stack_roles(stack, VERSION_ID)
         sidecar = roles["sidecar"][0]
         idle_kib = memory_kib(sidecar)
         url, headers = stack.invoke_url(FUNCTION_ID), _stack_headers(stack)
@@ -245,7 +234,7 @@ def _dev_and_localstack(
             }
         figures["dev_output_lines"] = dev.output_lines
     with LocalStack([spec], work_dir=work / "localstack") as stack:
-        roles = _stack_roles(stack, spec.version_id)
+        roles = stack_roles(stack, spec.version_id)
         for connections, load in loads.items():
             progress(f"localstack c{connections}")
             figures[f"c{connections}"]["localstack"] = _load(
@@ -281,7 +270,7 @@ def _pytriton(settings: RunSettings, work: Path, progress: Callable[[str], None]
     load = _Load(CONCURRENCY, settings.budget_s)
     progress("pytriton")
     with LocalStack([spec], work_dir=work / "pytriton") as stack:
-        roles = _stack_roles(stack, spec.version_id)
+        roles = stack_roles(stack, spec.version_id)
         direct = f"http://127.0.0.1:{http}/v2/models/{_MODEL}/infer"
         return {
             "slots": CONCURRENCY,
@@ -320,10 +309,7 @@ class HotpathReport(SuiteReport):
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "suite": self.suite,
-            "description": self.description,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "wall_s": round(self.wall_s, 3),
+            **self.header(),
             "method": {
                 "client": "wrk (compiled), POST with keep-alive connections, 2 threads",
                 "cpu_us": "user + system time of each process from /proc over the phase, per "

@@ -7,9 +7,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-__all__ = ["CLOCK_TICKS", "CpuSnapshot", "memory_kib", "process_cpu_s"]
+if TYPE_CHECKING:
+    from nvcf_platform.devstack.stack import LocalStack
+
+__all__ = ["CLOCK_TICKS", "CpuSnapshot", "memory_kib", "process_cpu_s", "stack_roles"]
 
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 """Ticks per second of /proc's CPU times: their resolution is 1 / CLOCK_TICKS s."""
@@ -58,3 +61,14 @@ class CpuSnapshot:
             name: (value - before.seconds[name]) * 1e6 / answered if answered else None
             for name, value in self.seconds.items()
         }
+
+
+def stack_roles(stack: LocalStack, version_id: str) -> dict[str, list[int]]:
+    """The pids of a LocalStack whose CPU time is accounted, by role, for one version."""
+    nats = stack.nats.pid
+    return {
+        "platform": [stack.platform.pid],
+        "nats-server": [] if nats is None else [nats],
+        "sidecar": [process.pid for process in stack.sidecars(version_id)],
+        "server": [stack.container(version_id).pid],
+    }

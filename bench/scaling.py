@@ -34,7 +34,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -693,10 +692,7 @@ class ScalingReport(SuiteReport):
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "suite": self.suite,
-            "description": self.description,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "wall_s": round(self.wall_s, 3),
+            **self.header(),
             "method": {
                 "clock": "time.perf_counter in the caller, which shares its event loop with the "
                 "in-process platform",

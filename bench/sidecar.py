@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import aiohttp
 import orjson
 
 from bench.harness import Case, Measurement, RunSettings, SuiteReport, machine_info
-from bench.processes import CLOCK_TICKS, CpuSnapshot
+from bench.processes import CLOCK_TICKS, CpuSnapshot, stack_roles
 from bench.wrk import WrkError, run_wrk, wrk_path
 from nvcf_platform.devstack.stack import FunctionSpec, LocalStack
 
@@ -338,10 +337,7 @@ class SidecarReport(SuiteReport):
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "suite": self.suite,
-            "description": self.description,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "wall_s": round(self.wall_s, 3),
+            **self.header(),
             "method": {
                 "clock": "time.perf_counter_ns around one aiohttp request and its full body",
                 "latency": "per request, correct answers only (200, exact echo body, headers)",
@@ -393,17 +389,6 @@ def echo_function(port: int | None = None) -> FunctionSpec:
     )
 
 
-def _stack_pids(stack: LocalStack) -> dict[str, list[int]]:
-    """The pids whose CPU time is accounted, by role."""
-    nats_pid = stack.nats.pid
-    return {
-        "platform": [stack.platform.pid],
-        "nats-server": [] if nats_pid is None else [nats_pid],
-        "sidecar": [process.pid for process in stack.sidecars(VERSION_ID)],
-        "server": [stack.container(VERSION_ID).pid],
-    }
-
-
 async def _measure(
     stack: LocalStack,
     server_port: int,
@@ -425,7 +410,7 @@ async def _measure(
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {stack.api_key}"},
         expect_headers={"nvcf-status": "fulfilled"},
     )
-    pids = _stack_pids(stack)
+    pids = stack_roles(stack, VERSION_ID)
     requests = _Requests(_TARGET_BODY_BYTES)
     # One session for the whole run; its pool holds every connection the top level needs.
     pool = max(level.concurrency for level in levels)
@@ -493,7 +478,7 @@ def _measure_wrk(
             {"Content-Type": "application/json", "Authorization": f"Bearer {stack.api_key}"},
         ),
     }
-    pids = _stack_pids(stack)
+    pids = stack_roles(stack, VERSION_ID)
     figures: dict[str, Any] = {"connections": connections, "seconds": seconds}
     for key, (url, headers) in targets.items():
         if progress is not None:
