@@ -9,16 +9,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from bench.hotpath_aims import AIMS, evaluate_aims, format_aims
-from bench.wrk import wrk_path
+
+from harness.modules import load_module
 
 ROOT = Path(__file__).resolve().parents[2]
+# By path: `bench` here is tests/bench, which shadows the repository's bench package.
+_aims = load_module(ROOT / "bench" / "hotpath_aims.py")
+AIMS, evaluate_aims, format_aims = _aims.AIMS, _aims.evaluate_aims, _aims.format_aims
 
 
 def _phase(ok_per_s: float, p50_ms: float = 1.0, **cpu_us: float) -> dict[str, Any]:
@@ -104,7 +108,7 @@ def test_without_wrk_the_suite_says_so_and_measures_nothing(tmp_path: Path) -> N
 @pytest.mark.nats
 @pytest.mark.triton
 @pytest.mark.timeout(300)
-@pytest.mark.skipif(wrk_path() is None, reason="wrk is not installed")
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 def test_a_quick_run_measures_every_phase_and_judges_every_aim(tmp_path: Path) -> None:
     stdout, report = _bench(tmp_path, dict(os.environ), timeout=280)
     figures = report["figures"]
@@ -121,7 +125,7 @@ def test_a_quick_run_measures_every_phase_and_judges_every_aim(tmp_path: Path) -
     assert floors["raw_asyncio_exchange_us"] > 0
     assert floors["jetstream_publish_us"] > 0
     assert figures["memory"]["requests"] >= 10_000
-    assert len(figures["memory"]["curve_mib"]) >= 10
+    assert len(figures["memory"]["curve_mib"]) >= 2  # rounds of about a tenth each
     assert [aim["aim"] for aim in report["aims"]] == list(AIMS)
     assert all(aim["met"] is not None for aim in report["aims"])
     assert "Aims:" in stdout
