@@ -6,23 +6,31 @@ suite's `cluster-node-loss`; here the tries are scripted to pin the policy itsel
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NoStreamResponseError
 
+from nvcf_platform.invocation import js_retry
 from nvcf_platform.invocation.js_retry import RETRY_FLOOR, write_through_elections
 
 
 class Script:
     """Answers each try with the next outcome (None = written); counts tries and creations."""
 
-    def __init__(self, *outcomes: Exception | None, create_error: Exception | None = None) -> None:
+    def __init__(
+        self,
+        *outcomes: Exception | None,
+        create_error: Exception | None = None,
+        create_hangs: bool = False,
+    ) -> None:
         self.outcomes = list(outcomes)
         self.tries = 0
         self.creations = 0
         self.create_error = create_error
+        self.create_hangs = create_hangs
 
     async def attempt(self, deadline: float) -> Exception | None:
         self.tries += 1
@@ -30,6 +38,8 @@ class Script:
 
     async def create(self) -> None:
         self.creations += 1
+        if self.create_hangs:  # waits for a meta leader that is not there
+            await asyncio.sleep(3600)
         if self.create_error is not None:
             raise self.create_error
 
@@ -60,6 +70,17 @@ async def test_a_creation_refused_while_a_cluster_elects_is_not_the_end() -> Non
     script = Script(NoStreamResponseError(), None, create_error=NatsTimeoutError())
     assert await _run(script, 5) is None
     assert (script.tries, script.creations) == (2, 1)
+
+
+async def test_a_creation_that_hangs_is_given_up_and_the_write_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(js_retry, "CREATE_WAIT", 0.2)
+    script = Script(NoStreamResponseError(), NoStreamResponseError(), None, create_hangs=True)
+    started = time.monotonic()
+    assert await _run(script, 5) is None
+    assert time.monotonic() - started < 2
+    assert (script.tries, script.creations) == (3, 1)
 
 
 async def test_a_write_that_never_lands_returns_its_last_error_by_the_deadline() -> None:

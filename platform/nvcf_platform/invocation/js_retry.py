@@ -3,8 +3,8 @@
 A replicated stream whose leader's node died answers nobody (no responders, or a timeout) until
 the survivors elect a new leader, 4-9 s later; right after the election a write can still find
 nobody for a moment. A single-node stream answers "no responders" when it was deleted. So a write
-that finds no stream asks for it to be created once (which fails while a cluster elects; that is
-logged, not fatal), then is tried again: jittered backoff first, then every `RETRY_FLOOR` seconds,
+that finds no stream asks for it to be created once (which fails or hangs while a cluster elects;
+that is logged, not fatal, and bounded), then is tried again: jittered backoff first, then every `RETRY_FLOOR` seconds,
 until its deadline.
 """
 
@@ -20,7 +20,7 @@ from typing import Final
 from nats.errors import Error as NatsError
 from nats.js.errors import NoStreamResponseError
 
-__all__ = ["MAX_ATTEMPTS", "RETRY_DELAYS", "RETRY_FLOOR", "write_through_elections"]
+__all__ = ["CREATE_WAIT", "MAX_ATTEMPTS", "RETRY_DELAYS", "RETRY_FLOOR", "write_through_elections"]
 
 RETRY_DELAYS: Final = (0.1, 0.25, 0.5)
 """Upper bounds of the (full-jitter) pauses before the first retries. NVIDIA's IS backs off
@@ -29,6 +29,10 @@ died, so the write is tried every `RETRY_FLOOR` and lands within half a second o
 RETRY_FLOOR: Final = 0.5
 """Pause between retries once the backoff's are spent; also the time kept for the last attempt
 when a pause would pass the deadline."""
+CREATE_WAIT: Final = 2.0
+"""How long the one creation of a missing stream may take. Longer, it waits for a cluster's meta
+leader (the node that led it died too): the write is retried meanwhile, for the stream's own new
+leader may come first."""
 MAX_ATTEMPTS: Final = 40
 """Bound on the retries of one write (the deadline ends them sooner)."""
 
@@ -49,7 +53,7 @@ async def write_through_elections(
 ) -> Exception | None:
     """Run `attempt` until it succeeds (None) or `deadline` (monotonic) passes (its last error).
 
-    The first "no stream" answer calls `create_stream` once, bounded by the deadline.
+    The first "no stream" answer calls `create_stream` once, for at most `CREATE_WAIT` seconds.
     """
     error = await attempt(deadline)
     if error is None:
@@ -57,7 +61,8 @@ async def write_through_elections(
     if isinstance(error, NoStreamResponseError):
         _log.warning("stream missing or electing its leader; creating it", extra=dict(extra))
         try:
-            await asyncio.wait_for(create_stream(), max(0.1, deadline - time.monotonic()))
+            left = max(0.1, deadline - time.monotonic())
+            await asyncio.wait_for(create_stream(), min(CREATE_WAIT, left))
         except (NatsError, TimeoutError) as failure:
             _log.warning(
                 "stream not created; retrying the write",
