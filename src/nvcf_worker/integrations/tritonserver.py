@@ -11,6 +11,7 @@ import filecmp
 import hashlib
 import importlib.util
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -32,6 +33,7 @@ __all__ = [
     "prepare_backend_directory",
     "prepare_pytriton_environment",
     "pytriton_libs_dir",
+    "remove_stale_shm_regions",
     "tritonserver_environment",
 ]
 
@@ -199,6 +201,32 @@ def default_backend_directory() -> Path:
 
 
 _SHM_PREFIX_OPTION = "shm-region-prefix-name"
+_SHM_REGION = re.compile(r"nvcf(\d+)_")
+
+
+def remove_stale_shm_regions(shm_dir: Path = Path("/dev/shm")) -> list[Path]:
+    """Remove the python backend's shared-memory regions of servers that are gone; return them.
+
+    A server named its regions `nvcf<pid>_...` (`build_tritonserver_command`). Killed (SIGKILL,
+    OOM), it leaves them behind, 1 MiB or more each, and a pod's /dev/shm outlives its
+    container's restarts. A region whose pid is no live process is removed; one of a live pid
+    (this server's, or a pid reused since) is left alone.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(shm_dir.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _SHM_REGION.match(entry.name)
+        if match is None or Path(f"/proc/{match.group(1)}").exists():
+            continue
+        try:
+            entry.unlink()
+        except OSError:
+            continue
+        removed.append(entry)
+    return removed
 
 
 def build_tritonserver_command(
@@ -331,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     if not options.dry_run:
+        remove_stale_shm_regions()
         sys.stdout.flush()
         sys.stderr.flush()
         try:

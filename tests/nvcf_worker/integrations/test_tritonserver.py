@@ -142,6 +142,30 @@ def test_each_launch_gets_its_own_python_backend_shm_prefix() -> None:
     assert [arg for arg in command if "shm-region-prefix-name" in arg] == [given]
 
 
+def _dead_pid() -> int:
+    """A pid no process has now (the highest pids are rarely in use)."""
+    limit = int(Path("/proc/sys/kernel/pid_max").read_text())
+    return next(pid for pid in range(limit - 1, 1, -1) if not Path(f"/proc/{pid}").exists())
+
+
+def test_stale_shm_regions_of_killed_servers_are_removed_and_live_ones_kept(
+    tmp_path: Path,
+) -> None:
+    dead, alive = _dead_pid(), os.getpid()
+    stale = tmp_path / f"nvcf{dead}_e3b4-region"
+    kept = [
+        tmp_path / f"nvcf{alive}_e3b4-region",  # a live server's
+        tmp_path / "pytrtion123-abc",  # not ours
+        tmp_path / "nvcf_shared",  # not a region name
+    ]
+    for path in (stale, *kept):
+        path.write_bytes(b"\0" * 16)
+    assert tritonserver.remove_stale_shm_regions(tmp_path) == [stale]
+    assert not stale.exists()
+    assert all(path.exists() for path in kept)
+    assert tritonserver.remove_stale_shm_regions(tmp_path / "missing") == []
+
+
 def test_missing_pytriton_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
