@@ -138,13 +138,16 @@ class RequestConsumer:
             self._abandon_pulls()
 
     def nats_reconnected(self) -> None:
-        """NATS is back: pulls that failed while it was away are retried now, not after their
-        backoff (which may have grown to 30 s during a long outage); in-flight items get a
+        """NATS is back: waiting pulls are replaced, and pulls that failed while it was away are
+        retried now, not after their backoff (which may have grown to 30 s during a long
+        outage); in-flight items get a
         `+WPI` and the recent acks are sent again (`reconnect.py`) (acking twice is
         harmless), so nothing finished or still running is redelivered for a lost ack."""
         self._reconnects += 1
         replies = self._reconnect_memory.reconnected()
-        self._changed.notify()
+        # A restarted server forgot the pulls left waiting: its heartbeats would stop, noticed
+        # only after two intervals. Replaced now (what they delivered before is handed back).
+        self._abandon_pulls()
         if self._requests is not None:
             self._requests.create_task(self._resend_after_reconnect(replies), name="resend acks")
 

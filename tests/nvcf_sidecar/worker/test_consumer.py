@@ -378,6 +378,32 @@ async def test_after_a_reconnect_recent_acks_and_keepalives_are_sent_again(
     assert len(runner.started) == 3
 
 
+async def test_after_nats_restarted_the_waiting_pull_is_replaced_at_once(
+    start_nats_server: Any,
+) -> None:
+    # A restarted nats-server forgot the pull request the sidecar left waiting; its idle
+    # heartbeats stop, which the sidecar notices only after two intervals (10 s). A reconnect
+    # replaces the pull at once (as nats.go's consumers re-pull after a reconnect).
+    server = start_nats_server(server_name="nvcf-test")
+    await shell.provision_queue(server.url, REGION)
+    runner = shell.StandInRunner()
+    async with shell.serving(
+        server.url, runner, max_request_concurrency=2, fetch_heartbeat=5.0, fetch_max_wait=300.0
+    ) as state:  # the sidecar's own defaults
+        await asyncio.sleep(0.3)  # the pull waits on the server
+        server.kill()
+        server.start()
+        await shell.provision_queue(server.url, REGION)  # the platform's job after a restart
+        for _ in range(200):  # nats-py reconnects within its 2 s wait
+            if state.nc.is_connected:
+                break
+            await asyncio.sleep(0.05)
+        assert state.nc.is_connected
+        state.consumer.nats_reconnected()
+        await shell.publish_work(server.url, [shell.work_item()])
+        await runner.wait_started(1, within=4)  # well before the old pull's 10 s
+
+
 async def test_items_published_before_a_reconnect_are_treated_as_maybe_answered(
     nats_server: Any,
 ) -> None:
