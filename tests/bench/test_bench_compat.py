@@ -5,37 +5,24 @@ A smoke test: it proves the suite runs and checks what it reports, never how fas
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from harness.bench import run_quick_suite
+
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(150)]
 
-ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
 
 
 def test_quick_compat_suite_reports_every_phase(tmp_path: Path) -> None:
-    out = tmp_path / "compat.json"
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "compat", "--quick", "--out", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    assert "Progress: 10 of 10 updates" in done.stdout
-    assert "figures written to" in done.stdout
+    stdout, report = run_quick_suite("compat", tmp_path / "compat.json", env=env, timeout=120)
+    assert "Progress: 10 of 10 updates" in stdout
+    assert "figures written to" in stdout
 
-    report = json.loads(out.read_text())
     assert report["suite"] == "compat"
     assert [case["key"] for case in report["cases"]] == [
         "progress.plain",

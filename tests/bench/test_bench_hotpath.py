@@ -6,17 +6,15 @@ Smoke tests: they prove the suite runs and reports, never how fast anything is.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from harness.bench import run_quick_suite
 from harness.modules import load_module
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,18 +81,7 @@ def test_aims_missed_and_unmeasured_are_told_apart() -> None:
 
 def _bench(tmp_path: Path, env: dict[str, str], timeout: float) -> tuple[str, dict[str, Any]]:
     # TMPDIR stays the run's: PyTriton's socket paths under pytest's tmp_path would be too long.
-    out = tmp_path / "hotpath.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "hotpath", "--quick", "--out", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    return done.stdout, json.loads(out.read_text())
+    return run_quick_suite("hotpath", tmp_path / "hotpath.json", env=env, timeout=timeout)
 
 
 def test_without_wrk_the_suite_says_so_and_measures_nothing(tmp_path: Path) -> None:

@@ -6,36 +6,22 @@ A smoke test: it proves the suite runs and checks what it reports, never how fas
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.nats, pytest.mark.timeout(60)]
+from harness.bench import run_quick_suite
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.nats, pytest.mark.timeout(60)]
 
 
 def test_quick_scaling_suite_reports_every_phase(tmp_path: Path) -> None:
-    out = tmp_path / "scaling.json"
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "scaling", "--quick", "--out", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=55,
-        check=False,
-    )
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    assert "Cold start: hello, min 0 / max 1" in done.stdout
-    assert "figures written to" in done.stdout
+    stdout, report = run_quick_suite("scaling", tmp_path / "scaling.json", env=env, timeout=55)
+    assert "Cold start: hello, min 0 / max 1" in stdout
+    assert "figures written to" in stdout
 
-    report = json.loads(out.read_text())
     assert report["suite"] == "scaling"
     assert [case["key"] for case in report["cases"]] == [
         "cold.warm",
