@@ -330,8 +330,9 @@ class WorkerExchange:
         Asked again, the same poll, when a node loss may have lost it: after no reply for
         `POLL_TRY_SECONDS` (routes still pointing at a dead node swallow it), and every
         `POLL_SUBSCRIBER_RETRY` seconds while nobody is subscribed, up to `POLL_SUBSCRIBER_WAIT`
-        (a worker whose node died subscribes again once it reconnected to another). A worker
-        takes a repeated poll once (the sidecar drops copies; NVIDIA's replies at once).
+        (a worker whose node died subscribes again once it reconnected to another). The sidecar
+        takes a repeated poll once; NVIDIA's worker would also serve a copy it got after a reply
+        slower than `POLL_TRY_SECONDS` (docs/platform.md).
         """
         payload = encode_invoke_request(item)
         subject = polling_subject(item.requestId)

@@ -140,9 +140,9 @@ class RequestConsumer:
     def nats_reconnected(self) -> None:
         """NATS is back: waiting pulls are replaced, and pulls that failed while it was away are
         retried now, not after their backoff (which may have grown to 30 s during a long
-        outage); in-flight items get a
-        `+WPI` and the recent acks are sent again (`reconnect.py`) (acking twice is
-        harmless), so nothing finished or still running is redelivered for a lost ack."""
+        outage); in-flight items get a `+WPI` and the recent acks are sent again
+        (`reconnect.py`) (acking twice is harmless), so nothing finished or still running is
+        redelivered for a lost ack."""
         self._reconnects += 1
         replies = self._reconnect_memory.reconnected()
         # A restarted server forgot the pulls left waiting: its heartbeats would stop, noticed
