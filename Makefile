@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv lint lint-docker typecheck test demo bench chaos chaos-cluster proto clean
+.PHONY: venv lint lint-docker typecheck test test-asyncio-loop demo bench chaos chaos-cluster proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,14 @@ lint-docker: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The suite runs on uvloop (the `fast` extra, installed by the dev extras); the sidecar's tests
+# and the end-to-end tests run once more on asyncio's own loop, so both loops stay supported.
 test: lint typecheck
 	$(BIN)/pytest
+	$(MAKE) --no-print-directory test-asyncio-loop
+
+test-asyncio-loop: $(STAMP)
+	NVCF_EVENT_LOOP=asyncio $(BIN)/pytest -q tests/nvcf_sidecar tests/e2e
 
 # The local NVCF stack around two example functions (examples/demo.toml): hello and image_job.
 # Prints the endpoints with curl and `nvcf-sidecar invoke` lines. Ctrl-C stops everything.

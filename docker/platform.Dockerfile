@@ -15,7 +15,7 @@ COPY pyproject.toml README.md ./
 COPY src/ src/
 COPY sidecar/ sidecar/
 COPY platform/ platform/
-RUN python3 -m pip wheel --wheel-dir /wheels ".[platform,kubernetes]"
+RUN python3 -m pip wheel --wheel-dir /wheels ".[platform,fast,kubernetes]"
 
 # -- the image: installed from those wheels only, no source tree, no build tools ---------------
 FROM ${BASE_IMAGE}
@@ -36,7 +36,7 @@ ENV PYTHONUNBUFFERED=1 \
 # --no-index keeps pip from looking anywhere else.
 # hadolint ignore=DL3013
 RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
-    python3 -m pip install --no-index --find-links /wheels "nvcf-worker[platform,kubernetes]"
+    python3 -m pip install --no-index --find-links /wheels "nvcf-worker[platform,fast,kubernetes]"
 
 # The same numeric user as the other images, so Kubernetes can enforce runAsNonRoot.
 RUN groupadd --gid 10001 nvcf \

@@ -17,7 +17,7 @@ WORKDIR /build
 COPY pyproject.toml README.md ./
 COPY src/ src/
 COPY sidecar/ sidecar/
-RUN python3 -m pip wheel --wheel-dir /wheels ".[sidecar]"
+RUN python3 -m pip wheel --wheel-dir /wheels ".[sidecar,fast]"
 
 # -- the image: installed from those wheels only, no source tree, no build tools ---------------
 FROM ${BASE_IMAGE}
@@ -38,7 +38,7 @@ ENV PYTHONUNBUFFERED=1 \
 # --no-index keeps pip from looking anywhere else.
 # hadolint ignore=DL3013
 RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
-    python3 -m pip install --no-index --find-links /wheels "nvcf-worker[sidecar]"
+    python3 -m pip install --no-index --find-links /wheels "nvcf-worker[sidecar,fast]"
 
 # The same UID as the function images, so both sides may write the shared request directories.
 # The sidecar's own directories exist and belong to it: an empty Docker volume mounted on one of

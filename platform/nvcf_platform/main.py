@@ -28,6 +28,7 @@ from nvcf_platform.control.registry import Registry
 from nvcf_platform.errors import ConfigError, PlatformError
 from nvcf_platform.service import PlatformService
 from nvcf_platform.settings import PlatformSettings
+from nvcf_sidecar import eventloop
 
 __all__ = ["add_arguments", "load_registry", "run_command", "serve", "settings_from_args"]
 
@@ -265,12 +266,13 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
         registry = load_registry(settings)
-    except ConfigError as error:
+        factory = eventloop.loop_factory()
+    except (ConfigError, ValueError) as error:
         print(f"nvcf-sidecar platform: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
     try:
-        asyncio.run(serve(settings, registry))
+        eventloop.run(serve(settings, registry), factory=factory)
     except (PlatformError, NatsError, OSError, TimeoutError) as error:
         _log.error("platform failed", extra={"error": repr(error)})
         return 1

@@ -47,6 +47,7 @@ from nvcf_platform.objects.object_routes import ObjectEndpoints
 from nvcf_platform.objects.objects import ObjectStore
 from nvcf_platform.objects.presign import UrlSigner, load_or_create_secret
 from nvcf_platform.settings import PlatformSettings
+from nvcf_sidecar import eventloop
 from nvcf_sidecar.protocol import add_worker_servicer
 
 __all__ = ["PlatformService"]
@@ -250,7 +251,8 @@ class PlatformService:
             self._reset()
             raise
         self._stack = stack
-        _log.info("platform listening", extra=self.endpoints())
+        loop = eventloop.loop_name(asyncio.get_running_loop())
+        _log.info("platform listening", extra={**self.endpoints(), "event_loop": loop})
         return self
 
     async def __aexit__(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -83,6 +84,18 @@ def test_a_bad_catalog_exits_2_naming_it(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert f"{bad}: images[0].command: must be a non-empty array" in result.stderr
+
+
+def test_an_unknown_event_loop_exits_2_naming_it() -> None:
+    result = subprocess.run(
+        COMMAND,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "NVCF_EVENT_LOOP": "trio"},
+    )
+    assert result.returncode == 2
+    assert "NVCF_EVENT_LOOP='trio': expected one of auto, uvloop, asyncio" in result.stderr
 
 
 @pytest.mark.nats

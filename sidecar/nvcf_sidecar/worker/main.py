@@ -7,7 +7,6 @@ top, runs the `Sidecar` until SIGTERM or SIGINT, and turns a fatal error into ex
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import logging
 import os
@@ -18,6 +17,7 @@ from typing import Any, Final
 
 import orjson
 
+from nvcf_sidecar import eventloop
 from nvcf_sidecar.worker.config import ConfigError, WorkerConfig, parse_duration
 from nvcf_sidecar.worker.logs import configure_worker_logging, parse_log_level
 from nvcf_sidecar.worker.sidecar import StartupError, run_sidecar
@@ -201,19 +201,27 @@ def _log_level(config: WorkerConfig, explicit: bool) -> int:
         return logging.INFO  # NVIDIA falls back to info for an unknown LOG_LEVEL
 
 
+def _loop_factory() -> eventloop.LoopFactory | None:
+    try:
+        return eventloop.loop_factory()
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Entry of `nvcf-sidecar run`: 0 after a graceful stop, 1 when the sidecar cannot run."""
     configure_worker_logging(logging.INFO)
     try:
         config = config_from_args(args)
         configure_worker_logging(_log_level(config, explicit=args.log_level is not None))
+        factory = _loop_factory()
     except ConfigError as error:
         failure = StartupError(f"invalid configuration: {error}", is_internal=False)
         logger.error(failure.message)
         write_termination_log(failure)
         return 1
     try:
-        asyncio.run(run_sidecar(config))
+        eventloop.run(run_sidecar(config), factory=factory)
     except StartupError as error:
         logger.error(
             "sidecar failed", extra={"error": error.message, "internal": error.is_internal}

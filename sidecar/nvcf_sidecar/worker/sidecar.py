@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from nvcf_sidecar.eventloop import loop_name
 from nvcf_sidecar.worker.api_client import CONNECT_RETRY_SECONDS, ApiError, WorkerApiClient
 from nvcf_sidecar.worker.cancel import CancelListener
 from nvcf_sidecar.worker.config import ConfigError, WorkerConfig
@@ -267,6 +268,7 @@ class Sidecar:
                     "regions": list(consumer.regions),
                     "max_request_concurrency": config.max_request_concurrency,
                     "health_port": self.health_port,
+                    "event_loop": loop_name(asyncio.get_running_loop()),
                 },
             )
             async with asyncio.TaskGroup() as background:

@@ -45,3 +45,21 @@ def test_run_command_exits_1_on_a_bad_configuration(
     event = json.loads(line)
     assert event["level"] == "ERROR"
     assert "FUNCTION_ID='not-a-uuid': must be a UUID" in event["message"]
+
+
+def test_run_command_exits_1_on_an_unknown_event_loop(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("FUNCTION_ID", FUNCTION_VERSION_ID)
+    monkeypatch.setenv("FUNCTION_VERSION_ID", FUNCTION_VERSION_ID)
+    monkeypatch.setenv("NVCF_FQDN_GRPC", "http://127.0.0.1:1")
+    monkeypatch.setenv("NVCF_EVENT_LOOP", "trio")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert run_command(parser.parse_args([])) == 1
+    event = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert event["level"] == "ERROR"
+    assert event["message"] == (
+        "invalid configuration: NVCF_EVENT_LOOP='trio': expected one of auto, uvloop, asyncio"
+    )
