@@ -302,10 +302,17 @@ class ResponseHeadParser(_HeadParser[ResponseHead]):
     Enforces the invocation service's rules: the head ends within `MAX_HEAD_BYTES`, has at most
     `MAX_HEAD_HEADERS` header lines and no Transfer-Encoding; header values that are not UTF-8 are
     dropped. Error `detail`s are the texts the IS answers with in its 400.
+
+    `transfer_encoding=True` parses the head of an answer on the wire instead (an HTTP client's),
+    where Transfer-Encoding frames the body and is allowed.
     """
 
-    __slots__ = ()
+    __slots__ = ("_transfer_encoding",)
     _noun = "response"
+
+    def __init__(self, *, transfer_encoding: bool = False) -> None:
+        super().__init__()
+        self._transfer_encoding = transfer_encoding
 
     def _parse(self, lines: list[bytes], body: bytes) -> ResponseHead:
         start = lines[0]
@@ -319,7 +326,7 @@ class ResponseHeadParser(_HeadParser[ResponseHead]):
             raise InvalidStatus("Invalid status code: invalid status code", repr(start))
         headers = self._headers(lines[1:], keep_non_utf8=True)
         # Checked on the raw lines: a Transfer-Encoding dropped as non-UTF-8 still counts.
-        for line in lines[1:]:
+        for line in () if self._transfer_encoding else lines[1:]:
             if line[:18].lower() == b"transfer-encoding:":
                 raise InnerTransferEncoding(
                     "Transfer-Encoding in the inner response is not supported", repr(line[:200])

@@ -6,7 +6,7 @@ One `AttachClient` serves one work item (or one poll) and sends at most one resp
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from types import TracebackType
 from typing import Final
 
@@ -27,6 +27,7 @@ from nvcf_sidecar.protocol import (
     worker_problem,
 )
 from nvcf_sidecar.worker.errors import WorkerError
+from nvcf_sidecar.worker.lean_http import LeanHttpClient, LeanHttpError
 
 __all__ = [
     "GET_HEAD_TIMEOUT_SECONDS",
@@ -34,6 +35,7 @@ __all__ = [
     "AttachClient",
     "AttachConnectionError",
     "AttachError",
+    "AttachFactory",
     "AttachRefused",
     "InvalidStreamedRequest",
     "RequestBodyStream",
@@ -210,11 +212,20 @@ class RequestBodyStream:
 class AttachClient:
     """The attach calls of one request, to the IS pod named by its `HTTP1ProtocolConfig`.
 
-    `proxyURI`, when set, is used as an HTTP forward proxy for both directions.
+    `proxyURI`, when set, is used as an HTTP forward proxy for both directions. A response whose
+    body is in memory goes out through `lean` when given and no proxy is set (`lean_http.py`:
+    a fraction of aiohttp's CPU per call); everything else through `session`.
     """
 
-    def __init__(self, session: aiohttp.ClientSession, config: HTTP1ProtocolConfig) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        config: HTTP1ProtocolConfig,
+        *,
+        lean: LeanHttpClient | None = None,
+    ) -> None:
         self._session = session
+        self._lean = lean if not config.proxyURI else None
         self._url = attach_url(config.targetURI)
         self._liveness_url = attach_liveness_url(config.targetURI)
         self._proxy = config.proxyURI or None
@@ -290,6 +301,9 @@ class AttachClient:
             data = _prefixed(head, body)
             outer_length = post_attach_content_length(head, body_length)
         headers = {"Authorization": bearer(self._response_token), "Content-Type": H1_CONTENT_TYPE}
+        if self._lean is not None and isinstance(data, bytes):
+            await self._post_lean(self._lean, headers, data)
+            return
         if outer_length is not None:
             headers["Content-Length"] = str(outer_length)
         try:
@@ -301,6 +315,16 @@ class AttachClient:
                     raise AttachRefused("post", response.status, answer)
         except (aiohttp.ClientError, OSError) as error:
             raise AttachConnectionError("post", f"{type(error).__name__}: {error}") from error
+
+    async def _post_lean(self, lean: LeanHttpClient, headers: dict[str, str], data: bytes) -> None:
+        try:
+            answer = await lean.request(
+                "POST", self._url, headers.items(), data, limit=_ERROR_BODY_LIMIT
+            )
+        except LeanHttpError as error:
+            raise AttachConnectionError("post", f"{type(error).__name__}: {error}") from error
+        if answer.status != 200:
+            raise AttachRefused("post", answer.status, answer.body)
 
     async def send_problem(self, source: str, status: int, detail: str) -> None:
         """POST attach of a worker-generated problem+json response (reference §5.2 steps 3-8)."""
@@ -316,3 +340,7 @@ async def _prefixed(head: bytes, body: AsyncIterable[bytes]) -> AsyncIterator[by
     yield head
     async for chunk in body:
         yield chunk
+
+
+AttachFactory = Callable[[HTTP1ProtocolConfig], AttachClient]
+"""Makes the `AttachClient` of one work item or poll (`HttpSessions.attach_client`)."""

@@ -39,7 +39,7 @@ from nvcf_sidecar.protocol import (
 )
 from nvcf_sidecar.protocol.limits import CLIENT_GONE_GRACE_SECONDS
 from nvcf_sidecar.worker.artifacts import holds_no_outputs, scan_artifacts
-from nvcf_sidecar.worker.attach import AttachClient, AttachError
+from nvcf_sidecar.worker.attach import AttachClient, AttachError, AttachFactory
 from nvcf_sidecar.worker.deadline import item_budget
 from nvcf_sidecar.worker.forward import (
     ContainerCall,
@@ -139,7 +139,7 @@ async def serve_compatible(
     response_dir: Path,
     services: CompatibilityServices,
     gate: ContainerGate,
-    attach_session: aiohttp.ClientSession,
+    new_attach: AttachFactory,
     make_poll_call: Callable[[WorkerInvokeFunctionRequest], ContainerCall],
     metrics: WorkerMetrics,
     log: logging.LoggerAdapter[Any],
@@ -168,7 +168,7 @@ async def serve_compatible(
                 watch,
                 services,
                 gate,
-                attach_session,
+                new_attach,
                 make_poll_call,
                 metrics,
             )
@@ -186,7 +186,7 @@ async def _answer_until_final(
     watch: ProgressWatch,
     services: CompatibilityServices,
     gate: ContainerGate,
-    attach_session: aiohttp.ClientSession,
+    new_attach: AttachFactory,
     make_poll_call: Callable[[WorkerInvokeFunctionRequest], ContainerCall],
     metrics: WorkerMetrics,
 ) -> Outcome:
@@ -224,7 +224,7 @@ async def _answer_until_final(
                 # caller still there polls within moments.
                 wait = CLIENT_GONE_GRACE_SECONDS
                 log.warning("202 not delivered; waiting %g s for a poll", wait)
-            taken = await next_usable_poll(polls, wait, attach_session, log)
+            taken = await next_usable_poll(polls, wait, new_attach, log)
             if taken is None:
                 return Outcome.CANCELLED
             poll, attach = taken

@@ -120,6 +120,15 @@ def _duration(env: Mapping[str, str], name: str, default: float) -> float:
     return seconds if seconds > 0 else default  # NVIDIA treats 0 as "use the default"
 
 
+def _attach_client(env: Mapping[str, str]) -> str:
+    value = env.get("NVCF_ATTACH_CLIENT", "").strip().lower() or "lean"
+    if value not in ("lean", "aiohttp"):
+        raise ConfigError(
+            f"NVCF_ATTACH_CLIENT={env['NVCF_ATTACH_CLIENT']!r}: must be lean or aiohttp"
+        )
+    return value
+
+
 def _nats_servers(text: str) -> list[str]:
     """The URLs of a comma-separated `NVCF_FQDN_NATS`; ConfigError on an empty entry or a mix of
     websocket and plain URLs (nats-py refuses it)."""
@@ -172,6 +181,9 @@ class WorkerConfig:
     nspect_id: str = ""
     # Process-shell settings (`nvcf-sidecar run` flags; NVIDIA's constants by default).
     log_level: str = "info"
+    lean_attach: bool = True
+    """POST attach of in-memory responses through `lean_http` (`NVCF_ATTACH_CLIENT=lean`, the
+    default) or through aiohttp like every other call (`aiohttp`)."""
     sidecar_health_host: str = "0.0.0.0"
     keepalive_interval: float = 10.0
     health_check_interval: float = 10.0
@@ -275,6 +287,7 @@ class WorkerConfig:
             function_tags=tags,
             nspect_id=env.get("NVCF_NSPECT_ID", ""),
             log_level=env.get("LOG_LEVEL", "").strip().lower() or "info",
+            lean_attach=_attach_client(env) == "lean",
         )
 
     @property

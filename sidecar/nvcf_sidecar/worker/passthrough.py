@@ -17,7 +17,7 @@ import aiohttp
 from nats.aio.client import Client as NatsClient
 
 from nvcf_sidecar.protocol import WorkerInvokeFunctionRequest, encode_response_head
-from nvcf_sidecar.worker.attach import AttachClient, AttachError
+from nvcf_sidecar.worker.attach import AttachClient, AttachError, AttachFactory
 from nvcf_sidecar.worker.deadline import answer_deadline, item_budget
 from nvcf_sidecar.worker.errors import WorkerError
 from nvcf_sidecar.worker.forward import (
@@ -61,7 +61,7 @@ class Polling:
     request_id: str
     target: float
     """The caller's poll seconds: each next poll is awaited max(2 x target, 10 s)."""
-    attach_session: aiohttp.ClientSession
+    new_attach: AttachFactory
     make_poll_call: Callable[[WorkerInvokeFunctionRequest], ContainerCall]
 
 
@@ -117,7 +117,7 @@ async def serve_passthrough(
                 return outcome
             metrics.accepted.labels("container").inc()
             taken = await next_usable_poll(
-                polls, max(2 * polling.target, 10.0), polling.attach_session, log
+                polls, max(2 * polling.target, 10.0), polling.new_attach, log
             )
             if taken is None:
                 return Outcome.CANCELLED

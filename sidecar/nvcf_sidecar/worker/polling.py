@@ -11,7 +11,6 @@ import logging
 from types import TracebackType
 from typing import Any, Final
 
-import aiohttp
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -24,7 +23,7 @@ from nvcf_sidecar.protocol import (
     first_http1_config,
     polling_subject,
 )
-from nvcf_sidecar.worker.attach import AttachClient
+from nvcf_sidecar.worker.attach import AttachClient, AttachFactory
 from nvcf_sidecar.worker.errors import WorkerError
 from nvcf_sidecar.worker.metrics import WorkerMetrics
 
@@ -221,7 +220,7 @@ async def _unsubscribe(subscription: Subscription, log: logging.LoggerAdapter[An
 async def next_usable_poll(
     polls: PollSubscription,
     timeout: float,  # noqa: ASYNC109 - the §6 deadline for the next poll, not a call timeout
-    session: aiohttp.ClientSession,
+    new_attach: AttachFactory,
     log: logging.LoggerAdapter[Any],
 ) -> tuple[WorkerInvokeFunctionRequest, AttachClient] | None:
     """The next poll that can be answered, with its attach client; None after `timeout` s.
@@ -244,4 +243,4 @@ async def next_usable_poll(
         except MissingAttachConfig as error:
             log.error("status poll cannot be answered: %s", error)
             continue
-        return poll, AttachClient(session, config)
+        return poll, new_attach(config)

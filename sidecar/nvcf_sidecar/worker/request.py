@@ -140,7 +140,7 @@ class RequestRunner:
         except MissingAttachConfig as error:
             log.error("no answer possible: %s", error)
             return Outcome.WORKER_ERROR
-        attach = AttachClient(self._sessions.attach, connection)
+        attach = self._sessions.attach_client(connection)
         caller: list[Header] = [(header.key, header.value) for header in request.requestHeaders]
         stale = accepted is not None and received - accepted > STALE_ITEM_SECONDS
         expired = await self._expired(request, caller, attach, redelivered or stale, log)
@@ -310,7 +310,7 @@ class RequestRunner:
                 response_dir=response_dir,
                 services=compat,
                 gate=self._gate,
-                attach_session=self._sessions.attach,
+                new_attach=self._sessions.attach_client,
                 make_poll_call=poll_call,
                 metrics=self._metrics,
                 log=log,
@@ -320,7 +320,7 @@ class RequestRunner:
             None
             if compat is None
             else Polling(
-                compat.nats, request.requestId, poll.target, self._sessions.attach, poll_call
+                compat.nats, request.requestId, poll.target, self._sessions.attach_client, poll_call
             )
         )
         try:

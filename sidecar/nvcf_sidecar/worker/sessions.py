@@ -9,8 +9,10 @@ from types import TracebackType
 
 import aiohttp
 
-from nvcf_sidecar.protocol import MAX_HEAD_BYTES
+from nvcf_sidecar.protocol import MAX_HEAD_BYTES, HTTP1ProtocolConfig
+from nvcf_sidecar.worker.attach import AttachClient
 from nvcf_sidecar.worker.config import WorkerConfig
+from nvcf_sidecar.worker.lean_http import LeanHttpClient
 
 __all__ = ["ATTACH_IDLE_SECONDS", "HttpSessions"]
 
@@ -40,6 +42,9 @@ class HttpSessions:
     aiohttp cannot cap idle connections separately, so neither pool has a cap: a cap on busy
     connections would queue GET attaches behind long-running POSTs and eat their 5 s deadline.
 
+    `attach_client` makes each request's `AttachClient`: in-memory responses are posted through
+    a `LeanHttpClient` with the same idle rule (unless `NVCF_ATTACH_CLIENT=aiohttp`).
+
     `transfer` fetches input assets and uploads large responses over presigned URLs (the object
     store: S3, or the local platform): no overall timeout (objects may be large), 30 s to connect
     and 300 s of silence at most, no decompression, no cookie jar.
@@ -50,6 +55,7 @@ class HttpSessions:
         self._container: aiohttp.ClientSession | None = None
         self._attach: aiohttp.ClientSession | None = None
         self._transfer: aiohttp.ClientSession | None = None
+        self._lean: LeanHttpClient | None = None
 
     @property
     def container(self) -> aiohttp.ClientSession:
@@ -64,6 +70,10 @@ class HttpSessions:
         if self._attach is None:
             raise RuntimeError("HttpSessions is not open; use `async with HttpSessions(config)`")
         return self._attach
+
+    def attach_client(self, config: HTTP1ProtocolConfig) -> AttachClient:
+        """The attach calls of one work item or poll, to the IS pod `config` names."""
+        return AttachClient(self.attach, config, lean=self._lean)
 
     @property
     def transfer(self) -> aiohttp.ClientSession:
@@ -95,6 +105,8 @@ class HttpSessions:
             max_line_size=MAX_HEAD_BYTES,
             max_field_size=MAX_HEAD_BYTES,
         )
+        if self._config.lean_attach:
+            self._lean = LeanHttpClient(idle_seconds=ATTACH_IDLE_SECONDS)
         self._transfer = aiohttp.ClientSession(
             timeout=_TRANSFER_TIMEOUT,
             auto_decompress=False,
@@ -111,10 +123,13 @@ class HttpSessions:
     ) -> None:
         # Reverse order of opening; the container session goes last as it was opened first.
         transfer, attach, container = self._transfer, self._attach, self._container
+        lean, self._lean = self._lean, None
         self._transfer = self._attach = self._container = None
         try:
             if transfer is not None:
                 await transfer.close()
+            if lean is not None:
+                await lean.close()
             if attach is not None:
                 await attach.close()
         finally:

@@ -1,7 +1,11 @@
-"""The attach client against a real attach endpoint on loopback: GET and POST, tokens, framing."""
+"""The attach client against a real attach endpoint on loopback: GET and POST, tokens, framing.
+
+Every test runs with the sidecar's default POST of in-memory bodies (the lean client) and with
+`NVCF_ATTACH_CLIENT=aiohttp`."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -38,9 +42,10 @@ CONFIG = WorkerConfig(
 )
 
 
-@pytest.fixture
-async def sessions() -> AsyncIterator[HttpSessions]:
-    async with HttpSessions(CONFIG) as opened:
+@pytest.fixture(params=["lean", "aiohttp"])
+async def sessions(request: pytest.FixtureRequest) -> AsyncIterator[HttpSessions]:
+    config = dataclasses.replace(CONFIG, lean_attach=request.param == "lean")
+    async with HttpSessions(config) as opened:
         yield opened
 
 
@@ -56,7 +61,7 @@ def _client(
         config.requestAuthorizationToken = request_token
     if proxy is not None:
         config.proxyURI = proxy
-    return AttachClient(sessions.attach, config)
+    return sessions.attach_client(config)
 
 
 async def _read_all(stream: AsyncIterator[bytes]) -> bytes:
@@ -259,6 +264,27 @@ async def test_problem_responses_are_problem_json_with_exact_length(
         b'"title":"Internal Server Error","status":500,'
         b'"detail":"Internal error while doing things"}'
     )
+
+
+async def test_a_post_to_a_closed_port_is_a_connection_error_and_the_response_started(
+    sessions: HttpSessions,
+) -> None:
+    client = _client(sessions, f"http://127.0.0.1:{free_port()}", request_token=None)
+
+    with pytest.raises(AttachConnectionError, match=r"^POST attach: .*(refused|Connect call)"):
+        await client.send_response(encode_response_head(204, []), b"")
+    assert client.response_started
+
+
+async def test_posts_of_one_sidecar_share_a_kept_alive_connection(
+    attach_server, sessions: HttpSessions
+) -> None:
+    for token in ("one", "two", "three"):
+        attach_server.expect_response(token)
+        config = HTTP1ProtocolConfig(targetURI=attach_server.url, responseAuthorizationToken=token)
+        await sessions.attach_client(config).send_response(encode_response_head(204, []), b"")
+    posts = [await attach_server.response(token) for token in ("one", "two", "three")]
+    assert len({post.peer_port for post in posts}) == 1
 
 
 async def test_proxy_uri_is_used_as_a_forward_proxy_both_ways(

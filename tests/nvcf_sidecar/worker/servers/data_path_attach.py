@@ -74,6 +74,8 @@ class PostRecord:
     """(monotonic time, byte count) of every chunk read from the request body."""
     error: str | None = None
     """Why reading the body failed (the sender broke the request off), else None."""
+    peer_port: int | None = None
+    """The client port of the connection it came on (one port: one kept-alive connection)."""
 
     def head(self) -> ResponseHead:
         """The inner response head (its `body` is the rest of the POST body)."""
@@ -175,7 +177,10 @@ class AttachServer:
         if future is None or future.done():
             self.posts.append(PostRecord(token, 401, request.headers, request.raw_path))
             return _invalid_token()
-        record = PostRecord(token, 200, request.headers, request.raw_path)
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        record = PostRecord(
+            token, 200, request.headers, request.raw_path, peer_port=peer[1] if peer else None
+        )
         self.posts.append(record)
         chunks: list[bytes] = []
         try:
