@@ -11,18 +11,24 @@ same run:
    against Triton's HTTP port called directly, at concurrency 32.
 4. **memory**: the echo stack's sidecar: resident memory (VmRSS) idle, before any load, then
    after each tenth of `MEMORY_REQUESTS` requests at concurrency 32.
+5. **loops**: the echo stack at concurrency 32 on asyncio's event loop and on uvloop
+   (`NVCF_EVENT_LOOP`), alternated twice, with each one's sidecar VmRSS idle; skipped without
+   uvloop.
 
 Without wrk on PATH the suite measures nothing and says so (`apt-get install wrk`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib.util
 import json
+import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -177,6 +183,63 @@ def _memory_curve(
         "requests": sent,
         "idle_mib": None if idle_kib is None else round(idle_kib / 1024, 1),
         "curve_mib": curve,
+    }
+
+
+# --- 5: the event loops ------------------------------------------------------------------------
+
+_LOOPS: Final = ("asyncio", "uvloop")
+
+
+@contextlib.contextmanager
+def _event_loop(name: str) -> Iterator[None]:
+    """Children started meanwhile run on `name` (they inherit the bench's environment)."""
+    before = os.environ.get("NVCF_EVENT_LOOP")
+    os.environ["NVCF_EVENT_LOOP"] = name
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["NVCF_EVENT_LOOP"]
+        else:
+            os.environ["NVCF_EVENT_LOOP"] = before
+
+
+def _event_loops(
+    settings: RunSettings, work: Path, progress: Callable[[str], None]
+) -> dict[str, Any] | None:
+    """The echo stack at c=32 on each loop, alternated twice; None without uvloop."""
+    if importlib.util.find_spec("uvloop") is None:
+        return None
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in _LOOPS}
+    idle: dict[str, list[float]] = {name: [] for name in _LOOPS}
+    for round_ in range(2):
+        for name in _LOOPS:
+            progress(f"loops {name} {round_ + 1}")
+            with (
+                _event_loop(name),
+                LocalStack([echo_function()], work_dir=work / f"loop-{name}-{round_}") as stack,
+            ):
+                roles = stack_roles(stack, VERSION_ID)
+                kib = memory_kib(roles["sidecar"][0])
+                if kib is not None:
+                    idle[name].append(kib / 1024)
+                load = _Load(CONCURRENCY, settings.budget_s)
+                url, headers = stack.invoke_url(FUNCTION_ID), _stack_headers(stack)
+                runs[name].append(_load(f"loops {name}", url, headers, _ECHO_BODY, load, roles))
+    return {name: _mean_run(runs[name], idle[name]) for name in _LOOPS}
+
+
+def _mean_run(runs: Sequence[Mapping[str, Any]], idle_mib: Sequence[float]) -> dict[str, Any]:
+    roles = {role for run in runs for role, value in run["cpu_us"].items() if value is not None}
+    return {
+        "ok_per_s": sum(run["ok_per_s"] for run in runs) / len(runs),
+        "cpu_us": {
+            role: sum(run["cpu_us"].get(role) or 0.0 for run in runs) / len(runs)
+            for role in sorted(roles)
+        },
+        "idle_mib": round(sum(idle_mib) / len(idle_mib), 1) if idle_mib else None,
+        "runs": list(runs),
     }
 
 
@@ -343,6 +406,7 @@ def run(settings: RunSettings, progress: Callable[[str], None] | None = None) ->
             figures["echo"], figures["memory"] = _echo_and_memory(settings, work, tell)
             figures["dev"] = _dev_and_localstack(settings, work, tell)
             figures["pytriton"] = _pytriton(settings, work, tell)
+            figures["loops"] = _event_loops(settings, work, tell)
     report = HotpathReport(
         suite="hotpath",
         description=DESCRIPTION,
@@ -374,12 +438,39 @@ def format_report(report: HotpathReport) -> str:
     floors = f["echo"]["floors"]
     lines.append(
         "floors, CPU µs per operation in this Python: aiohttp client exchange "
-        f"{floors['aiohttp_client_exchange_us']:,.0f}, bare asyncio exchange "
+        f"{floors['aiohttp_client_exchange_us']:,.0f}, lean client exchange "
+        f"{floors['lean_client_exchange_us']:,.0f}, bare asyncio exchange "
         f"{floors['raw_asyncio_exchange_us']:,.0f}, JetStream publish + ack "
         f"{floors['jetstream_publish_us']:,.0f}"
     )
+    lines += _loop_lines(f.get("loops"))
     lines += format_aims(report.aims())
     return "\n".join(lines)
+
+
+def _loop_lines(loops: Mapping[str, Any] | None) -> list[str]:
+    if loops is None:
+        return ["event loops: uvloop is not installed (the `fast` extra): not compared"]
+    lines = [f"event loops, echo c{CONCURRENCY}, mean of 2 runs each:"]
+    for name in _LOOPS:
+        run = loops[name]
+        cpu = ", ".join(f"{role} {value:,.0f}" for role, value in run["cpu_us"].items())
+        lines.append(
+            f"  {name:<8} {run['ok_per_s']:>8,.0f} req/s  CPU µs {cpu}; "
+            f"sidecar VmRSS idle {run['idle_mib']} MiB"
+        )
+    uv, aio = loops["uvloop"], loops["asyncio"]
+    ratios = [
+        f"{role} {uv['cpu_us'][role] / aio['cpu_us'][role]:.2f}"
+        for role in ("sidecar", "platform")
+        if uv["cpu_us"].get(role) and aio["cpu_us"].get(role)
+    ]
+    if aio["ok_per_s"]:
+        lines.append(
+            f"  uvloop / asyncio: throughput {uv['ok_per_s'] / aio['ok_per_s']:.2f}x, "
+            f"CPU per request {', '.join(ratios)}"
+        )
+    return lines
 
 
 def _row(label: str, figures: Mapping[str, Any]) -> str:

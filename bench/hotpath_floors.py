@@ -1,7 +1,8 @@
 """What the hot path's building blocks cost in this Python, measured in this process: one
 aiohttp client exchange (the sidecar makes two per request: the container call and the POST
-attach), the same exchange on a bare asyncio protocol (what a hand-written client would
-approach), and one JetStream publish with its ack (the platform makes one per request).
+attach), the same exchange through the sidecar's lean client (`worker/lean_http.py`, its POST
+attach) and on a bare asyncio protocol (what a hand-written client would approach), and one
+JetStream publish with its ack (the platform makes one per request).
 
 Each figure is CPU time of this process (`time.process_time`) per operation, with
 `CONCURRENCY` operations in flight, as in the hot path's own phases.
@@ -18,6 +19,8 @@ from typing import Final
 import aiohttp
 import nats
 from nats.js.api import StorageType, StreamConfig
+
+from nvcf_sidecar.worker.lean_http import LeanHttpClient
 
 __all__ = ["measure_floors"]
 
@@ -49,6 +52,33 @@ async def _client_exchanges(url: str, body: bytes, count: int, concurrency: int)
         started = time.process_time()
         await _post_all(session, url, body, count, concurrency)
         return (time.process_time() - started) * 1e6 / count
+
+
+async def _lean_exchanges(url: str, body: bytes, count: int, concurrency: int) -> float:
+    """CPU µs per POST + answer through the sidecar's `LeanHttpClient`."""
+    client = LeanHttpClient(idle_seconds=300.0)
+    headers = [("Content-Type", "application/json")]
+
+    async def post_all(total: int) -> None:
+        left = total
+
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                answer = await client.request("POST", url, headers, body)
+                if answer.status != 200:
+                    raise RuntimeError(f"the echo server answered {answer.status}")
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    try:
+        await post_all(concurrency * 4)  # connections open
+        started = time.process_time()
+        await post_all(count)
+        return (time.process_time() - started) * 1e6 / count
+    finally:
+        await client.close()
 
 
 class _RawExchanges(asyncio.Protocol):
@@ -146,14 +176,15 @@ async def _publishes(nats_url: str, payload: bytes, count: int, concurrency: int
 def measure_floors(
     echo_url: str, nats_url: str, body: bytes, *, count: int, concurrency: int
 ) -> dict[str, float]:
-    """CPU µs per aiohttp client exchange with the echo server, per bare asyncio exchange with
-    it, and per JetStream publish."""
+    """CPU µs per aiohttp client exchange with the echo server, per lean client exchange, per
+    bare asyncio exchange with it, and per JetStream publish."""
     address = urllib.parse.urlsplit(echo_url)
     host, port = address.hostname or "127.0.0.1", address.port or 80
     return {
         "aiohttp_client_exchange_us": asyncio.run(
             _client_exchanges(echo_url, body, count, concurrency)
         ),
+        "lean_client_exchange_us": asyncio.run(_lean_exchanges(echo_url, body, count, concurrency)),
         "raw_asyncio_exchange_us": asyncio.run(
             _raw_exchanges(host, port, body, count, concurrency)
         ),

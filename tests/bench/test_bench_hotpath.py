@@ -99,7 +99,7 @@ def test_without_wrk_the_suite_says_so_and_measures_nothing(tmp_path: Path) -> N
 def test_a_quick_run_measures_every_phase_and_judges_every_aim(tmp_path: Path) -> None:
     stdout, report = _bench(tmp_path, dict(os.environ), timeout=280)
     figures = report["figures"]
-    assert set(figures) == {"echo", "memory", "dev", "pytriton"}
+    assert set(figures) == {"echo", "memory", "dev", "pytriton", "loops"}
     for level in ("c1", "c32"):
         assert set(figures["echo"][level]) == {"direct", "stack"}
         assert set(figures["dev"][level]) == {"direct", "dev", "localstack"}
@@ -109,7 +109,13 @@ def test_a_quick_run_measures_every_phase_and_judges_every_aim(tmp_path: Path) -
     assert figures["pytriton"]["stack"]["status_errors"] == 0
     floors = figures["echo"]["floors"]
     assert floors["aiohttp_client_exchange_us"] > 0
+    assert floors["lean_client_exchange_us"] > 0
     assert floors["raw_asyncio_exchange_us"] > 0
+    for loop in ("asyncio", "uvloop"):  # the dev extras install uvloop
+        assert figures["loops"][loop]["ok_per_s"] > 0
+        assert len(figures["loops"][loop]["runs"]) == 2
+        assert figures["loops"][loop]["cpu_us"]["sidecar"] > 0
+    assert "uvloop / asyncio: throughput" in stdout
     assert floors["jetstream_publish_us"] > 0
     assert figures["memory"]["requests"] >= 10_000
     assert len(figures["memory"]["curve_mib"]) >= 2  # rounds of about a tenth each
