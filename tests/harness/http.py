@@ -1,4 +1,5 @@
-"""Blocking HTTP calls to loopback servers, with header names sent exactly as given.
+"""Blocking HTTP calls to loopback servers, with header names sent exactly as given; and
+`serve_app`, an aiohttp application served on a free loopback port for async tests.
 
 For readiness polling and simple checks; tests of async code use their own async clients.
 `urllib` is avoided on purpose: it rewrites `NVCF-REQID` as `Nvcf-reqid` and honours proxies.
@@ -9,11 +10,28 @@ from __future__ import annotations
 import http.client
 import json
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["HttpResponse", "http_request"]
+from aiohttp import web
+
+__all__ = ["HttpResponse", "http_request", "serve_app"]
+
+
+@asynccontextmanager
+async def serve_app(app: web.Application) -> AsyncIterator[str]:
+    """Serve `app` on 127.0.0.1 at a free port for the block; yields its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 from rich.console import Console
 
+from harness.http import serve_app
 from nvcf_sidecar.client.archive import extract_zip, member_path
 from nvcf_sidecar.client.caller import asset_content_type
 from nvcf_sidecar.client.display import InvokeDisplay, summarize
@@ -220,15 +221,8 @@ async def fake_platform() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
     app = web.Application()
     app.router.add_post("/v2/nvcf/pexec/functions/{fid}", pexec)
     app.router.add_get("/files/answer.zip", download)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}", seen
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as base:
+        yield base, seen
 
 
 async def run_cli(*args: str, cwd: Path) -> tuple[int, bytes, str]:
