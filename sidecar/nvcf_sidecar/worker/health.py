@@ -21,11 +21,11 @@ import aiohttp
 import grpc
 import grpc.aio
 import orjson
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from nvcf_sidecar.worker.config import WorkerConfig
 from nvcf_sidecar.worker.errors import WorkerError
+from nvcf_sidecar.worker.get_server import GetServer, Reply
 from nvcf_sidecar.worker.metrics import WorkerMetrics
 
 __all__ = [
@@ -324,6 +324,7 @@ class SidecarHealthServer:
 
     `/v1/health/live` answers 200 while the process runs; `/v1/health/ready` answers 200 when
     `readiness()` reports nothing, else 503 with the reasons; `/metrics` is Prometheus text.
+    Served by `get_server.GetServer` (GET and HEAD; no aiohttp web server in the sidecar).
     """
 
     def __init__(
@@ -339,7 +340,7 @@ class SidecarHealthServer:
         self._readiness = readiness
         self._host = config.sidecar_health_host if host is None else host
         self._port = config.sidecar_health_port if port is None else port
-        self._runner: web.AppRunner | None = None
+        self._server: GetServer | None = None
         self._bound_port: int | None = None
 
     @property
@@ -350,21 +351,17 @@ class SidecarHealthServer:
         return self._bound_port
 
     async def __aenter__(self) -> SidecarHealthServer:
-        app = web.Application()
-        app.router.add_get(HEALTH_LIVE_PATH, self._live)
-        app.router.add_get(HEALTH_READY_PATH, self._ready)
-        app.router.add_get(METRICS_PATH, self._render_metrics)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        address = runner.addresses[0]
-        self._bound_port = int(address[1])
+        server = GetServer(
+            {
+                HEALTH_LIVE_PATH: self._live,
+                HEALTH_READY_PATH: self._ready,
+                METRICS_PATH: self._render_metrics,
+            },
+            self._host,
+            self._port,
+        )
+        self._bound_port = await server.start()
+        self._server = server
         logger.info("health server listening", extra={"host": self._host, "port": self._bound_port})
         return self
 
@@ -374,24 +371,22 @@ class SidecarHealthServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        server, self._server = self._server, None
+        if server is not None:
+            await server.close()
 
-    async def _live(self, _request: web.Request) -> web.Response:
+    def _live(self) -> Reply:
         return _json(200, {"status": "live"})
 
-    async def _ready(self, _request: web.Request) -> web.Response:
+    def _ready(self) -> Reply:
         reasons = list(self._readiness())
         if reasons:
             return _json(503, {"status": "not ready", "reasons": reasons})
         return _json(200, {"status": "ready"})
 
-    async def _render_metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(
-            body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+    def _render_metrics(self) -> Reply:
+        return Reply(200, CONTENT_TYPE_LATEST, self._metrics.render())
 
 
-def _json(status: int, document: dict[str, object]) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(document), content_type="application/json")
+def _json(status: int, document: dict[str, object]) -> Reply:
+    return Reply(status, "application/json", orjson.dumps(document))
