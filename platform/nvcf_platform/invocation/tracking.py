@@ -164,14 +164,21 @@ class RequestTracking:
         return None
 
     async def lookup(self, request_id: str) -> WorkerResultTracking | None:
-        """The record of `request_id` (direct get of the subject's last message); None if absent.
+        """The record of `request_id`; None if absent.
 
-        Raises `TrackingFailed` when the stream cannot be read or the record does not decode.
+        A direct get of the subject's last message, which any replica may answer. Before saying
+        "absent", the stream's leader is asked too: a replica that has not applied the latest
+        write yet (one rejoining after a node loss) answers "not found" for a record that
+        exists, and a status poll must not tell the caller its request is unknown. Raises
+        `TrackingFailed` when the stream cannot be read or the record does not decode.
         """
         subject = tracking_subject(self._region, request_id)
         self._require_connection()
         try:
-            message = await self._js.get_last_msg(self._stream, subject, direct=True)
+            try:
+                message = await self._js.get_last_msg(self._stream, subject, direct=True)
+            except NotFoundError:
+                message = await self._js.get_last_msg(self._stream, subject)
         except NotFoundError:
             return None
         except (NatsError, TimeoutError) as error:
