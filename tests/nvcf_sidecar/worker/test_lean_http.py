@@ -327,3 +327,15 @@ def test_every_split_of_an_answer_frames_it_the_same(wire: bytes, body: bytes) -
         assert reader.finished(), cut
         assert reader.reusable, cut
         assert reader.body == body, cut
+
+
+async def test_a_connection_closed_under_a_call_is_an_error_not_a_crash(
+    client: LeanHttpClient,
+) -> None:
+    async with raw_server(writes(b"HTTP/1.1 204 No Content\r\n\r\n")) as (url, _):
+        connection = await client._connect(client._origin(url))
+        assert connection.transport is not None
+        connection.transport.close()  # closing, not yet lost: the write goes nowhere
+        request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        with pytest.raises(LeanHttpError, match="closed"):
+            await asyncio.wait_for(connection.exchange(request, _Reader("POST", 10)), 5)
