@@ -242,7 +242,8 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # create_connection: a Transport
+        # No isinstance check: uvloop's transports are not asyncio.Transport subclasses.
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
@@ -426,7 +427,7 @@ class LeanHttpClient:
             context = self._ssl_context
         loop = asyncio.get_running_loop()
         try:
-            transport, connection = await loop.create_connection(
+            _, connection = await loop.create_connection(
                 _Connection,
                 origin.host,
                 origin.port,
@@ -437,6 +438,4 @@ class LeanHttpClient:
             raise LeanHttpError(
                 f"cannot connect to {origin.host}:{origin.port}: {type(error).__name__}: {error}"
             ) from error
-        if connection.transport is None:  # uvloop calls connection_made soon after, not before
-            connection.transport = transport
         return connection
