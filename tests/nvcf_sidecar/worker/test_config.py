@@ -116,6 +116,7 @@ def test_durations_in_go_iso_or_seconds(text: str, seconds: float) -> None:
         ),
         ({"INFERENCE_HEALTH_PROTOCOL": "tcp"}, "INFERENCE_HEALTH_PROTOCOL='tcp'"),
         ({"V3_BACKWARDS_COMPATIBILITY_DISABLED": "maybe"}, "must be true or false"),
+        ({"NVCF_ATTACH_CLIENT": "curl"}, "NVCF_ATTACH_CLIENT='curl': must be lean or aiohttp"),
     ],
 )
 def test_bad_values_name_the_variable(changes: dict[str, str], message: str) -> None:
@@ -222,3 +223,13 @@ def test_nvcf_fqdn_nats_takes_comma_separated_servers_like_nvidias_worker() -> N
 def test_a_malformed_server_list_names_nvcf_fqdn_nats(value: str, complaint: str) -> None:
     with pytest.raises(ConfigError, match=f"NVCF_FQDN_NATS=.*{complaint}"):
         WorkerConfig.from_env({**REQUIRED, "NVCF_FQDN_NATS": value})
+
+
+@pytest.mark.parametrize(
+    ("value", "lean"), [(None, True), ("", True), (" Lean ", True), ("aiohttp", False)]
+)
+def test_the_post_attach_client_is_lean_unless_aiohttp_is_asked_for(
+    value: str | None, lean: bool
+) -> None:
+    changes = {} if value is None else {"NVCF_ATTACH_CLIENT": value}
+    assert WorkerConfig.from_env({**REQUIRED, **changes}).lean_attach is lean
