@@ -267,7 +267,7 @@ def run_command(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
         registry = load_registry(settings)
         factory = eventloop.loop_factory()
-    except (ConfigError, ValueError) as error:
+    except (ConfigError, eventloop.EventLoopError) as error:
         print(f"nvcf-sidecar platform: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)

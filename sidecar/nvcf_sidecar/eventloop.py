@@ -22,6 +22,7 @@ from typing import Any, Final, TypeVar
 __all__ = [
     "EVENT_LOOP_VARIABLE",
     "LOOP_NAMES",
+    "EventLoopError",
     "LoopFactory",
     "loop_factory",
     "loop_name",
@@ -32,18 +33,24 @@ EVENT_LOOP_VARIABLE: Final = "NVCF_EVENT_LOOP"
 LOOP_NAMES: Final = ("auto", "uvloop", "asyncio")
 
 _T = TypeVar("_T")
+
+
+class EventLoopError(ValueError):
+    """`NVCF_EVENT_LOOP` names no loop, or uvloop, which is not installed."""
+
+
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
 
 def loop_factory(environ: Mapping[str, str] | None = None) -> LoopFactory | None:
     """The factory of the loop `NVCF_EVENT_LOOP` chooses; None means asyncio's default loop.
 
-    Raises `ValueError` for an unknown name, or for `uvloop` when uvloop is not installed.
+    Raises `EventLoopError` for an unknown name, or for `uvloop` when uvloop is not installed.
     """
     env = os.environ if environ is None else environ
     wanted = env.get(EVENT_LOOP_VARIABLE, "").strip().lower() or "auto"
     if wanted not in LOOP_NAMES:
-        raise ValueError(
+        raise EventLoopError(
             f"{EVENT_LOOP_VARIABLE}={env[EVENT_LOOP_VARIABLE]!r}: "
             f"expected one of {', '.join(LOOP_NAMES)}"
         )
@@ -53,7 +60,7 @@ def loop_factory(environ: Mapping[str, str] | None = None) -> LoopFactory | None
         import uvloop
     except ImportError:
         if wanted == "uvloop":
-            raise ValueError(
+            raise EventLoopError(
                 f"{EVENT_LOOP_VARIABLE}=uvloop, but uvloop is not installed "
                 "(pip install 'nvcf-worker[fast]')"
             ) from None

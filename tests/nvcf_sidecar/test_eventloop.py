@@ -37,13 +37,16 @@ def test_without_uvloop_auto_falls_back_and_uvloop_is_an_error(
     monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` raises ImportError
     assert eventloop.loop_factory({}) is None
     assert eventloop.loop_factory({"NVCF_EVENT_LOOP": "auto"}) is None
-    with pytest.raises(ValueError, match=r"NVCF_EVENT_LOOP=uvloop, but uvloop is not installed"):
+    with pytest.raises(
+        eventloop.EventLoopError, match=r"NVCF_EVENT_LOOP=uvloop, but uvloop is not installed"
+    ):
         eventloop.loop_factory({"NVCF_EVENT_LOOP": "uvloop"})
 
 
 def test_an_unknown_loop_is_an_error_naming_the_variable_and_the_choices() -> None:
     with pytest.raises(
-        ValueError, match=r"^NVCF_EVENT_LOOP='trio': expected one of auto, uvloop, asyncio$"
+        eventloop.EventLoopError,
+        match=r"^NVCF_EVENT_LOOP='trio': expected one of auto, uvloop, asyncio$",
     ):
         eventloop.loop_factory({"NVCF_EVENT_LOOP": "trio"})
 

@@ -201,21 +201,14 @@ def _log_level(config: WorkerConfig, explicit: bool) -> int:
         return logging.INFO  # NVIDIA falls back to info for an unknown LOG_LEVEL
 
 
-def _loop_factory() -> eventloop.LoopFactory | None:
-    try:
-        return eventloop.loop_factory()
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-
-
 def run_command(args: argparse.Namespace) -> int:
     """Entry of `nvcf-sidecar run`: 0 after a graceful stop, 1 when the sidecar cannot run."""
     configure_worker_logging(logging.INFO)
     try:
         config = config_from_args(args)
         configure_worker_logging(_log_level(config, explicit=args.log_level is not None))
-        factory = _loop_factory()
-    except ConfigError as error:
+        factory = eventloop.loop_factory()
+    except (ConfigError, eventloop.EventLoopError) as error:
         failure = StartupError(f"invalid configuration: {error}", is_internal=False)
         logger.error(failure.message)
         write_termination_log(failure)
