@@ -71,13 +71,13 @@ class _Reader:
         "_chunk_state",
         "_done",
         "_head_parser",
-        "_http10",
         "_keep_alive",
         "_limit",
         "_method",
         "_mode",
         "_pending",
         "_remaining",
+        "_version",
         "head",
         "reusable",
     )
@@ -86,7 +86,7 @@ class _Reader:
         self._method = method
         self._limit = limit
         self._head_parser = ResponseHeadParser(transfer_encoding=True)
-        self._http10: bool | None = None
+        self._version = b""  # the first bytes of the status line, up to "HTTP/1.x"
         self._keep_alive = False
         self._body = bytearray()
         self._mode = ""  # "length", "chunked" or "close", once the head is in
@@ -112,8 +112,8 @@ class _Reader:
             self.reusable = False  # bytes after the answer: the connection is out of step
             return
         if self.head is None:
-            if self._http10 is None:
-                self._http10 = data.startswith(b"HTTP/1.0 ")
+            if len(self._version) < 8:  # the head may come a few bytes at a time
+                self._version += data[: 8 - len(self._version)]
             try:
                 head = self._head_parser.feed(data)
             except H1Error as error:
@@ -155,12 +155,12 @@ class _Reader:
                 raise LeanHttpError("the server switched protocols (101) unasked")
             # An interim answer (100 Continue, 103 Early Hints): the real one follows.
             self._head_parser = ResponseHeadParser(transfer_encoding=True)
-            self._http10 = None
+            self._version = b""
             if head.body:
                 self.feed(head.body)
             return b""
         self.head = head
-        keep_alive = not self._http10
+        keep_alive = self._version != b"HTTP/1.0"
         codings: list[str] = []
         for name, value in head.headers:
             lowered = name.lower()

@@ -339,3 +339,13 @@ async def test_a_connection_closed_under_a_call_is_an_error_not_a_crash(
         request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
         with pytest.raises(LeanHttpError, match="closed"):
             await asyncio.wait_for(connection.exchange(request, _Reader("POST", 10)), 5)
+
+
+def test_an_http_1_0_answer_fed_a_byte_at_a_time_is_not_reused() -> None:
+    wire = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    reader = _Reader("POST", 1 << 20)
+    for index in range(len(wire)):
+        reader.feed(wire[index : index + 1])
+    assert reader.finished()
+    assert reader.body == b"ok"
+    assert not reader.reusable
