@@ -1,7 +1,7 @@
 """Progress monitoring (§7): one watcher of the response base dir turns each new version of
 `<BASE_RESPONSE_DIR>/<reqid>/progress` into a `ProgressUpdate` for the request that waits on it.
 The watcher is inotify read by the event loop on Linux (`inotify.DirectoryEvents`), watchdog's
-observer thread elsewhere (or when asked for).
+observer thread elsewhere or when asked for (`progress_watchdog`, imported only then).
 
 Beyond NVIDIA's watcher: a file written in place is read only once whole (debounce, re-reads), and
 files are routed by directory as well as by `id`. Reading and checking one file is `progress_file`.
@@ -16,11 +16,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Final
-
-from watchdog import events
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from typing import TYPE_CHECKING, Final
 
 from nvcf_sidecar.worker.errors import WorkerError
 from nvcf_sidecar.worker.inotify import DirectoryEvents, inotify_available
@@ -35,6 +31,9 @@ from nvcf_sidecar.worker.progress_file import (
 )
 from nvcf_worker.outputs import PROGRESS_FILE_NAME
 
+if TYPE_CHECKING:
+    from watchdog.observers.api import BaseObserver
+
 __all__ = ["ProgressMonitor", "ProgressMonitorError", "ProgressUpdate", "ProgressWatch"]
 
 logger = logging.getLogger(__name__)
@@ -45,9 +44,6 @@ RETRY_DELAYS: Final = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.4)
 """Re-reads of an empty or unparsable file that has not changed since; then it is malformed.
 Longer in all than watchdog's 0.5 s hold on move events, which can delay the next write's event."""
 STOP_TIMEOUT: Final = 5.0
-_EVENTS: Final[list[type[events.FileSystemEvent]]] = [
-    events.FileCreatedEvent, events.FileModifiedEvent, events.FileClosedEvent, events.FileMovedEvent
-]  # fmt: skip
 
 
 class ProgressMonitorError(WorkerError):
@@ -63,26 +59,6 @@ class ProgressUpdate:
     """The partial response (NVCT: the metadata) as compact JSON; `{}` when absent."""
     mtime_ns: int
     """The file's mtime; nudged 1 ns past the previous update when the clock did not advance."""
-
-
-class _EventForwarder(events.FileSystemEventHandler):
-    """On watchdog's thread: hands events on files named `progress` to the loop, drops the rest."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, monitor: ProgressMonitor) -> None:
-        self._loop = loop
-        self._monitor = monitor
-
-    def dispatch(self, event: events.FileSystemEvent) -> None:
-        moved = event.event_type == events.EVENT_TYPE_MOVED
-        path = os.fsdecode(event.dest_path if moved else event.src_path)
-        if event.is_directory or os.path.basename(path) != PROGRESS_FILE_NAME:
-            return
-        # A closed-after-write or renamed-into file is whole: read it now; other events debounce.
-        immediate = moved or event.event_type == events.EVENT_TYPE_CLOSED
-        try:
-            self._loop.call_soon_threadsafe(self._monitor._on_event, path, immediate)
-        except RuntimeError:
-            logger.debug("progress event after the event loop closed", extra={"path": path})
 
 
 @dataclass(slots=True)
@@ -269,17 +245,10 @@ class ProgressMonitor:
             self._on_event(path, immediate)
 
     def _start_observer(self, loop: asyncio.AbstractEventLoop) -> tuple[str, BaseObserver]:
+        from nvcf_sidecar.worker.progress_watchdog import start_observer
+
         base = self._make_base()
-        observer = Observer()
-        try:
-            observer.schedule(
-                _EventForwarder(loop, self), base, recursive=True, event_filter=_EVENTS
-            )
-            observer.start()
-        except BaseException:
-            observer.stop()
-            raise
-        return base, observer
+        return base, start_observer(base, loop, self._on_event)
 
     async def __aexit__(
         self,
@@ -302,7 +271,9 @@ class ProgressMonitor:
             await asyncio.wait(self._reads, timeout=STOP_TIMEOUT)
         self._reads.clear()
         if observer is not None:
-            await asyncio.to_thread(_stop_observer, observer)
+            from nvcf_sidecar.worker.progress_watchdog import stop_observer
+
+            await asyncio.to_thread(stop_observer, observer, STOP_TIMEOUT)
 
     def watch(self, request_id: str, response_dir: Path) -> ProgressWatch:
         """A watch for `request_id`, whose progress file is `<response_dir>/progress`."""
@@ -424,10 +395,3 @@ class ProgressMonitor:
                 extra={"request_id": watch.request_id, "path": path},
             )
         watch._offer(read, path, self._metrics)
-
-
-def _stop_observer(observer: BaseObserver) -> None:
-    observer.stop()
-    observer.join(STOP_TIMEOUT)
-    if observer.is_alive():
-        logger.warning("the progress watcher did not stop in time", extra={"timeout": STOP_TIMEOUT})

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -616,3 +617,28 @@ async def test_the_monitor_creates_its_base_dir_and_stops_cleanly(
     with pytest.raises(ProgressMonitorError, match="not running"):
         monitor.watch("req-stop", directory).__enter__()
     assert rejected(metrics, "malformed") == 0
+
+
+@pytest.mark.skipif(not inotify_available(), reason="inotify is Linux's")
+def test_the_inotify_watcher_never_loads_watchdog(tmp_path: Path) -> None:
+    # watchdog is about 1 MiB of resident imports, needed only by its own watcher
+    # (docs/performance.md, the sidecar's idle memory).
+    code = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from nvcf_sidecar.worker.metrics import WorkerMetrics\n"
+        "from nvcf_sidecar.worker.progress import ProgressMonitor\n"
+        "async def main():\n"
+        "    async with ProgressMonitor(Path(sys.argv[1]), WorkerMetrics()) as monitor:\n"
+        "        print(monitor.source)\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'watchdog'))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "base")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.split("\n")[:2] == ["inotify", "[]"]
