@@ -1,45 +1,59 @@
-"""A lean HTTP/1.1 client for the one call every request makes with a body already in memory:
-the POST attach of its response.
+"""A lean HTTP/1.1 client for the two calls every request makes: the call to the inference
+container and the POST attach of its response.
 
 aiohttp's client costs 80-100 µs of CPU per exchange on the machine of docs/performance.md
-(request and payload objects, tracing hooks, timeouts, its connector); a POST whose whole body is
-in memory needs none of that. `LeanHttpClient.request` writes the request in one send on a
-kept-alive connection and reads the answer framed by its Content-Length or its chunks, keeping
-at most `limit` bytes of the answer's body.
+(request and payload objects, tracing hooks, timeouts, its connector); these calls need none of
+that. `LeanHttpClient.request` writes a request whose body is in memory in one send on a
+kept-alive connection and reads the whole answer, keeping at most `limit` bytes of its body (the
+POST attach). `LeanHttpClient.open` sends a body in memory or streamed (by length or in chunks,
+full duplex: the answer may arrive while the body is still being sent) and returns the answer
+once its head is in, its body streamed with flow control (`lean_response.LeanResponse`: the
+container call).
 
-Its scope, on purpose: whole bodies only, no proxy, no redirects, no cookies, no decompression,
-no timeout (cancellation ends a call, as with the aiohttp session it stands in for), no retry.
-Streamed bodies and a `proxyURI` stay on aiohttp. Connections are kept per origin (scheme, host,
-port); an idle one is dropped after `idle_seconds` or once the server closed it, and at most
-`max_idle` wait per origin.
+Its scope, on purpose: no proxy, no redirects (returned, not followed), no cookies, no
+decompression, no timeout (cancellation ends a call), no retry. Connections are kept per origin
+(scheme, host, port); an idle one is dropped after `idle_seconds` or once the server closed it,
+and at most `max_idle` wait per origin. Errors are `LeanHttpError`s that say what failed:
+`LeanConnectError` (nothing sent), `LeanResetError`, `LeanClosedError`, `LeanAnswerError`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
-from nvcf_sidecar.protocol import H1Error, Header, ResponseHead, ResponseHeadParser
-from nvcf_sidecar.protocol.h1 import content_length, encode_request_head
-from nvcf_sidecar.worker.errors import WorkerError
+from nvcf_sidecar.protocol import H1Error, Header
+from nvcf_sidecar.protocol.h1 import encode_request_head
+from nvcf_sidecar.worker.lean_framing import (
+    AnswerFramer,
+    LeanAnswerError,
+    LeanClosedError,
+    LeanConnectError,
+    LeanHttpError,
+    LeanResetError,
+)
+from nvcf_sidecar.worker.lean_response import LeanResponse
 
-__all__ = ["LeanAnswer", "LeanHttpClient", "LeanHttpError"]
+__all__ = [
+    "LeanAnswer",
+    "LeanAnswerError",
+    "LeanClosedError",
+    "LeanConnectError",
+    "LeanHttpClient",
+    "LeanHttpError",
+    "LeanResetError",
+    "LeanResponse",
+]
 
-_MAX_CHUNK_LINE: Final = 4096
-"""A chunk-size line (with extensions) or a trailer line longer than this is malformed."""
 _MAX_ORIGINS: Final = 64
-_BODYLESS_STATUSES: Final = frozenset({204, 304})
-_CHUNK_SIZE: Final = re.compile(rb"[0-9A-Fa-f]{1,15}")
-
-
-class LeanHttpError(WorkerError, ConnectionError):
-    """The exchange failed: no connection, a broken one, or an answer that is not HTTP/1.1."""
+# Methods whose request carries no Content-Length without a body (aiohttp's rule, kept so the
+# container sees what it saw before; every other method sends `Content-Length: 0`).
+_NO_BODY_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,172 +77,19 @@ class _Origin:
     target: str
 
 
-class _Reader:
-    """Frames one answer from the bytes that arrive after the request was written."""
+class _Collector:
+    """Keeps the first `limit` bytes of a body."""
 
-    __slots__ = (
-        "_body",
-        "_chunk_state",
-        "_done",
-        "_head_parser",
-        "_keep_alive",
-        "_limit",
-        "_method",
-        "_mode",
-        "_pending",
-        "_remaining",
-        "_version",
-        "head",
-        "reusable",
-    )
+    __slots__ = ("body", "limit")
 
-    def __init__(self, method: str, limit: int) -> None:
-        self._method = method
-        self._limit = limit
-        self._head_parser = ResponseHeadParser(transfer_encoding=True)
-        self._version = b""  # the first bytes of the status line, up to "HTTP/1.x"
-        self._keep_alive = False
-        self._body = bytearray()
-        self._mode = ""  # "length", "chunked" or "close", once the head is in
-        self._remaining = 0
-        self._pending = bytearray()  # chunked: bytes not framed yet
-        self._chunk_state = "size"
-        self.head: ResponseHead | None = None
-        self._done = False
-        self.reusable = False
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.body = bytearray()
 
-    def finished(self) -> bool:
-        """Whether the whole answer is in."""
-        return self._done
-
-    @property
-    def body(self) -> bytes:
-        return bytes(self._body)
-
-    def feed(self, data: bytes) -> None:
-        """Take the next bytes from the connection; raises LeanHttpError when they are not an
-        HTTP/1.1 answer."""
-        if self.finished():
-            self.reusable = False  # bytes after the answer: the connection is out of step
-            return
-        if self.head is None:
-            if len(self._version) < 8:  # the head may come a few bytes at a time
-                self._version += data[: 8 - len(self._version)]
-            try:
-                head = self._head_parser.feed(data)
-            except H1Error as error:
-                raise LeanHttpError(f"malformed answer: {error}") from error
-            if head is None:
-                return
-            data = self._start(head)
-            if self.finished():
-                if data:
-                    self.reusable = False  # bytes after a bodyless answer: out of step
-                return
-            if not data:
-                return
-        if self._mode == "length":
-            self._keep(data[: self._remaining])
-            extra = len(data) > self._remaining
-            self._remaining -= min(self._remaining, len(data))
-            if self._remaining == 0:
-                self._finish(clean=not extra)
-        elif self._mode == "chunked":
-            self._pending += data
-            self._unchunk()
-        else:
-            self._keep(data)
-
-    def feed_eof(self) -> None:
-        """The server closed the connection: the end of a close-framed answer, else an error."""
-        if self.finished():
-            return
-        if self.head is not None and self._mode == "close":
-            self._finish(clean=True)
-            return
-        raise LeanHttpError("the server closed the connection before the answer ended")
-
-    def _start(self, head: ResponseHead) -> bytes:
-        """Take a parsed head; returns the body bytes that came with it."""
-        if 100 <= head.status < 200:
-            if head.status == 101:
-                raise LeanHttpError("the server switched protocols (101) unasked")
-            # An interim answer (100 Continue, 103 Early Hints): the real one follows.
-            self._head_parser = ResponseHeadParser(transfer_encoding=True)
-            self._version = b""
-            if head.body:
-                self.feed(head.body)
-            return b""
-        self.head = head
-        keep_alive = self._version != b"HTTP/1.0"
-        codings: list[str] = []
-        for name, value in head.headers:
-            lowered = name.lower()
-            if lowered == "connection" and "close" in value.lower():
-                keep_alive = False
-            elif lowered == "transfer-encoding":
-                codings += [c.strip(" \t").lower() for c in value.split(",") if c.strip(" \t")]
-        self._keep_alive = keep_alive
-        if self._method == "HEAD" or head.status in _BODYLESS_STATUSES:
-            self._finish(clean=True)
-            return head.body
-        if codings:
-            # RFC 9112 §6.3: chunked last frames the body; any other coding reads to the close.
-            self._mode = "chunked" if codings[-1] == "chunked" else "close"
-        else:
-            try:
-                declared = content_length(head.headers)
-            except H1Error as error:
-                raise LeanHttpError(f"malformed answer: {error}") from error
-            if declared is None:
-                self._mode = "close"
-            else:
-                self._mode, self._remaining = "length", declared
-                if declared == 0:
-                    self._finish(clean=True)
-        return head.body
-
-    def _finish(self, *, clean: bool) -> None:
-        """The answer ended; `clean`: nothing arrived after it."""
-        self._done = True
-        self.reusable = clean and self._keep_alive and self._mode != "close"
-
-    def _keep(self, data: bytes | bytearray | memoryview) -> None:
-        room = self._limit - len(self._body)
+    def __call__(self, data: bytes) -> None:
+        room = self.limit - len(self.body)
         if room > 0:
-            self._body += data[:room]
-
-    def _unchunk(self) -> None:
-        pending = self._pending
-        while pending:
-            if self._chunk_state == "data":
-                take = min(self._remaining, len(pending))
-                self._keep(memoryview(pending)[:take])
-                del pending[:take]
-                self._remaining -= take
-                if self._remaining == 0:
-                    self._chunk_state = "crlf"
-                continue
-            end = pending.find(b"\n")
-            if end == -1:
-                if len(pending) > _MAX_CHUNK_LINE:
-                    raise LeanHttpError("malformed answer: a chunk line too long")
-                return
-            line = bytes(pending[:end]).rstrip(b"\r")
-            del pending[: end + 1]
-            if self._chunk_state == "crlf":
-                if line:
-                    raise LeanHttpError("malformed answer: chunk data longer than its size")
-                self._chunk_state = "size"
-            elif self._chunk_state == "size":
-                size = line.split(b";", 1)[0].strip(b" \t")
-                if not _CHUNK_SIZE.fullmatch(size):
-                    raise LeanHttpError(f"malformed answer: chunk size {line[:40]!r}")
-                self._remaining = int(size, 16)
-                self._chunk_state = "data" if self._remaining else "trailer"
-            elif not line:  # the blank line after the trailers ends the answer
-                self._finish(clean=not pending)
-                return
+            self.body += data[:room]
 
 
 class _Connection(asyncio.Protocol):
@@ -238,25 +99,30 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.idle_since = 0.0
-        self._reader: _Reader | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._framer: AnswerFramer | None = None
+        self._head: asyncio.Future[None] | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self._paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # No isinstance check: uvloop's transports are not asyncio.Transport subclasses.
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        reader = self._reader
-        if reader is None:  # nobody asked: a server out of step, so the connection is dropped
+        framer = self._framer
+        if framer is None:  # nobody asked: a server out of step, so the connection is dropped
             self.close()
             return
         try:
-            reader.feed(data)
+            framer.feed(data)
         except LeanHttpError as error:
-            self._settle(error)
+            self.fail(error)
             return
-        if reader.finished():
-            self._settle(None)
+        if framer.head is not None:
+            _settle(self._head, None)
+        if framer.finished():
+            _settle(self._done, None)
 
     def eof_received(self) -> bool:
         self._ended(None)
@@ -265,40 +131,64 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self._ended(exc)
+        _settle(self._drained, None)  # a writer waiting to write learns of the loss next
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        _settle(self._drained, None)
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is full; LeanResetError once it is lost."""
+        if self._paused and not self.lost:
+            self._drained = asyncio.get_running_loop().create_future()
+            try:
+                await self._drained
+            finally:
+                self._drained = None
+        if self.lost:
+            raise LeanResetError("the connection closed while the request body was sent")
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.write(data)
+
+    def begin(self, framer: AnswerFramer) -> tuple[asyncio.Future[None], asyncio.Future[None]]:
+        """Start an exchange framed by `framer`; returns the futures of its head and its end."""
+        if self.transport is None or self.lost:
+            raise LeanResetError("the connection is closed")
+        loop = asyncio.get_running_loop()
+        self._framer = framer
+        self._head = head = loop.create_future()
+        self._done = done = loop.create_future()
+        return head, done
+
+    def end(self) -> None:
+        """The exchange is over (or abandoned): bytes that arrive now are out of step."""
+        self._framer = self._head = self._done = None
+
+    def fail(self, error: LeanHttpError) -> None:
+        """End the exchange with `error` and drop the connection."""
+        _settle(self._head, error)
+        _settle(self._done, error)
+        self.close()
 
     def _ended(self, cause: Exception | None) -> None:
-        reader = self._reader
-        if reader is None or reader.finished():
+        framer = self._framer
+        if framer is None or framer.finished():
             return
         try:
-            reader.feed_eof()
-        except LeanHttpError as error:
+            framer.feed_eof()
+        except LeanClosedError as closed:
+            error: LeanHttpError = closed
             if cause is not None:
-                error = LeanHttpError(f"{error}: {type(cause).__name__}: {cause}")
-            self._settle(error)
+                error = LeanResetError(f"{closed}: {type(cause).__name__}: {cause}")
+            self.fail(error)
             return
-        self._settle(None)
-
-    def _settle(self, error: LeanHttpError | None) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            if error is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(error)
-
-    async def exchange(self, data: bytes, reader: _Reader) -> None:
-        """Write `data` and wait until `reader` has the whole answer."""
-        transport = self.transport
-        if transport is None or self.lost:
-            raise LeanHttpError("the connection is closed")
-        self._reader = reader
-        self._waiter = asyncio.get_running_loop().create_future()
-        transport.write(data)
-        try:
-            await self._waiter
-        finally:
-            self._reader = self._waiter = None
+        _settle(self._head, None)
+        _settle(self._done, None)
 
     def close(self) -> None:
         self.lost = True
@@ -306,8 +196,17 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def _settle(future: asyncio.Future[None] | None, error: BaseException | None) -> None:
+    if future is not None and not future.done():
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+            future.exception()  # retrieved here: a head nobody awaits any more is not logged
+
+
 class LeanHttpClient:
-    """Whole-body HTTP/1.1 exchanges on kept-alive connections; `close()` when done."""
+    """HTTP/1.1 exchanges on kept-alive connections; `close()` when done."""
 
     def __init__(
         self,
@@ -332,33 +231,95 @@ class LeanHttpClient:
         *,
         limit: int = 65536,
     ) -> LeanAnswer:
-        """One exchange with `url` (http or https); raises LeanHttpError when it fails."""
-        if self._closed:
-            raise LeanHttpError("the client is closed")
+        """One exchange with `url` (http or https), read to its end; raises LeanHttpError."""
         origin = self._origin(url)
         framing: list[Header] = [("Host", origin.host_header), *headers]
         if body or method in ("POST", "PUT", "PATCH"):
             framing.append(("Content-Length", str(len(body))))
-        try:
-            data = encode_request_head(method, origin.target, framing)
-        except H1Error as error:
-            raise LeanHttpError(f"cannot send the request: {error}") from error
+        data = _encode(method, origin.target, framing)
         if body:
             data += body
         connection = self._take(origin.key) or await self._connect(origin)
-        reader = _Reader(method, limit)
+        collector = _Collector(limit)
+        framer = AnswerFramer(method, collector)
         try:
-            await connection.exchange(data, reader)
+            _, done = connection.begin(framer)
+            connection.write(data)
+            await done
         except BaseException:
             connection.close()
             raise
-        if reader.reusable and not connection.lost and not self._closed:
-            self._give_back(origin.key, connection)
-        else:
-            connection.close()
-        head = reader.head
+        finally:
+            connection.end()
+        self._release(origin.key, connection, framer.reusable)
+        head = framer.head
         assert head is not None  # done implies a head
-        return LeanAnswer(head.status, head.reason, head.headers, reader.body)
+        return LeanAnswer(head.status, head.reason, head.headers, bytes(collector.body))
+
+    async def open(
+        self,
+        method: str,
+        url: str,
+        headers: Iterable[Header],
+        body: bytes | AsyncIterable[bytes] | None = None,
+        *,
+        body_length: int | None = None,
+    ) -> LeanResponse:
+        """Send a request and return its answer once the head is in; the body streams.
+
+        A streamed `body` is sent with `body_length` as its Content-Length, or chunked without
+        one, while the answer is read; one that raises aborts the call (the connection is
+        dropped). Raises LeanHttpError when no head arrives; cancellation drops the connection.
+        Close the response (or read it to the end) to give its connection back.
+        """
+        origin = self._origin(url)
+        framing: list[Header] = [("Host", origin.host_header), *headers]
+        stream: AsyncIterable[bytes] | None = None
+        chunked = False
+        if body is None or isinstance(body, bytes):
+            if body or method not in _NO_BODY_METHODS:
+                framing.append(("Content-Length", str(len(body or b""))))
+        else:
+            stream = body
+            if body_length is not None:
+                framing.append(("Content-Length", str(body_length)))
+            else:
+                chunked = True
+        data = _encode(method, origin.target, framing)
+        if chunked:  # after the encoding, which drops hop-by-hop headers such as this one
+            data = data[:-2] + b"Transfer-Encoding: chunked\r\n\r\n"
+        if isinstance(body, bytes):
+            data += body
+        connection = self._take(origin.key) or await self._connect(origin)
+        response = LeanResponse(connection.transport, lambda: connection.close())
+        framer = AnswerFramer(method, response.feed)
+        writer: asyncio.Task[None] | None = None
+        try:
+            head, done = connection.begin(framer)
+            connection.write(data)
+            if stream is not None:
+                writer = asyncio.create_task(_send_body(connection, stream, chunked))
+            await head
+        except BaseException:
+            if writer is not None:
+                writer.cancel()
+            connection.close()
+            connection.end()
+            raise
+        assert framer.head is not None
+        response.start(framer.head, framer.mode)
+
+        def finished(future: asyncio.Future[None]) -> None:
+            connection.end()
+            error = None if future.cancelled() else future.exception()
+            sent = writer is None or (writer.done() and not writer.cancelled())
+            if writer is not None and not writer.done():
+                writer.cancel()  # the answer ended first: the rest of the body is not wanted
+            response.end(error)
+            self._release(origin.key, connection, error is None and sent and framer.reusable)
+
+        done.add_done_callback(finished)
+        return response
 
     async def close(self) -> None:
         """Close every idle connection; a call in flight closes its own when it ends."""
@@ -372,6 +333,8 @@ class LeanHttpClient:
         origin = self._origins.get(url)
         if origin is not None:
             return origin
+        if self._closed:
+            raise LeanHttpError("the client is closed")
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.hostname:
@@ -395,6 +358,8 @@ class LeanHttpClient:
         return origin
 
     def _take(self, key: tuple[str, str, int]) -> _Connection | None:
+        if self._closed:
+            raise LeanHttpError("the client is closed")
         idle = self._idle.get(key)
         now = time.monotonic()
         while idle:
@@ -411,9 +376,10 @@ class LeanHttpClient:
             return connection
         return None
 
-    def _give_back(self, key: tuple[str, str, int], connection: _Connection) -> None:
+    def _release(self, key: tuple[str, str, int], connection: _Connection, reusable: bool) -> None:
+        """Keep `connection` for the next exchange when it can carry one, else close it."""
         idle = self._idle.setdefault(key, [])
-        if len(idle) >= self._max_idle:
+        if not reusable or connection.lost or self._closed or len(idle) >= self._max_idle:
             connection.close()
             return
         connection.idle_since = time.monotonic()
@@ -435,7 +401,32 @@ class LeanHttpClient:
                 server_hostname=origin.host if context is not None else None,
             )
         except OSError as error:
-            raise LeanHttpError(
+            raise LeanConnectError(
                 f"cannot connect to {origin.host}:{origin.port}: {type(error).__name__}: {error}"
             ) from error
         return connection
+
+
+def _encode(method: str, target: str, headers: list[Header]) -> bytes:
+    try:
+        return encode_request_head(method, target, headers)
+    except H1Error as error:
+        raise LeanHttpError(f"cannot send the request: {error}") from error
+
+
+async def _send_body(connection: _Connection, body: AsyncIterable[bytes], chunked: bool) -> None:
+    """Write a streamed request body as it comes (the answer is read meanwhile); a body that
+    raises drops the connection, which ends the exchange with an error."""
+    try:
+        async for chunk in body:
+            if not chunk:
+                continue
+            await connection.drain()
+            connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        if chunked:
+            await connection.drain()
+            connection.write(b"0\r\n\r\n")
+    except LeanHttpError:
+        pass  # the connection is gone: the answer's side reports it
+    except Exception as error:
+        connection.fail(LeanHttpError(f"the request body failed: {type(error).__name__}: {error}"))
