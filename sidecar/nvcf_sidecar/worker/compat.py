@@ -44,6 +44,8 @@ from nvcf_sidecar.worker.deadline import item_budget
 from nvcf_sidecar.worker.forward import (
     ContainerCall,
     ContainerCallError,
+    ContainerResponse,
+    ResponseStream,
     container_failure_problem,
     first_header,
 )
@@ -364,7 +366,7 @@ async def _final_answer(
 
 
 async def _map_response(
-    response: aiohttp.ClientResponse,
+    response: ContainerResponse,
     request: WorkerInvokeFunctionRequest,
     response_dir: Path,
     services: CompatibilityServices,
@@ -395,7 +397,7 @@ async def _map_response(
     return Answer(response.status, headers, buffered, source=source)
 
 
-async def _read_up_to(stream: aiohttp.StreamReader, limit: int) -> bytes:
+async def _read_up_to(stream: ResponseStream, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while size < limit:
@@ -407,7 +409,7 @@ async def _read_up_to(stream: aiohttp.StreamReader, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _rest(first: bytes, stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+async def _rest(first: bytes, stream: ResponseStream) -> AsyncIterator[bytes]:
     if first:
         yield first
     async for chunk in stream.iter_any():

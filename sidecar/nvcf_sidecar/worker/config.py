@@ -120,12 +120,11 @@ def _duration(env: Mapping[str, str], name: str, default: float) -> float:
     return seconds if seconds > 0 else default  # NVIDIA treats 0 as "use the default"
 
 
-def _attach_client(env: Mapping[str, str]) -> str:
-    value = env.get("NVCF_ATTACH_CLIENT", "").strip().lower() or "lean"
+def _client(env: Mapping[str, str], name: str) -> str:
+    """`lean` or `aiohttp`: which HTTP client the variable `name` picks (lean by default)."""
+    value = env.get(name, "").strip().lower() or "lean"
     if value not in ("lean", "aiohttp"):
-        raise ConfigError(
-            f"NVCF_ATTACH_CLIENT={env['NVCF_ATTACH_CLIENT']!r}: must be lean or aiohttp"
-        )
+        raise ConfigError(f"{name}={env[name]!r}: must be lean or aiohttp")
     return value
 
 
@@ -183,7 +182,10 @@ class WorkerConfig:
     log_level: str = "info"
     lean_attach: bool = True
     """POST attach of in-memory responses through `lean_http` (`NVCF_ATTACH_CLIENT=lean`, the
-    default) or through aiohttp like every other call (`aiohttp`)."""
+    default) or through aiohttp like the streamed ones (`aiohttp`)."""
+    lean_container: bool = True
+    """Calls to the inference container through `lean_http` (`NVCF_CONTAINER_CLIENT=lean`, the
+    default) or through aiohttp (`aiohttp`)."""
     sidecar_health_host: str = "0.0.0.0"
     keepalive_interval: float = 10.0
     health_check_interval: float = 10.0
@@ -287,7 +289,8 @@ class WorkerConfig:
             function_tags=tags,
             nspect_id=env.get("NVCF_NSPECT_ID", ""),
             log_level=env.get("LOG_LEVEL", "").strip().lower() or "info",
-            lean_attach=_attach_client(env) == "lean",
+            lean_attach=_client(env, "NVCF_ATTACH_CLIENT") == "lean",
+            lean_container=_client(env, "NVCF_CONTAINER_CLIENT") == "lean",
         )
 
     @property

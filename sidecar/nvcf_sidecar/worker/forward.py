@@ -7,9 +7,9 @@ makes the one call, with no timeout and no retries.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import aiohttp
 from yarl import URL
@@ -28,14 +28,23 @@ from nvcf_sidecar.protocol import (
 )
 from nvcf_sidecar.worker.config import WorkerConfig
 from nvcf_sidecar.worker.errors import WorkerError
+from nvcf_sidecar.worker.lean_http import (
+    LeanConnectError,
+    LeanHttpClient,
+    LeanHttpError,
+    LeanResetError,
+)
 from nvcf_worker import headers as nvcf_headers
 
 __all__ = [
     "POLL_SECONDS_HEADER",
     "ContainerCall",
     "ContainerCallError",
+    "ContainerClient",
+    "ContainerResponse",
     "ForwardedBody",
     "RequestBodyTooShort",
+    "ResponseStream",
     "canonical_header_name",
     "container_failure_problem",
     "container_headers",
@@ -56,6 +65,42 @@ _CLIENT_MANAGED: Final = frozenset({"host", "content-length"})
 _REPLACED: Final = frozenset({NVCF_POLL_SECONDS, NVCF_INVOCATION_REGION})
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _NOT_VISIBLE_ASCII: Final = re.compile(r"[^\x21-\x7e]")
+
+
+ContainerClient = aiohttp.ClientSession | LeanHttpClient
+"""What calls the container: the lean client (the default) or an aiohttp session."""
+
+
+class ResponseStream(Protocol):
+    """A container answer's body as it arrives."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+    def iter_any(self) -> AsyncIterator[bytes]: ...
+
+
+class ContainerResponse(Protocol):
+    """A container answer whose head is in: aiohttp's `ClientResponse` or the lean client's
+    `LeanResponse`. Its body errors are `aiohttp.ClientError`s or `OSError`s (LeanHttpError)."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def reason(self) -> str | None: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content_length(self) -> int | None: ...
+
+    @property
+    def content(self) -> ResponseStream: ...
+
+    async def read(self) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 class ContainerCallError(WorkerError):
@@ -199,7 +244,13 @@ def container_failure_problem(error: BaseException) -> tuple[str, str]:
     Go's network errors.
     """
     # aiohttp's connect, reset and timeout errors are all OSErrors; a server that closed the
-    # connection without answering (ServerDisconnectedError) is not, like Go's io.EOF.
+    # connection without answering (ServerDisconnectedError) is not, like Go's io.EOF. The lean
+    # client says which it was: no connection or a broken one are the container's; a close
+    # without an answer, a malformed answer or a request it could not send are not.
+    if isinstance(error, LeanHttpError):
+        if isinstance(error, LeanConnectError | LeanResetError):
+            return INFERENCE_CONNECTION, INFERENCE_CONNECTION_FAILED
+        return WORKER_SERVICE, INFERENCE_REQUEST_FAILED
     if isinstance(error, OSError):
         return INFERENCE_CONNECTION, INFERENCE_CONNECTION_FAILED
     return WORKER_SERVICE, INFERENCE_REQUEST_FAILED
@@ -256,15 +307,24 @@ class ContainerCall:
     """The Content-Length to send with a streamed body; None sends it chunked."""
 
 
-async def open_container(
-    session: aiohttp.ClientSession, call: ContainerCall
-) -> aiohttp.ClientResponse:
+async def open_container(client: ContainerClient, call: ContainerCall) -> ContainerResponse:
     """Send `call` and return the container's response once its head has arrived.
 
     No timeout and no retries; redirects are returned, not followed (a passthrough relays them).
     The body keeps streaming in the background while the response is read (full duplex).
     Any failure before the head raises `ContainerCallError`; cancellation closes the connection.
+    Either client puts the same bytes on the wire: Host first, the call's headers in order, then
+    Content-Length (`0` without a body for methods other than GET, HEAD, OPTIONS and TRACE) or
+    `Transfer-Encoding: chunked` for a stream of unknown length.
     """
+    if isinstance(client, LeanHttpClient):
+        try:
+            return await client.open(
+                call.method, call.url, call.headers, call.body, body_length=call.body_length
+            )
+        except LeanHttpError as error:
+            raise ContainerCallError(error) from error
+    session = client
     headers = call.headers
     if isinstance(call.body, ForwardedBody) and call.body_length is not None:
         headers = [*headers, ("Content-Length", str(call.body_length))]

@@ -20,9 +20,12 @@ import aiohttp
 from nvcf_sidecar.worker.forward import (
     ContainerCall,
     ContainerCallError,
+    ContainerClient,
+    ContainerResponse,
     ForwardedBody,
     open_container,
 )
+from nvcf_sidecar.worker.lean_http import LeanClosedError, LeanConnectError, LeanResetError
 from nvcf_sidecar.worker.metrics import WorkerMetrics
 
 __all__ = [
@@ -71,15 +74,16 @@ class ContainerWatch(Protocol):
 
 def refused(error: BaseException) -> bool:
     """Whether a failed call never reached the container: the connection was not established."""
-    return isinstance(error, aiohttp.ClientConnectorError)
+    return isinstance(error, aiohttp.ClientConnectorError | LeanConnectError)
 
 
 def dropped(error: BaseException) -> bool:
     """Whether a failed call lost an established connection (closed or reset by the container),
     as opposed to timing out or failing on our side."""
-    return isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError) and not (
-        refused(error)
-    )
+    return isinstance(
+        error,
+        aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | LeanClosedError | LeanResetError,
+    ) and not refused(error)
 
 
 def _resendable(call: ContainerCall) -> bool:
@@ -95,11 +99,11 @@ class ContainerGate:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        client: ContainerClient,
         metrics: WorkerMetrics,
         watch: ContainerWatch | None = None,
     ) -> None:
-        self._session = session
+        self._client = client
         self._metrics = metrics
         self._watch = watch
 
@@ -109,7 +113,7 @@ class ContainerGate:
         *,
         deadline: float | None,
         log: logging.LoggerAdapter[Any],
-    ) -> aiohttp.ClientResponse:
+    ) -> ContainerResponse:
         """The container's response head to `call`.
 
         `deadline` (`time.monotonic()`; None: no limit but cancellation) is when an answer can no
@@ -132,7 +136,7 @@ class ContainerGate:
             await _until_healthy(watch, deadline, held_since, cause)
         while True:
             try:
-                response = await open_container(self._session, call)
+                response = await open_container(self._client, call)
             except ContainerCallError as error:
                 if watch is None:
                     raise

@@ -23,6 +23,7 @@ from nvcf_sidecar.worker.errors import WorkerError
 from nvcf_sidecar.worker.forward import (
     ContainerCall,
     ContainerCallError,
+    ContainerResponse,
     container_failure_problem,
 )
 from nvcf_sidecar.worker.gate import ContainerGate
@@ -139,7 +140,7 @@ async def serve_passthrough(
 
 
 async def relay_response(
-    response: aiohttp.ClientResponse,
+    response: ContainerResponse,
     method: str,
     *,
     attach: AttachClient,
@@ -193,7 +194,7 @@ async def relay_response(
 class _ContainerBody:
     """The container's response body as an async iterable; remembers how it broke off."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: ContainerResponse) -> None:
         self._response = response
         self.relayed = 0
         self.error: ContainerBodyBroken | None = None

@@ -101,7 +101,7 @@ class RequestRunner:
         self._metrics = metrics
         self._sessions = sessions
         self._compat = compat
-        self._gate = ContainerGate(sessions.container, metrics, watch)
+        self._gate = ContainerGate(sessions.container_client, metrics, watch)
         self._stateful = stateful
 
     async def run(

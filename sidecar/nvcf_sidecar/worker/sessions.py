@@ -14,11 +14,15 @@ from nvcf_sidecar.worker.attach import AttachClient
 from nvcf_sidecar.worker.config import WorkerConfig
 from nvcf_sidecar.worker.lean_http import LeanHttpClient
 
-__all__ = ["ATTACH_IDLE_SECONDS", "HttpSessions"]
+__all__ = ["ATTACH_IDLE_SECONDS", "CONTAINER_IDLE_SECONDS", "HttpSessions"]
 
 ATTACH_IDLE_SECONDS = 300.0
 """Idle keep-alive connections to an IS pod are closed after this long (NVIDIA: 5 min, so the
 sidecar gives up a connection before the platform's proxy does and never writes on a dead one)."""
+
+CONTAINER_IDLE_SECONDS = 15.0
+"""Idle keep-alive connections to the inference server are closed after this long (aiohttp's
+default, which the container session had before the lean client)."""
 
 # The worker sets every header it means to send; aiohttp must not add its own User-Agent, Accept,
 # Accept-Encoding (which would invite compression the caller never asked for) or Content-Type.
@@ -44,6 +48,9 @@ class HttpSessions:
 
     `attach_client` makes each request's `AttachClient`: in-memory responses are posted through
     a `LeanHttpClient` with the same idle rule (unless `NVCF_ATTACH_CLIENT=aiohttp`).
+    `container_client` is what calls the inference server: a `LeanHttpClient` with the same
+    rules as the container session (connections idle 15 s at most), unless
+    `NVCF_CONTAINER_CLIENT=aiohttp` makes it that session.
 
     `transfer` fetches input assets and uploads large responses over presigned URLs (the object
     store: S3, or the local platform): no overall timeout (objects may be large), 30 s to connect
@@ -56,6 +63,12 @@ class HttpSessions:
         self._attach: aiohttp.ClientSession | None = None
         self._transfer: aiohttp.ClientSession | None = None
         self._lean: LeanHttpClient | None = None
+        self._lean_container: LeanHttpClient | None = None
+
+    @property
+    def container_client(self) -> aiohttp.ClientSession | LeanHttpClient:
+        """What calls the inference container (`forward.open_container` takes either)."""
+        return self._lean_container or self.container
 
     @property
     def container(self) -> aiohttp.ClientSession:
@@ -107,6 +120,8 @@ class HttpSessions:
         )
         if self._config.lean_attach:
             self._lean = LeanHttpClient(idle_seconds=ATTACH_IDLE_SECONDS)
+        if self._config.lean_container:
+            self._lean_container = LeanHttpClient(idle_seconds=CONTAINER_IDLE_SECONDS)
         self._transfer = aiohttp.ClientSession(
             timeout=_TRANSFER_TIMEOUT,
             auto_decompress=False,
@@ -124,6 +139,7 @@ class HttpSessions:
         # Reverse order of opening; the container session goes last as it was opened first.
         transfer, attach, container = self._transfer, self._attach, self._container
         lean, self._lean = self._lean, None
+        lean_container, self._lean_container = self._lean_container, None
         self._transfer = self._attach = self._container = None
         try:
             if transfer is not None:
@@ -133,5 +149,7 @@ class HttpSessions:
             if attach is not None:
                 await attach.close()
         finally:
+            if lean_container is not None:
+                await lean_container.close()
             if container is not None:
                 await container.close()

@@ -117,6 +117,10 @@ def test_durations_in_go_iso_or_seconds(text: str, seconds: float) -> None:
         ({"INFERENCE_HEALTH_PROTOCOL": "tcp"}, "INFERENCE_HEALTH_PROTOCOL='tcp'"),
         ({"V3_BACKWARDS_COMPATIBILITY_DISABLED": "maybe"}, "must be true or false"),
         ({"NVCF_ATTACH_CLIENT": "curl"}, "NVCF_ATTACH_CLIENT='curl': must be lean or aiohttp"),
+        (
+            {"NVCF_CONTAINER_CLIENT": "httpx"},
+            "NVCF_CONTAINER_CLIENT='httpx': must be lean or aiohttp",
+        ),
     ],
 )
 def test_bad_values_name_the_variable(changes: dict[str, str], message: str) -> None:
@@ -233,3 +237,15 @@ def test_the_post_attach_client_is_lean_unless_aiohttp_is_asked_for(
 ) -> None:
     changes = {} if value is None else {"NVCF_ATTACH_CLIENT": value}
     assert WorkerConfig.from_env({**REQUIRED, **changes}).lean_attach is lean
+
+
+@pytest.mark.parametrize(
+    ("value", "lean"), [(None, True), ("", True), ("LEAN", True), (" aiohttp ", False)]
+)
+def test_the_container_client_is_lean_unless_aiohttp_is_asked_for(
+    value: str | None, lean: bool
+) -> None:
+    changes = {} if value is None else {"NVCF_CONTAINER_CLIENT": value}
+    config = WorkerConfig.from_env({**REQUIRED, **changes})
+    assert config.lean_container is lean
+    assert config.lean_attach  # each variable picks its own call's client
