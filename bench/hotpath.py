@@ -379,8 +379,10 @@ class HotpathReport(SuiteReport):
                 "answered (2xx) request; the client's not counted",
                 "memory": "VmRSS of the sidecar from /proc/<pid>/status",
                 "floors": "CPU of this process per aiohttp client exchange with the echo "
-                "server, per exchange on a bare asyncio protocol, and per JetStream publish "
-                "awaited to its ack, 32 in flight",
+                "server, per lean client exchange, per exchange on a bare asyncio protocol, per "
+                "JetStream publish awaited to its ack, and per message fetched from a pull "
+                "consumer and acked, 32 in flight; the sidecar's floor is one message consumed "
+                "plus two lean exchanges",
                 "seconds_at_c32": self.settings.budget_s,
                 "seconds_at_c1": self.settings.budget_s / 2,
             },
@@ -441,7 +443,9 @@ def format_report(report: HotpathReport) -> str:
         f"{floors['aiohttp_client_exchange_us']:,.0f}, lean client exchange "
         f"{floors['lean_client_exchange_us']:,.0f}, bare asyncio exchange "
         f"{floors['raw_asyncio_exchange_us']:,.0f}, JetStream publish + ack "
-        f"{floors['jetstream_publish_us']:,.0f}"
+        f"{floors['jetstream_publish_us']:,.0f}, JetStream message fetched + acked "
+        f"{floors['jetstream_consume_us']:,.0f}; the sidecar's floor (one message, two lean "
+        f"exchanges) {floors['sidecar_floor_us']:,.0f}"
     )
     lines += _loop_lines(f.get("loops"))
     lines += format_aims(report.aims())

@@ -1,8 +1,12 @@
 """What the hot path's building blocks cost in this Python, measured in this process: one
 aiohttp client exchange (the sidecar makes two per request: the container call and the POST
 attach), the same exchange through the sidecar's lean client (`worker/lean_http.py`, its POST
-attach) and on a bare asyncio protocol (what a hand-written client would approach), and one
-JetStream publish with its ack (the platform makes one per request).
+attach) and on a bare asyncio protocol (what a hand-written client would approach), one
+JetStream publish with its ack (the platform makes one per request), and one message taken from
+a JetStream pull consumer and acked (the sidecar takes one per request).
+
+The sidecar's floor, the least its required work can cost here, is one message taken and acked
+plus two lean client exchanges (the container call and the POST attach).
 
 Each figure is CPU time of this process (`time.process_time`) per operation, with
 `CONCURRENCY` operations in flight, as in the hot path's own phases.
@@ -18,7 +22,7 @@ from typing import Final
 
 import aiohttp
 import nats
-from nats.js.api import StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
 from nvcf_sidecar.worker.lean_http import LeanHttpClient
 
@@ -173,14 +177,47 @@ async def _publishes(nats_url: str, payload: bytes, count: int, concurrency: int
         await nc.close()
 
 
+async def _consumes(nats_url: str, payload: bytes, count: int, concurrency: int) -> float:
+    """CPU µs per message fetched from a pull consumer (`concurrency` at a time, as the
+    sidecar's slots ask) and acked; the messages are published before the clock starts."""
+    nc = await nats.connect(nats_url)
+    stream = f"{_STREAM}_PULL"
+    try:
+        js = nc.jetstream()
+        await js.add_stream(
+            StreamConfig(name=stream, subjects=[f"{stream}.>"], storage=StorageType.MEMORY)
+        )
+        try:
+            await asyncio.gather(*(js.publish(f"{stream}.item", payload) for _ in range(count)))
+            subscription = await js.pull_subscribe(
+                f"{stream}.item",
+                durable="floor",
+                config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=-1),
+            )
+            taken = 0
+            started = time.process_time()
+            while taken < count:
+                messages = await subscription.fetch(min(concurrency, count - taken), timeout=10)
+                for message in messages:
+                    await message.ack()
+                taken += len(messages)
+            await nc.flush()
+            return (time.process_time() - started) * 1e6 / count
+        finally:
+            await js.delete_stream(stream)
+    finally:
+        await nc.close()
+
+
 def measure_floors(
     echo_url: str, nats_url: str, body: bytes, *, count: int, concurrency: int
 ) -> dict[str, float]:
     """CPU µs per aiohttp client exchange with the echo server, per lean client exchange, per
-    bare asyncio exchange with it, and per JetStream publish."""
+    bare asyncio exchange with it, per JetStream publish, per message consumed and acked, and
+    the sidecar's floor made of them."""
     address = urllib.parse.urlsplit(echo_url)
     host, port = address.hostname or "127.0.0.1", address.port or 80
-    return {
+    figures = {
         "aiohttp_client_exchange_us": asyncio.run(
             _client_exchanges(echo_url, body, count, concurrency)
         ),
@@ -189,4 +226,9 @@ def measure_floors(
             _raw_exchanges(host, port, body, count, concurrency)
         ),
         "jetstream_publish_us": asyncio.run(_publishes(nats_url, body, count, concurrency)),
+        "jetstream_consume_us": asyncio.run(_consumes(nats_url, body, count, concurrency)),
     }
+    figures["sidecar_floor_us"] = (
+        figures["jetstream_consume_us"] + 2 * figures["lean_client_exchange_us"]
+    )
+    return figures

@@ -117,6 +117,11 @@ def test_a_quick_run_measures_every_phase_and_judges_every_aim(tmp_path: Path) -
         assert figures["loops"][loop]["cpu_us"]["sidecar"] > 0
     assert "uvloop / asyncio: throughput" in stdout
     assert floors["jetstream_publish_us"] > 0
+    assert floors["jetstream_consume_us"] > 0
+    assert floors["sidecar_floor_us"] == pytest.approx(
+        floors["jetstream_consume_us"] + 2 * floors["lean_client_exchange_us"]
+    )
+    assert "the sidecar's floor (one message, two lean exchanges)" in stdout
     assert figures["memory"]["requests"] >= 10_000
     assert len(figures["memory"]["curve_mib"]) >= 2  # rounds of about a tenth each
     assert [aim["aim"] for aim in report["aims"]] == list(AIMS)
