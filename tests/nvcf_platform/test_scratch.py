@@ -9,6 +9,7 @@ import pytest
 
 from nvcf_platform.devstack import scratch
 from nvcf_platform.devstack.scratch import SCRATCH_ENV, Scratch
+from nvcf_platform.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)
@@ -55,6 +56,17 @@ def test_the_variable_names_the_directory_and_close_keeps_it(
     monkeypatch.setenv(SCRATCH_ENV, str(tmp_path / "mine"))
     chosen = Scratch.open(tmp_path / "work", memory=tmp_path)
     assert (chosen.root, chosen.owned) == (tmp_path / "mine", False)
-    chosen.root.mkdir()
+    assert chosen.root.is_dir()  # created when missing
     chosen.close()
     assert chosen.root.is_dir()
+
+
+@pytest.mark.parametrize("kind", ["file", "under-a-file"])
+def test_a_variable_that_names_no_usable_directory_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    (tmp_path / "plain").write_text("not a directory")
+    named = tmp_path / "plain" if kind == "file" else tmp_path / "plain" / "below"
+    monkeypatch.setenv(SCRATCH_ENV, str(named))
+    with pytest.raises(ConfigError, match=f"^{SCRATCH_ENV}={named}: cannot create it: "):
+        Scratch.open(tmp_path / "work", memory=tmp_path)

@@ -147,6 +147,18 @@ def test_a_child_that_exits_early_is_named_with_its_status_and_log(tmp_path: Pat
     assert all(process.returncode is not None for process in stack.processes())
 
 
+def test_a_scratch_directory_that_cannot_be_made_stops_the_start_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "plain").write_text("a file")
+    monkeypatch.setenv("NVCF_SCRATCH_DIR", str(tmp_path / "plain"))
+    spec = FunctionSpec(command=[sys.executable, "-c", "pass"], inference_port=free_port())
+    stack = LocalStack([spec], work_dir=tmp_path / "work")
+    with pytest.raises(StackError, match=f"^NVCF_SCRATCH_DIR={tmp_path / 'plain'}: cannot create"):
+        stack.start(timeout=30)
+    assert all(process.returncode is not None for process in stack.processes())
+
+
 def test_a_sidecar_never_ready_times_out_naming_it(tmp_path: Path) -> None:
     # Nothing listens on the inference port: the sidecar waits for its container forever.
     spec = FunctionSpec(

@@ -5,7 +5,8 @@ A sidecar makes and removes one directory per request. On a disk file system eac
 sidecar's CPU per request. On tmpfs they cost a few µs. So local instances get these directories
 in a fresh directory on `/dev/shm` when it has room for large outputs (2 GiB free; a container's
 default `/dev/shm` of 64 MiB has not), else under the work directory. `NVCF_SCRATCH_DIR=PATH`
-chooses the directory instead (a disk path keeps them on disk).
+chooses the directory instead (a disk path keeps them on disk); it is created if missing, and one
+that cannot be written is a `ConfigError` at start, not a failure of every request.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Final
+
+from nvcf_platform.errors import ConfigError
 
 __all__ = ["MIN_FREE_BYTES", "SCRATCH_ENV", "Scratch"]
 
@@ -44,11 +47,21 @@ class Scratch:
 
     @classmethod
     def open(cls, fallback: Path, *, memory: Path = _SHM) -> Scratch:
-        """`NVCF_SCRATCH_DIR` when set; else a new directory in `memory` when it has
-        `MIN_FREE_BYTES` free and is writable; else `fallback`."""
+        """`NVCF_SCRATCH_DIR` when set (created if missing; ConfigError when it cannot be, or
+        cannot be written); else a new directory in `memory` when it has `MIN_FREE_BYTES` free
+        and is writable; else `fallback`."""
         chosen = os.environ.get(SCRATCH_ENV)
         if chosen:
-            return cls(Path(chosen))
+            root = Path(chosen)
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise ConfigError(
+                    f"{SCRATCH_ENV}={chosen}: cannot create it: {error.strerror or error}"
+                ) from None
+            if not os.access(root, os.W_OK | os.X_OK):
+                raise ConfigError(f"{SCRATCH_ENV}={chosen}: not writable")
+            return cls(root)
         if memory.is_dir() and _roomy(memory):
             try:
                 return cls(Path(tempfile.mkdtemp(prefix="nvcf-", dir=memory)), owned=True)

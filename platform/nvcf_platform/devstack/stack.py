@@ -48,6 +48,7 @@ from nvcf_platform.devstack.stack_spec import (
     sidecar_environment,
     sidecar_executable,
 )
+from nvcf_platform.errors import ConfigError
 
 __all__ = [
     "HOST",
@@ -294,7 +295,10 @@ class LocalStack:
             # Chosen once: the registry names the health ports, a restarted platform reuses its.
             health, self._platform_ports = choose_ports(self.functions, self._platform_port)
             self._health_ports.update(health)
-            self._scratch = Scratch.open(self.work_dir)
+            try:
+                self._scratch = Scratch.open(self.work_dir)
+            except ConfigError as error:
+                raise StackError(str(error)) from None
             self._start_nats(deadline)
             self._start_platform(deadline)
             for spec in self.functions:
