@@ -1,5 +1,6 @@
-"""Blocking HTTP calls to loopback servers, with header names sent exactly as given; and
-`serve_app`, an aiohttp application served on a free loopback port for async tests.
+"""Blocking HTTP calls to loopback servers, with header names sent exactly as given;
+`serve_app`, an aiohttp application served on a free loopback port for async tests; and
+`serve_raw`, a server whose handler reads and writes the bytes itself.
 
 For readiness polling and simple checks; tests of async code use their own async clients.
 `urllib` is avoided on purpose: it rewrites `NVCF-REQID` as `Nvcf-reqid` and honours proxies.
@@ -7,17 +8,20 @@ For readiness polling and simple checks; tests of async code use their own async
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-__all__ = ["HttpResponse", "http_request", "serve_app"]
+__all__ = ["HttpResponse", "RawHandler", "http_request", "serve_app", "serve_raw"]
+
+RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @asynccontextmanager
@@ -32,6 +36,31 @@ async def serve_app(app: web.Application) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def serve_raw(handle: RawHandler) -> AsyncIterator[tuple[str, list[int]]]:
+    """Serve each connection with `handle` (which reads and writes the bytes itself) on
+    127.0.0.1 at a free port; yields the base URL and the client ports of the connections
+    accepted. A connection is closed when `handle` returns; a peer gone mid-read ends it."""
+    ports: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ports.append(writer.get_extra_info("peername")[1])
+        try:
+            await handle(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", ports
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp import web
 
-from harness.http import serve_app
+from harness.http import serve_app, serve_raw
 from nvcf_sidecar.worker.lean_framing import AnswerFramer
 from nvcf_sidecar.worker.lean_http import LeanHttpClient, LeanHttpError
 
@@ -22,33 +22,21 @@ Answerer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None
 async def raw_server(answer: Answerer) -> AsyncIterator[tuple[str, list[int]]]:
     """A server that reads one request head per exchange and lets `answer` write the bytes;
     yields its URL and the client ports of the connections it accepted."""
-    ports: list[int] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        ports.append(writer.get_extra_info("peername")[1])
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                await reader.readexactly(length)
-                await answer(reader, writer)
-                if writer.is_closing():
-                    return
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            await answer(reader, writer)
+            if writer.is_closing():
+                return
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/attach?x=1", ports
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with serve_raw(serve) as (base, ports):
+        yield f"{base}/attach?x=1", ports
 
 
 def writes(*chunks: bytes, close: bool = False) -> Answerer:

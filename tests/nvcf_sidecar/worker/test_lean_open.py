@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from harness.http import serve_app
+from harness.http import RawHandler, serve_app, serve_raw
 from nvcf_sidecar.protocol import INFERENCE_CONNECTION, WORKER_SERVICE
 from nvcf_sidecar.worker.config import WorkerConfig
 from nvcf_sidecar.worker.forward import (
@@ -38,38 +37,12 @@ from nvcf_sidecar.worker.lean_http import (
 from nvcf_sidecar.worker.lean_response import HIGH_WATER
 from nvcf_sidecar.worker.sessions import HttpSessions
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
 
 @pytest.fixture
 async def client() -> AsyncIterator[LeanHttpClient]:
     lean = LeanHttpClient(idle_seconds=15.0)
     yield lean
     await lean.close()
-
-
-@asynccontextmanager
-async def raw_server(handle: Handler) -> AsyncIterator[tuple[str, list[int]]]:
-    """A server whose `handle` reads and writes the bytes itself; yields its base URL and the
-    client ports of the connections it accepted."""
-    ports: list[int] = []
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        ports.append(writer.get_extra_info("peername")[1])
-        try:
-            await handle(reader, writer)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}", ports
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
@@ -137,7 +110,7 @@ async def test_both_clients_put_the_same_bytes_on_the_wire(method: str, body: st
             "NVCF_CONTAINER_CLIENT": "aiohttp",
         }
     )
-    async with raw_server(handle) as (base, _), HttpSessions(config) as sessions:
+    async with serve_raw(handle) as (base, _), HttpSessions(config) as sessions:
         lean = LeanHttpClient(idle_seconds=15.0)
         try:
             assert sessions.container_client is sessions.container
@@ -204,7 +177,7 @@ async def test_a_large_answer_read_slowly_is_held_back_by_flow_control(
             await writer.drain()
             sent[0] += len(block)
 
-    async with raw_server(handle) as (base, _):
+    async with serve_raw(handle) as (base, _):
         response = await client.open("GET", base + "/", [])
         assert response.content_length == total
         await asyncio.sleep(0.5)  # nothing read: the server must have been stopped far short
@@ -227,7 +200,7 @@ async def test_an_answer_read_to_its_end_gives_the_connection_back_and_a_closed_
             writer.write(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
             await writer.drain()
 
-    async with raw_server(handle) as (base, ports):
+    async with serve_raw(handle) as (base, ports):
         for _ in range(2):
             response = await client.open("POST", base + "/", [], b"x")
             assert await response.read() == b"hello world"
@@ -257,7 +230,7 @@ async def test_an_answer_that_ends_before_the_body_was_sent_drops_the_connection
         await release.wait()
         yield b"never"
 
-    async with raw_server(handle) as (base, ports):
+    async with serve_raw(handle) as (base, ports):
         response = await client.open("POST", base + "/", [], slow(), body_length=10)
         assert (response.status, await response.read()) == (413, b"")
         release.set()
@@ -277,7 +250,7 @@ async def test_a_body_source_that_fails_before_the_answer_ends_the_call(
         raise RuntimeError("the GET attach broke")
 
     body = ForwardedBody(b"", broken(), None)
-    async with raw_server(handle) as (base, _):
+    async with serve_raw(handle) as (base, _):
         with pytest.raises(ContainerCallError) as caught:
             await asyncio.wait_for(
                 open_container(client, ContainerCall("POST", base + "/", [], body, None)), 5
@@ -318,12 +291,12 @@ async def _garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
 )
 async def test_a_failed_exchange_says_how_it_failed(
     client: LeanHttpClient,
-    handle: Handler,
+    handle: RawHandler,
     kind: type[LeanHttpError],
     source: str,
     is_dropped: bool,
 ) -> None:
-    async with raw_server(handle) as (base, _):
+    async with serve_raw(handle) as (base, _):
         with pytest.raises(kind) as caught:
             await asyncio.wait_for(client.open("POST", base + "/", [], b"x"), 5)
     error = caught.value
@@ -350,7 +323,7 @@ async def test_a_body_that_breaks_off_after_the_head_is_an_error_after_its_bytes
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
         await writer.drain()
 
-    async with raw_server(handle) as (base, _):
+    async with serve_raw(handle) as (base, _):
         response = await client.open("GET", base + "/", [])
         assert await asyncio.wait_for(response.content.read(100), 5) == b"partial"
         with pytest.raises(LeanClosedError):
