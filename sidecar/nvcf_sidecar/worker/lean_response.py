@@ -115,9 +115,14 @@ class LeanResponse:
         self._wake()
 
     def end(self, error: BaseException | None) -> None:
-        """The body ended, or broke off with `error`."""
+        """The body ended, or broke off with `error`. The connection may carry another exchange
+        from now on: reading resumes if this answer paused it, and is never touched again."""
         self._ended = True
         self._error = error
+        if self._paused and self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+        self._paused = False
+        self._transport = None
         self._wake()
 
     async def read(self, n: int = -1) -> bytes:

@@ -330,3 +330,25 @@ async def test_a_body_that_breaks_off_after_the_head_is_an_error_after_its_bytes
             await asyncio.wait_for(response.content.read(100), 5)
         with pytest.raises((aiohttp.ClientError, OSError)):  # what the relays catch
             await response.read()
+
+
+async def test_a_connection_given_back_while_its_answer_waits_unread_still_reads(
+    client: LeanHttpClient,
+) -> None:
+    # The answer's last bytes can arrive with the ones that pause reading: the exchange is over
+    # and its connection goes back to the pool with reading paused, unless the end resumes it.
+    size = HIGH_WATER + 1000
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"y" * size)
+            await writer.drain()
+
+    async with serve_raw(handle) as (base, ports):
+        first = await client.open("GET", base + "/", [])
+        await asyncio.sleep(0.3)  # all of it arrives; nothing is read
+        second = await asyncio.wait_for(client.open("GET", base + "/", []), 5)
+        assert len(await asyncio.wait_for(second.read(), 5)) == size
+        assert len(await asyncio.wait_for(first.read(), 5)) == size
+        assert len(ports) == 1  # the second call took the first one's connection
