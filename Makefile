@@ -33,7 +33,8 @@ test: lint typecheck
 	$(MAKE) --no-print-directory test-asyncio-loop
 
 test-asyncio-loop: $(STAMP)
-	NVCF_EVENT_LOOP=asyncio $(BIN)/pytest -q tests/nvcf_sidecar tests/e2e \
+	NVCF_EVENT_LOOP=asyncio NVCF_CONTAINER_CLIENT=aiohttp NVCF_ATTACH_CLIENT=aiohttp \
+		$(BIN)/pytest -q tests/nvcf_sidecar tests/e2e \
 		--deselect tests/nvcf_sidecar/test_extras_install_order.py
 
 # The local NVCF stack around two example functions (examples/demo.toml): hello and image_job.
