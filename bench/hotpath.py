@@ -14,21 +14,22 @@ same run:
 5. **loops**: the echo stack at concurrency 32 on asyncio's event loop and on uvloop
    (`NVCF_EVENT_LOOP`), alternated twice, with each one's sidecar VmRSS idle; skipped without
    uvloop.
+6. **clients**: the same with the sidecar's container call and POST attach through aiohttp and
+   through the lean client (`NVCF_CONTAINER_CLIENT`, `NVCF_ATTACH_CLIENT`), alternated twice
+   (`hotpath_ab.py`).
 
 Without wrk on PATH the suite measures nothing and says so (`apt-get install wrk`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import json
-import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -37,6 +38,7 @@ import orjson
 
 from bench.dev_process import run_dev
 from bench.harness import RunSettings, SuiteReport, machine_info
+from bench.hotpath_ab import CLIENTS, LOOPS, Comparison, ab_lines, alternate
 from bench.hotpath_aims import AIMS, evaluate_aims, format_aims
 from bench.hotpath_floors import measure_floors
 from bench.processes import CpuSnapshot, memory_kib, stack_roles
@@ -186,61 +188,39 @@ def _memory_curve(
     }
 
 
-# --- 5: the event loops ------------------------------------------------------------------------
-
-_LOOPS: Final = ("asyncio", "uvloop")
+# --- 5 and 6: A/B of the event loops and of the sidecar's HTTP clients -------------------------
 
 
-@contextlib.contextmanager
-def _event_loop(name: str) -> Iterator[None]:
-    """Children started meanwhile run on `name` (they inherit the bench's environment)."""
-    before = os.environ.get("NVCF_EVENT_LOOP")
-    os.environ["NVCF_EVENT_LOOP"] = name
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["NVCF_EVENT_LOOP"]
-        else:
-            os.environ["NVCF_EVENT_LOOP"] = before
+def _ab_phase(
+    comparison: Comparison, settings: RunSettings, work: Path, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """The echo stack at c=32 in each configuration of `comparison`, alternated."""
+
+    def measure(label: str) -> tuple[Mapping[str, Any], float | None]:
+        with LocalStack([echo_function()], work_dir=work / f"ab-{label}") as stack:
+            roles = stack_roles(stack, VERSION_ID)
+            kib = memory_kib(roles["sidecar"][0])
+            load = _Load(CONCURRENCY, settings.budget_s)
+            url, headers = stack.invoke_url(FUNCTION_ID), _stack_headers(stack)
+            run = _load(f"{comparison.title} {label}", url, headers, _ECHO_BODY, load, roles)
+            serving = _serving_line(stack.sidecars(VERSION_ID)[0].log_path)
+            return {**run, "sidecar_ran": serving}, None if kib is None else kib / 1024
+
+    return alternate(comparison, measure, progress)
 
 
-def _event_loops(
-    settings: RunSettings, work: Path, progress: Callable[[str], None]
-) -> dict[str, Any] | None:
-    """The echo stack at c=32 on each loop, alternated twice; None without uvloop."""
-    if importlib.util.find_spec("uvloop") is None:
-        return None
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in _LOOPS}
-    idle: dict[str, list[float]] = {name: [] for name in _LOOPS}
-    for round_ in range(2):
-        for name in _LOOPS:
-            progress(f"loops {name} {round_ + 1}")
-            with (
-                _event_loop(name),
-                LocalStack([echo_function()], work_dir=work / f"loop-{name}-{round_}") as stack,
-            ):
-                roles = stack_roles(stack, VERSION_ID)
-                kib = memory_kib(roles["sidecar"][0])
-                if kib is not None:
-                    idle[name].append(kib / 1024)
-                load = _Load(CONCURRENCY, settings.budget_s)
-                url, headers = stack.invoke_url(FUNCTION_ID), _stack_headers(stack)
-                runs[name].append(_load(f"loops {name}", url, headers, _ECHO_BODY, load, roles))
-    return {name: _mean_run(runs[name], idle[name]) for name in _LOOPS}
-
-
-def _mean_run(runs: Sequence[Mapping[str, Any]], idle_mib: Sequence[float]) -> dict[str, Any]:
-    roles = {role for run in runs for role, value in run["cpu_us"].items() if value is not None}
-    return {
-        "ok_per_s": sum(run["ok_per_s"] for run in runs) / len(runs),
-        "cpu_us": {
-            role: sum(run["cpu_us"].get(role) or 0.0 for run in runs) / len(runs)
-            for role in sorted(roles)
-        },
-        "idle_mib": round(sum(idle_mib) / len(idle_mib), 1) if idle_mib else None,
-        "runs": list(runs),
-    }
+def _serving_line(log_path: Path) -> dict[str, str]:
+    """What the sidecar says it runs (`sidecar serving`: its event loop and HTTP clients), so a
+    run shows its configuration took effect."""
+    for line in log_path.read_text(errors="replace").splitlines():
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("message") == "sidecar serving":
+            keys = ("event_loop", "container_client", "attach_client")
+            return {key: str(record.get(key)) for key in keys}
+    return {}
 
 
 # --- 2: dev against LocalStack ------------------------------------------------------------------
@@ -408,7 +388,12 @@ def run(settings: RunSettings, progress: Callable[[str], None] | None = None) ->
             figures["echo"], figures["memory"] = _echo_and_memory(settings, work, tell)
             figures["dev"] = _dev_and_localstack(settings, work, tell)
             figures["pytriton"] = _pytriton(settings, work, tell)
-            figures["loops"] = _event_loops(settings, work, tell)
+            figures["loops"] = (
+                _ab_phase(LOOPS, settings, work, tell)
+                if importlib.util.find_spec("uvloop") is not None
+                else None
+            )
+            figures["clients"] = _ab_phase(CLIENTS, settings, work, tell)
     report = HotpathReport(
         suite="hotpath",
         description=DESCRIPTION,
@@ -448,6 +433,8 @@ def format_report(report: HotpathReport) -> str:
         f"exchanges) {floors['sidecar_floor_us']:,.0f}"
     )
     lines += _loop_lines(f.get("loops"))
+    if f.get("clients") is not None:
+        lines += ab_lines(CLIENTS, f["clients"], CONCURRENCY)
     lines += format_aims(report.aims())
     return "\n".join(lines)
 
@@ -455,26 +442,7 @@ def format_report(report: HotpathReport) -> str:
 def _loop_lines(loops: Mapping[str, Any] | None) -> list[str]:
     if loops is None:
         return ["event loops: uvloop is not installed (the `fast` extra): not compared"]
-    lines = [f"event loops, echo c{CONCURRENCY}, mean of 2 runs each:"]
-    for name in _LOOPS:
-        run = loops[name]
-        cpu = ", ".join(f"{role} {value:,.0f}" for role, value in run["cpu_us"].items())
-        lines.append(
-            f"  {name:<8} {run['ok_per_s']:>8,.0f} req/s  CPU µs {cpu}; "
-            f"sidecar VmRSS idle {run['idle_mib']} MiB"
-        )
-    uv, aio = loops["uvloop"], loops["asyncio"]
-    ratios = [
-        f"{role} {uv['cpu_us'][role] / aio['cpu_us'][role]:.2f}"
-        for role in ("sidecar", "platform")
-        if uv["cpu_us"].get(role) and aio["cpu_us"].get(role)
-    ]
-    if aio["ok_per_s"]:
-        lines.append(
-            f"  uvloop / asyncio: throughput {uv['ok_per_s'] / aio['ok_per_s']:.2f}x, "
-            f"CPU per request {', '.join(ratios)}"
-        )
-    return lines
+    return ab_lines(LOOPS, loops, CONCURRENCY)
 
 
 def _row(label: str, figures: Mapping[str, Any]) -> str:

@@ -99,7 +99,7 @@ def test_without_wrk_the_suite_says_so_and_measures_nothing(tmp_path: Path) -> N
 def test_a_quick_run_measures_every_phase_and_judges_every_aim(tmp_path: Path) -> None:
     stdout, report = _bench(tmp_path, dict(os.environ), timeout=280)
     figures = report["figures"]
-    assert set(figures) == {"echo", "memory", "dev", "pytriton", "loops"}
+    assert set(figures) == {"echo", "memory", "dev", "pytriton", "loops", "clients"}
     for level in ("c1", "c32"):
         assert set(figures["echo"][level]) == {"direct", "stack"}
         assert set(figures["dev"][level]) == {"direct", "dev", "localstack"}
@@ -116,6 +116,19 @@ def test_a_quick_run_measures_every_phase_and_judges_every_aim(tmp_path: Path) -
         assert len(figures["loops"][loop]["runs"]) == 2
         assert figures["loops"][loop]["cpu_us"]["sidecar"] > 0
     assert "uvloop / asyncio: throughput" in stdout
+    for loop in ("asyncio", "uvloop"):  # each run's sidecar said it ran the loop asked for
+        assert {run["sidecar_ran"]["event_loop"] for run in figures["loops"][loop]["runs"]} == {
+            loop
+        }
+    for client in ("aiohttp", "lean"):
+        runs = figures["clients"][client]["runs"]
+        assert len(runs) == 2
+        assert all(run["ok_per_s"] > 0 for run in runs)
+        assert {
+            (run["sidecar_ran"]["container_client"], run["sidecar_ran"]["attach_client"])
+            for run in runs
+        } == {(client, client)}
+    assert "lean / aiohttp: throughput" in stdout
     assert floors["jetstream_publish_us"] > 0
     assert floors["jetstream_consume_us"] > 0
     assert floors["sidecar_floor_us"] == pytest.approx(

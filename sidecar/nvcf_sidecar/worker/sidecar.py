@@ -269,6 +269,8 @@ class Sidecar:
                     "max_request_concurrency": config.max_request_concurrency,
                     "health_port": self.health_port,
                     "event_loop": loop_name(asyncio.get_running_loop()),
+                    "container_client": "lean" if config.lean_container else "aiohttp",
+                    "attach_client": "lean" if config.lean_attach else "aiohttp",
                 },
             )
             async with asyncio.TaskGroup() as background:
