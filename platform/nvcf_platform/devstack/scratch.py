@@ -6,7 +6,7 @@ sidecar's CPU per request. On tmpfs they cost a few µs. So local instances get 
 in a fresh directory on `/dev/shm` when it has room for large outputs (2 GiB free; a container's
 default `/dev/shm` of 64 MiB has not), else under the work directory. `NVCF_SCRATCH_DIR=PATH`
 chooses the directory instead (a disk path keeps them on disk); it is created if missing, and one
-that cannot be written is a `ConfigError` at start, not a failure of every request.
+that cannot be written is a `ConfigError` at start, naming the variable.
 """
 
 from __future__ import annotations
