@@ -1,11 +1,12 @@
 """Free loopback TCP ports for servers a test starts.
 
 A port is only reserved while its socket is open, so pick ports just before starting the server.
+They are picked outside the kernel's ephemeral range, which outgoing connections draw from.
 """
 
 from __future__ import annotations
 
-import socket
+from nvcf_platform.devstack.stack_spec import free_port as stack_free_port
 
 __all__ = ["LOOPBACK", "free_port", "free_ports"]
 
@@ -18,17 +19,9 @@ def free_port() -> int:
 
 
 def free_ports(count: int) -> list[int]:
-    """Return `count` distinct free TCP ports on 127.0.0.1.
-
-    All sockets stay open until every port is picked, so the ports differ from each other.
-    """
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((LOOPBACK, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    """Return `count` distinct free TCP ports on 127.0.0.1, outside the kernel's ephemeral range
+    where it can be (`stack_spec.free_port`: no outgoing connection can take one meanwhile)."""
+    ports: list[int] = []
+    for _ in range(count):
+        ports.append(stack_free_port(avoid=ports))
+    return ports

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import sys
 import uuid
@@ -208,9 +209,44 @@ def sidecar_executable() -> list[str]:
     return [sys.executable, "-m", "nvcf_sidecar.cli"]
 
 
+_EPHEMERAL_RANGE: Final = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT: Final = 10000
+_PICKS: Final = 200
+_random = random.SystemRandom()
+
+
+def _outside_ephemeral() -> list[range]:
+    """Port ranges the kernel never gives an outgoing connection's local end (Linux's
+    `ip_local_port_range`, 32768-60999 by default); empty where that cannot be read."""
+    try:
+        low, high = (int(part) for part in _EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return []
+    candidates = [range(_LOWEST_PORT, low), range(high + 1, 65536)]
+    return [ports for ports in candidates if len(ports) >= 1000]
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(avoid: Collection[int] = ()) -> int:
-    """A loopback TCP port nothing listens on now, and not one of `avoid` (the kernel may hand
-    out a port again once its socket is closed)."""
+    """A loopback TCP port nothing listens on now, and not one of `avoid`.
+
+    Picked at random outside the kernel's ephemeral range where it can be: a port from that
+    range (what binding port 0 gives) can be taken, before the server that was meant to have it
+    binds it, by any outgoing connection's local end or by another port-0 bind.
+    """
+    ranges = _outside_ephemeral()
+    for _ in range(_PICKS if ranges else 0):
+        port = _random.choice(_random.choice(ranges))
+        if port not in avoid and _bindable(port):
+            return port
     for _ in range(100):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((HOST, 0))
