@@ -153,12 +153,15 @@ def encode_response_head(
     return _encode(parts)
 
 
-def encode_request_head(method: str, target: str, headers: Iterable[Header]) -> bytes:
+def encode_request_head(
+    method: str, target: str, headers: Iterable[Header], *, strip: bool = True
+) -> bytes:
     """The head that starts a `+h1` GET attach body: request line, headers, blank line.
 
     `target` is the caller's path and query (empty means `/`; absolute-form and `*` are accepted,
-    non-ASCII must already be percent-encoded). Hop-by-hop headers are removed; a Content-Length
-    is kept as given, since it describes the raw body that follows.
+    non-ASCII must already be percent-encoded). Hop-by-hop headers are removed (with `strip`
+    False, `headers` are written as given: the caller removed them); a Content-Length is kept as
+    given, since it describes the raw body that follows.
     """
     if not _TOKEN_STR.fullmatch(method):
         raise InvalidHeader("invalid method", repr(method))
@@ -166,7 +169,7 @@ def encode_request_head(method: str, target: str, headers: Iterable[Header]) -> 
     if not _TARGET_STR.fullmatch(target):
         raise InvalidHeader("invalid request target", repr(target))
     parts = [f"{method} {target} HTTP/1.1\r\n"]
-    _header_lines(parts, strip_hop_by_hop(headers))
+    _header_lines(parts, strip_hop_by_hop(headers) if strip else headers)
     parts.append("\r\n")
     return _encode(parts)
 

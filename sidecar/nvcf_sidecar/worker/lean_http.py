@@ -10,7 +10,8 @@ full duplex: the answer may arrive while the body is still being sent) and retur
 once its head is in, its body streamed with flow control (`lean_response.LeanResponse`: the
 container call).
 
-Its scope, on purpose: no proxy, no redirects (returned, not followed), no cookies, no
+Headers go out as given, after Host and before the body's framing: the caller removes hop-by-hop
+ones. Its scope, on purpose: no proxy, no redirects (returned, not followed), no cookies, no
 decompression, no timeout (cancellation ends a call), no retry. Connections are kept per origin
 (scheme, host, port); an idle one is dropped after `idle_seconds` or once the server closed it,
 and at most `max_idle` wait per origin. Errors are `LeanHttpError`s that say what failed:
@@ -51,8 +52,7 @@ __all__ = [
 ]
 
 _MAX_ORIGINS: Final = 64
-# Methods whose request carries no Content-Length without a body (aiohttp's rule, kept so the
-# container sees what it saw before; every other method sends `Content-Length: 0`).
+# Methods whose request carries no Content-Length without a body (`_length`).
 _NO_BODY_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
@@ -232,11 +232,7 @@ class LeanHttpClient:
         limit: int = 65536,
     ) -> LeanAnswer:
         """One exchange with `url` (http or https), read to its end; raises LeanHttpError."""
-        origin = self._origin(url)
-        framing: list[Header] = [("Host", origin.host_header), *headers]
-        if body or method in ("POST", "PUT", "PATCH"):
-            framing.append(("Content-Length", str(len(body))))
-        data = _encode(method, origin.target, framing)
+        origin, data = self._head(method, url, headers, _length(method, body))
         if body:
             data += body
         connection = self._take(origin.key) or await self._connect(origin)
@@ -272,22 +268,17 @@ class LeanHttpClient:
         dropped). Raises LeanHttpError when no head arrives; cancellation drops the connection.
         Close the response (or read it to the end) to give its connection back.
         """
-        origin = self._origin(url)
-        framing: list[Header] = [("Host", origin.host_header), *headers]
         stream: AsyncIterable[bytes] | None = None
-        chunked = False
         if body is None or isinstance(body, bytes):
-            if body or method not in _NO_BODY_METHODS:
-                framing.append(("Content-Length", str(len(body or b""))))
+            framing = _length(method, body or b"")
         else:
             stream = body
             if body_length is not None:
-                framing.append(("Content-Length", str(body_length)))
+                framing = ("Content-Length", str(body_length))
             else:
-                chunked = True
-        data = _encode(method, origin.target, framing)
-        if chunked:  # after the encoding, which drops hop-by-hop headers such as this one
-            data = data[:-2] + b"Transfer-Encoding: chunked\r\n\r\n"
+                framing = ("Transfer-Encoding", "chunked")
+        chunked = stream is not None and body_length is None
+        origin, data = self._head(method, url, headers, framing)
         if isinstance(body, bytes):
             data += body
         connection = self._take(origin.key) or await self._connect(origin)
@@ -328,6 +319,19 @@ class LeanHttpClient:
         for connections in idle.values():
             for connection in connections:
                 connection.close()
+
+    def _head(
+        self, method: str, url: str, headers: Iterable[Header], framing: Header | None
+    ) -> tuple[_Origin, bytes]:
+        """`url`'s origin and the request's head: Host, `headers` as given, then `framing`."""
+        origin = self._origin(url)
+        lines: list[Header] = [("Host", origin.host_header), *headers]
+        if framing is not None:
+            lines.append(framing)
+        try:
+            return origin, encode_request_head(method, origin.target, lines, strip=False)
+        except H1Error as error:
+            raise LeanHttpError(f"cannot send the request: {error}") from error
 
     def _origin(self, url: str) -> _Origin:
         origin = self._origins.get(url)
@@ -407,11 +411,12 @@ class LeanHttpClient:
         return connection
 
 
-def _encode(method: str, target: str, headers: list[Header]) -> bytes:
-    try:
-        return encode_request_head(method, target, headers)
-    except H1Error as error:
-        raise LeanHttpError(f"cannot send the request: {error}") from error
+def _length(method: str, body: bytes) -> Header | None:
+    """The Content-Length of a body in memory; none for an empty one of GET, HEAD, OPTIONS or
+    TRACE (aiohttp's rule, kept so the container sees what it saw before)."""
+    if body or method not in _NO_BODY_METHODS:
+        return ("Content-Length", str(len(body)))
+    return None
 
 
 async def _send_body(connection: _Connection, body: AsyncIterable[bytes], chunked: bool) -> None:

@@ -96,6 +96,30 @@ async def test_a_post_reaches_the_server_whole_and_the_connection_is_kept(
     assert seen[0][4] == seen[1][4]  # the same client port: one kept-alive connection
 
 
+async def test_headers_go_out_as_given_between_host_and_the_framing(
+    client: LeanHttpClient,
+) -> None:
+    heads: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        await reader.readexactly(2)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    # The caller strips hop-by-hop headers (the container call's `container_headers` does): the
+    # client writes what it is given, in order, duplicates kept.
+    given = [("X-B", "1"), ("Keep-Alive", "timeout=5"), ("X-A", "2"), ("X-B", "3")]
+    async with serve_raw(serve) as (base, _):
+        answer = await client.request("DELETE", f"{base}/x", given, b"ok")
+    assert answer.status == 200
+    host = base.removeprefix("http://")
+    assert heads == [
+        f"DELETE /x HTTP/1.1\r\nHost: {host}\r\nX-B: 1\r\nKeep-Alive: timeout=5\r\n"
+        "X-A: 2\r\nX-B: 3\r\nContent-Length: 2\r\n\r\n".encode()
+    ]
+
+
 async def test_a_chunked_answer_is_read_whole_and_a_long_one_kept_to_the_limit(
     client: LeanHttpClient,
 ) -> None:
