@@ -33,12 +33,13 @@ _TRANSFER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=30.0, sock_read=30
 
 
 class HttpSessions:
-    """The aiohttp client sessions of one sidecar.
+    """The HTTP clients of one sidecar.
 
-    `container` talks to the inference server: no timeout of any kind (only cancellation ends a
-    call), no automatic decompression (bytes are relayed as the container sent them, so lengths
-    stay true), no connection limit, no cookie jar (a cookie must never leak between callers), and
-    heads up to the size the platform accepts. `attach` talks to the platform's attach endpoint:
+    `container_client` talks to the inference server: a `LeanHttpClient` (connections idle 15 s
+    at most), or with `NVCF_CONTAINER_CLIENT=aiohttp` an aiohttp session with no timeout of any
+    kind (only cancellation ends a call), no automatic decompression (bytes are relayed as the
+    container sent them, so lengths stay true), no connection limit, no cookie jar (a cookie must
+    never leak between callers), and heads up to the size the platform accepts. `attach` talks to the platform's attach endpoint:
     HTTP/1.1 keep-alive with connections idle for up to 300 s reused, no timeout (GET attach
     bounds its own wait for a head), no decompression, no cookie jar.
 
@@ -48,9 +49,6 @@ class HttpSessions:
 
     `attach_client` makes each request's `AttachClient`: in-memory responses are posted through
     a `LeanHttpClient` with the same idle rule (unless `NVCF_ATTACH_CLIENT=aiohttp`).
-    `container_client` is what calls the inference server: a `LeanHttpClient` with the same
-    rules as the container session (connections idle 15 s at most), unless
-    `NVCF_CONTAINER_CLIENT=aiohttp` makes it that session.
 
     `transfer` fetches input assets and uploads large responses over presigned URLs (the object
     store: S3, or the local platform): no overall timeout (objects may be large), 30 s to connect
@@ -59,20 +57,14 @@ class HttpSessions:
 
     def __init__(self, config: WorkerConfig) -> None:
         self._config = config
-        self._container: aiohttp.ClientSession | None = None
+        self._container: aiohttp.ClientSession | LeanHttpClient | None = None
         self._attach: aiohttp.ClientSession | None = None
         self._transfer: aiohttp.ClientSession | None = None
         self._lean: LeanHttpClient | None = None
-        self._lean_container: LeanHttpClient | None = None
 
     @property
     def container_client(self) -> aiohttp.ClientSession | LeanHttpClient:
         """What calls the inference container (`forward.open_container` takes either)."""
-        return self._lean_container or self.container
-
-    @property
-    def container(self) -> aiohttp.ClientSession:
-        """The session for calls to the inference container."""
         if self._container is None:
             raise RuntimeError("HttpSessions is not open; use `async with HttpSessions(config)`")
         return self._container
@@ -98,15 +90,18 @@ class HttpSessions:
     async def __aenter__(self) -> HttpSessions:
         if self._container is not None:
             raise RuntimeError("HttpSessions is already open")
-        self._container = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
-            timeout=_NO_TIMEOUT,
-            auto_decompress=False,
-            skip_auto_headers=_NO_AUTO_HEADERS,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            max_line_size=MAX_HEAD_BYTES,
-            max_field_size=MAX_HEAD_BYTES,
-        )
+        if self._config.lean_container:
+            self._container = LeanHttpClient(idle_seconds=CONTAINER_IDLE_SECONDS)
+        else:
+            self._container = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
+                timeout=_NO_TIMEOUT,
+                auto_decompress=False,
+                skip_auto_headers=_NO_AUTO_HEADERS,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                max_line_size=MAX_HEAD_BYTES,
+                max_field_size=MAX_HEAD_BYTES,
+            )
         self._attach = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 limit=0, limit_per_host=0, keepalive_timeout=ATTACH_IDLE_SECONDS
@@ -120,8 +115,6 @@ class HttpSessions:
         )
         if self._config.lean_attach:
             self._lean = LeanHttpClient(idle_seconds=ATTACH_IDLE_SECONDS)
-        if self._config.lean_container:
-            self._lean_container = LeanHttpClient(idle_seconds=CONTAINER_IDLE_SECONDS)
         self._transfer = aiohttp.ClientSession(
             timeout=_TRANSFER_TIMEOUT,
             auto_decompress=False,
@@ -139,7 +132,6 @@ class HttpSessions:
         # Reverse order of opening; the container session goes last as it was opened first.
         transfer, attach, container = self._transfer, self._attach, self._container
         lean, self._lean = self._lean, None
-        lean_container, self._lean_container = self._lean_container, None
         self._transfer = self._attach = self._container = None
         try:
             if transfer is not None:
@@ -149,7 +141,5 @@ class HttpSessions:
             if attach is not None:
                 await attach.close()
         finally:
-            if lean_container is not None:
-                await lean_container.close()
             if container is not None:
                 await container.close()
