@@ -230,22 +230,19 @@ def test_a_malformed_server_list_names_nvcf_fqdn_nats(value: str, complaint: str
 
 
 @pytest.mark.parametrize(
-    ("value", "lean"), [(None, True), ("", True), (" Lean ", True), ("aiohttp", False)]
+    ("variable", "attribute", "other"),
+    [
+        ("NVCF_ATTACH_CLIENT", "lean_attach", "lean_container"),
+        ("NVCF_CONTAINER_CLIENT", "lean_container", "lean_attach"),
+    ],
 )
-def test_the_post_attach_client_is_lean_unless_aiohttp_is_asked_for(
-    value: str | None, lean: bool
-) -> None:
-    changes = {} if value is None else {"NVCF_ATTACH_CLIENT": value}
-    assert WorkerConfig.from_env({**REQUIRED, **changes}).lean_attach is lean
-
-
 @pytest.mark.parametrize(
-    ("value", "lean"), [(None, True), ("", True), ("LEAN", True), (" aiohttp ", False)]
+    ("value", "lean"), [(None, True), ("", True), (" Lean ", True), (" aiohttp ", False)]
 )
-def test_the_container_client_is_lean_unless_aiohttp_is_asked_for(
-    value: str | None, lean: bool
+def test_the_attach_and_container_clients_are_lean_unless_aiohttp_is_asked_for(
+    variable: str, attribute: str, other: str, value: str | None, lean: bool
 ) -> None:
-    changes = {} if value is None else {"NVCF_CONTAINER_CLIENT": value}
+    changes = {} if value is None else {variable: value}
     config = WorkerConfig.from_env({**REQUIRED, **changes})
-    assert config.lean_container is lean
-    assert config.lean_attach  # each variable picks its own call's client
+    assert getattr(config, attribute) is lean
+    assert getattr(config, other)  # each variable picks its own call's client
