@@ -193,6 +193,11 @@ command = ["python", "server.py", "--port", "{port}"]
 cwd = "srv"
 env = { MODEL = "small", SIZE = 2 }
 
+[[images]]
+image = "nvcr.io/acme/fixed:1.0"
+command = ["python", "server.py"]
+port = 8000
+
 [[models]]
 name = "scale_sum"
 version = 1
@@ -207,8 +212,9 @@ def test_images_and_models_of_a_config_are_its_catalog_relative_to_the_file(
     (tmp_path / "models" / "scale_sum").mkdir(parents=True)
     config = load_dev_file(write(tmp_path, CONFIG + IMAGES))
     assert [spec.name for spec in config.functions] == ["hello", "echo", "echo"]
-    (image,) = config.catalog.images
+    image, fixed = config.catalog.images
     assert image.cwd == tmp_path.resolve() / "srv"
+    assert (image.port, fixed.port) == (None, 8000)
     assert dict(image.env) == {"MODEL": "small", "SIZE": "2"}
     (model,) = config.catalog.models
     assert (model.name, model.version, model.path) == (
@@ -218,7 +224,7 @@ def test_images_and_models_of_a_config_are_its_catalog_relative_to_the_file(
     )
     only = load_dev_file(write(tmp_path, IMAGES))  # no function: a platform for the API
     assert only.functions == ()
-    assert len(only.catalog.images) == 1
+    assert len(only.catalog.images) == 2
     assert load_dev_file(write(tmp_path, CONFIG)).catalog.images == ()
 
 

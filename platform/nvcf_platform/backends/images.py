@@ -6,6 +6,7 @@ this machine, read from a TOML file (`--images`), the stand-in for a container r
     command = ["python", "server.py", "--port", "{port}"]   # the image's ENTRYPOINT + CMD
     cwd = "examples/byoc/hello"            # optional, relative to the file
     env = { MODEL = "small" }              # optional
+    # port = 8000                          # optional: a server that always listens there
 
     [[models]]
     name = "echo"                          # a function's models[] entry: name and version
@@ -27,7 +28,7 @@ from nvcf_platform.errors import ConfigError
 
 __all__ = ["ImageCatalog", "ImageEntry", "ModelEntry", "normalize_image_ref"]
 
-_IMAGE_KEYS: Final = frozenset({"image", "command", "cwd", "env"})
+_IMAGE_KEYS: Final = frozenset({"image", "command", "cwd", "env", "port"})
 _MODEL_KEYS: Final = frozenset({"name", "version", "path"})
 _TOP_KEYS: Final = frozenset({"images", "models"})
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -52,6 +53,10 @@ class ImageEntry:
     """ENTRYPOINT + CMD; `{port}` becomes the instance's inference port."""
     cwd: Path | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    port: int | None = None
+    """The port its server always listens on (a command that cannot be given one, as an image
+    built to listen on 8000); None: each instance gets a free port, the command's `{port}`.
+    With a fixed port, one instance of it runs on this machine at a time."""
 
 
 @dataclass(frozen=True)
@@ -200,7 +205,13 @@ def _image(entry: object, where: str, base_dir: Path | None) -> ImageEntry:
     ):
         raise ConfigError(f"{where}.command: must be a non-empty array of strings")
     cwd = _directory(table, "cwd", where, base_dir) if "cwd" in table else None
-    return ImageEntry(image, tuple(command), cwd, _environment(table.get("env", {}), where))
+    port = table.get("port")
+    if port is not None and (
+        isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536
+    ):
+        raise ConfigError(f"{where}.port: {port!r} must be a port number (1-65535)")
+    env = _environment(table.get("env", {}), where)
+    return ImageEntry(image, tuple(command), cwd, env, port)
 
 
 def _environment(value: object, where: str) -> dict[str, str]:

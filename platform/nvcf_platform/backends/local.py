@@ -4,7 +4,8 @@ machine — the inference server of the version's image (from the local catalog)
 platform, laid out as NVCF's pod (reference §7.2) in `<work_dir>/instances/<instance_id>/`.
 
 Locally the server listens on a free port (its command's `{port}`, `$INFERENCE_PORT`), not
-the definition's `inferencePort`; `{models}` in a command is the instance's model repository
+the definition's `inferencePort`, unless its catalog entry names a fixed `port` (then one
+instance of that image runs at a time); `{models}` in a command is the instance's model repository
 (NVCF's `/config/models`). A models-only function's `containerArgs` are not applied: the
 launcher sets the flags NVCF's default Triton command has.
 """
@@ -93,6 +94,8 @@ class LocalBackend:
         self.policy = SupervisionPolicy(restart_budget=restart_budget, ready_timeout=ready_timeout)
         self._instances: dict[str, Instance] = {}
         self._ports: dict[str, set[int]] = {}
+        self._fixed_ports: dict[str, int] = {}
+        """Instance id -> the fixed port of its image (`ImageEntry.port`)."""
         self._session: aiohttp.ClientSession | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._supervisors: dict[str, asyncio.Task[None]] = {}
@@ -142,12 +145,18 @@ class LocalBackend:
         """Raise `ControlError(400, ...)` if this backend cannot run `plan`."""
         image, models = checked_definition(plan, self.name)
         try:
-            if image is not None:
-                self.images.image(image)
+            entry = None if image is None else self.images.image(image)
             for model in models:
                 self.images.model(model.name, model.version)
         except BackendError as error:
             raise ControlError(400, str(error)) from None
+        if entry is not None and entry.port is not None and plan.max_instances > 1:
+            raise ControlError(
+                400,
+                f"image {entry.image!r} listens on its fixed port {entry.port} (its catalog "
+                f"entry's port): one instance at a time on this machine, so maxInstances "
+                f"{plan.max_instances} cannot run; deploy with maxInstances 1",
+            )
 
     async def start(self, plan: InstancePlan) -> InstanceStatus:
         """Start an instance of `plan` (checked first); returns at once, STARTING. Its
@@ -157,6 +166,7 @@ class LocalBackend:
         self.check(plan)
         if plan.instance_id in self._instances:
             raise ControlError(409, f"instance {plan.instance_id!r} already exists")
+        self._check_fixed_port(plan)
         instance = self._prepare(plan, self._session)
         self._instances[plan.instance_id] = instance
         self._supervisors[plan.instance_id] = self._tasks.create_task(
@@ -187,6 +197,7 @@ class LocalBackend:
             raise InstanceNotFound(instance_id)
         await instance.stop(drain=drain, grace=timeout)
         self._ports.pop(instance_id, None)
+        self._fixed_ports.pop(instance_id, None)
         self._forget_old()
 
     def instances(self, function_version_id: str | None = None) -> list[InstanceStatus]:
@@ -206,6 +217,23 @@ class LocalBackend:
         except KeyError:
             raise InstanceNotFound(instance_id) from None
 
+    def _check_fixed_port(self, plan: InstancePlan) -> None:
+        """409 while another live instance holds the fixed port of `plan`'s image (a new
+        version of it waits until the old one is undeployed)."""
+        image = plan.container_image
+        port = None if image is None else self.images.image(image).port
+        if port is None:
+            return
+        for instance_id, held in self._fixed_ports.items():
+            holder = self._instances.get(instance_id)
+            if held == port and holder is not None and not holder.finished:
+                raise ControlError(
+                    409,
+                    f"image {image!r} listens on its fixed port {port}, which instance "
+                    f"{instance_id} of function version {holder.plan.function_version_id} "
+                    "holds; one instance at a time on this machine",
+                )
+
     # -- laying out an instance --------------------------------------------------------------
 
     def requests_dir(self, instance_id: str) -> Path:
@@ -219,13 +247,18 @@ class LocalBackend:
         requests = self.requests_dir(plan.instance_id)
         for made in (requests / "response", requests / "assets", directory / "shared"):
             made.mkdir(parents=True, exist_ok=True)
-        port = self._port(plan.instance_id)
+        image_ref = plan.container_image
+        image = None if image_ref is None else self.images.image(image_ref)
+        if image is not None and image.port is not None:
+            port = image.port
+            self._fixed_ports[plan.instance_id] = port
+            self._ports.setdefault(plan.instance_id, set()).add(port)
+        else:
+            port = self._port(plan.instance_id)
         health_port = self._port(plan.instance_id)
         models_dir = self._model_repository(plan, directory / "models")
         health = plan.health
-        image_ref = plan.container_image
-        if image_ref is not None:
-            image = self.images.image(image_ref)
+        if image is not None:
             command = [*image.command, *plan.container_args]
             cwd, image_env, health_uri = image.cwd, dict(image.env), health.uri
         else:
@@ -329,3 +362,4 @@ class LocalBackend:
         for key in ended[: max(0, len(ended) - _KEPT_TERMINATED)]:
             del self._instances[key]
             self._supervisors.pop(key, None)
+            self._fixed_ports.pop(key, None)

@@ -58,6 +58,8 @@ class InstancePlan:
     instance_type: str = ""
     definition: Mapping[str, Any] = field(default_factory=dict)
     max_request_concurrency: int = 1
+    max_instances: int = 1
+    """Its GPU specification's `maxInstances`: how many instances of it may run at once."""
 
     @property
     def container_image(self) -> str | None:

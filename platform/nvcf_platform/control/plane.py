@@ -407,6 +407,8 @@ class ControlPlane:
         self, record: VersionRecord, specifications: list[dict[str, Any]]
     ) -> VersionRecord:
         assert record.deployment is not None
+        if self._teardown is not None:  # new bounds the backend cannot run are refused too
+            self._teardown.check_definition(record, specifications)
         deployment = _evolve_deployment(
             record.deployment, self._clock(), specifications=tuple(specifications)
         )

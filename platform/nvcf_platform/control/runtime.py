@@ -55,6 +55,7 @@ def instance_plan(record: VersionRecord, spec: dict[str, Any], instance_id: str)
         instance_type=str(spec.get("instanceType", "")),
         definition=record.definition,
         max_request_concurrency=int(spec.get("maxRequestConcurrency", 1)),
+        max_instances=int(spec.get("maxInstances", 1)),
     )
 
 

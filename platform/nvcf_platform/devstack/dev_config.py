@@ -352,6 +352,8 @@ def catalog_toml(catalog: ImageCatalog) -> str:
         if image.env:
             pairs = ", ".join(f"{name} = {_string(value)}" for name, value in image.env.items())
             lines.append(f"env = {{ {pairs} }}")
+        if image.port is not None:
+            lines.append(f"port = {image.port}")
         lines.append("")
     for model in catalog.models:
         lines += [

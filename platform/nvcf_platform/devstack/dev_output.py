@@ -193,7 +193,9 @@ def _catalog_lines(catalog: ImageCatalog) -> list[str]:
             "none can; restart with --images FILE (or [[images]] and [[models]] in --config)"
         ]
     lines = ["  images and models that can be deployed (only these):"]
-    lines += [f"    image {entry.image}: {shlex.join(entry.command)}" for entry in catalog.images]
+    for entry in catalog.images:
+        fixed = "" if entry.port is None else f"  (listens on {entry.port}: one instance at a time)"
+        lines.append(f"    image {entry.image}: {shlex.join(entry.command)}{fixed}")
     lines += [f"    model {m.name} version {m.version}: {m.path}" for m in catalog.models]
     return lines
 

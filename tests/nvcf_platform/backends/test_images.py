@@ -21,6 +21,7 @@ env = { MODEL = "small", THREADS = 2 }
 [[images]]
 image = "localhost:5000/acme/plain"
 command = ["sleep", "1"]
+port = 8000
 
 [[models]]
 name = "echo"
@@ -46,6 +47,8 @@ def test_a_catalog_file_reads_images_and_models_relative_to_its_directory(tmp_pa
     assert echo.env == {"MODEL": "small", "THREADS": "2"}
     assert catalog.model("echo", "1").path == tmp_path / "models" / "echo"
     assert catalog.image("localhost:5000/acme/plain").cwd is None
+    assert echo.port is None  # each instance gets a free port, the command's {port}
+    assert catalog.image("localhost:5000/acme/plain").port == 8000  # always listens there
 
 
 def test_a_reference_without_tag_is_latest_on_both_sides(tmp_path: Path) -> None:
@@ -119,6 +122,13 @@ def test_a_dev_config_may_hold_the_tables_beside_its_functions() -> None:
         (
             "[[images]]\nimage = 'a:1'\ncommand = ['x']\nenv = { A = true }",
             "images.toml: images[0].env.A: True must be a string or a number",
+        ),
+        *(
+            (
+                f"[[images]]\nimage = 'a:1'\ncommand = ['x']\nport = {port}",
+                f"images.toml: images[0].port: {shown} must be a port number (1-65535)",
+            )
+            for port, shown in (("0", "0"), ("65536", "65536"), ("true", "True"), ("'80'", "'80'"))
         ),
         (
             "[[images]]\nimage = 'a'\ncommand = ['x']\n[[images]]\nimage = 'a:latest'\n"

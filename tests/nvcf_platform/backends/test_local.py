@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from harness.ports import free_port
 from harness.waits import wait_for
 from nvcf_platform.backends import (
     ImageCatalog,
@@ -40,6 +41,8 @@ ENV_FUNCTION = ("6a1f7f0e-3b0a-4d0b-9a57-3c1c2b9e0a01", "6b5e4c0f-8a3d-4b8e-9f6a
 HELLO_FUNCTION = ("6a1f7f0e-3b0a-4d0b-9a57-3c1c2b9e0a02", "6b5e4c0f-8a3d-4b8e-9f6a-1d2c3b4a5e02")
 MODEL_FUNCTION = ("6a1f7f0e-3b0a-4d0b-9a57-3c1c2b9e0a03", "6b5e4c0f-8a3d-4b8e-9f6a-1d2c3b4a5e03")
 ENV_IMAGE = "nvcr.io/test/env:1.0"
+FIXED_IMAGE = "nvcr.io/test/fixed:1.0"
+"""env_server.py on a port of its own, as an image built to listen on 8000 would be."""
 HELLO_IMAGE = "nvcr.io/test/hello:latest"
 
 
@@ -65,6 +68,7 @@ def registry() -> Registry:
 @pytest.fixture
 def catalog(tmp_path: Path) -> ImageCatalog:
     models = tmp_path / "models"  # a copy: the python backend writes __pycache__ beside model.py
+    fixed_port = free_port()
     shutil.copytree(
         REPO / "examples" / "byom" / "model_repository" / "scale_sum",
         models / "scale_sum",
@@ -78,6 +82,11 @@ def catalog(tmp_path: Path) -> ImageCatalog:
                 "env": {"TEST_IMAGE": "from the catalog", "TEST_COLOUR": "image's"},
             },
             {
+                "image": FIXED_IMAGE,
+                "command": [sys.executable, str(ENV_SERVER), "--port", str(fixed_port)],
+                "port": fixed_port,
+            },
+            {
                 "image": "nvcr.io/test/hello",
                 "command": [sys.executable, "server.py", "--port", "{port}"],
                 "cwd": "examples/byoc/hello",
@@ -89,7 +98,10 @@ def catalog(tmp_path: Path) -> ImageCatalog:
 
 
 def make_plan(
-    function: tuple[str, str] = ENV_FUNCTION, name: str = "env", **definition: Any
+    function: tuple[str, str] = ENV_FUNCTION,
+    name: str = "env",
+    max_instances: int = 2,
+    **definition: Any,
 ) -> InstancePlan:
     definition.setdefault("containerImage", ENV_IMAGE)
     return InstancePlan(
@@ -104,6 +116,7 @@ def make_plan(
         instance_type="local.cpu",
         definition={key: value for key, value in definition.items() if value is not None},
         max_request_concurrency=2,
+        max_instances=max_instances,
     )
 
 
@@ -304,6 +317,34 @@ async def test_a_crashed_running_server_is_restarted_and_runs_again(
         assert r.status == 200, await r.text()
 
 
+async def test_an_image_with_a_fixed_port_runs_there_one_instance_at_a_time(
+    start_backend: StartBackend, catalog: ImageCatalog, caller: Any
+) -> None:
+    backend = await start_backend(catalog)
+    port = catalog.image(FIXED_IMAGE).port
+    first = make_plan(max_instances=1, containerImage=FIXED_IMAGE)
+    await backend.start(first)
+    await wait_state(backend, first.instance_id, InstanceState.RUNNING)
+    async with caller.pexec(b"{}", function_id=ENV_FUNCTION[0], version_id=ENV_FUNCTION[1]) as r:
+        assert r.status == 200, await r.text()
+        seen = await r.json()
+    assert seen["env"]["INFERENCE_PORT"] == str(port)
+    assert backend.instance(first.instance_id).sidecar.env["INFERENCE_PORT"] == str(port)
+
+    second = make_plan(max_instances=1, containerImage=FIXED_IMAGE)
+    with pytest.raises(ControlError) as refused:
+        await backend.start(second)  # the port is taken: refused before anything is spawned
+    assert refused.value.status == 409
+    assert (
+        f"fixed port {port}, which instance {first.instance_id} of function version "
+        f"{ENV_FUNCTION[1]} holds" in refused.value.detail
+    )
+
+    await backend.stop(first.instance_id)
+    await backend.start(second)
+    await wait_state(backend, second.instance_id, InstanceState.RUNNING)
+
+
 async def test_stop_with_drain_lets_the_request_in_flight_finish_first(
     start_backend: StartBackend, catalog: ImageCatalog, caller: Any
 ) -> None:
@@ -378,6 +419,26 @@ def test_check_accepts_images_and_catalogued_models(catalog: ImageCatalog, tmp_p
 
     backend.check(make_plan())
     backend.check(make_plan(containerImage=None, models=[{"name": "scale_sum", "version": "1"}]))
+    backend.check(make_plan(max_instances=1, containerImage=FIXED_IMAGE))
+
+
+def test_check_refuses_more_than_one_instance_of_a_fixed_port_image(
+    catalog: ImageCatalog, tmp_path: Path
+) -> None:
+    backend = LocalBackend(
+        catalog, grpc_url="http://unused", nats_url="nats://unused", work_dir=tmp_path
+    )
+
+    with pytest.raises(ControlError) as refused:
+        backend.check(make_plan(max_instances=2, containerImage=FIXED_IMAGE))
+
+    assert refused.value.status == 400
+    port = catalog.image(FIXED_IMAGE).port
+    assert refused.value.detail == (
+        f"image '{FIXED_IMAGE}' listens on its fixed port {port} (its catalog entry's port): "
+        "one instance at a time on this machine, so maxInstances 2 cannot run; deploy with "
+        "maxInstances 1"
+    )
 
 
 # --- models-only ---------------------------------------------------------------------------------

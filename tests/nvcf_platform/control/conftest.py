@@ -13,12 +13,15 @@ from typing import Any
 import aiohttp
 import pytest
 
+from harness.ports import free_port
 from nvcf_platform.service import PlatformService
 
 ROOT = Path(__file__).resolve().parents[3]
 API_KEY = "nvapi-test-key"  # the key of ../conftest.platform_settings
 HELLO_IMAGE = "nvcr.io/acme/hello:1.0"
 ENV_IMAGE = "nvcr.io/acme/env:1.0"
+FIXED_IMAGE = "nvcr.io/acme/fixed:1.0"
+"""The hello example always on one port (its catalog entry's `port`)."""
 """tests/nvcf_platform/backends/env_server.py: reports its env, sleeps on request, can refuse
 to start while a file exists (TEST_EXIT_IF_EXISTS)."""
 CPU_SPEC = {"gpu": "CPU", "instanceType": "LOCAL.CPU", "minInstances": 1, "maxInstances": 2}
@@ -41,11 +44,14 @@ def images_file(tmp_path: Path) -> Path:
     hello = ROOT / "examples/byoc/hello/server.py"
     env_server = ROOT / "tests/nvcf_platform/backends/env_server.py"
     path = tmp_path / "images.toml"
+    fixed = free_port()
     path.write_text(
         f'[[images]]\nimage = "{HELLO_IMAGE}"\n'
         f'command = ["{python}", "{hello}", "--port", "{{port}}"]\n'
         f'[[images]]\nimage = "{ENV_IMAGE}"\n'
         f'command = ["{python}", "{env_server}", "--port", "{{port}}"]\n'
+        f'[[images]]\nimage = "{FIXED_IMAGE}"\n'
+        f'command = ["{python}", "{hello}", "--port", "{fixed}"]\nport = {fixed}\n'
     )
     return path
 

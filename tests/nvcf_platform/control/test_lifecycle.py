@@ -194,6 +194,51 @@ async def test_deploy_refusals_name_the_problem(
     )
 
 
+async def test_an_image_on_a_fixed_port_deploys_one_instance_at_a_time(
+    api: Any, function_body: Any, cpu_spec: dict[str, Any]
+) -> None:
+    one = {**cpu_spec, "maxInstances": 1}
+    fid, first = await api.create(function_body("nvcr.io/acme/fixed:1.0"))
+    status, body = await api.call(
+        "POST", api.deployment_path(fid, first), {"deploymentSpecifications": [cpu_spec]}
+    )
+    assert status == 400
+    assert "listens on its fixed port" in body["detail"]
+    assert "maxInstances 2 cannot run; deploy with maxInstances 1" in body["detail"]
+
+    deployment = await api.deploy(fid, first, one)
+    await api.wait_status(fid, first, "ACTIVE")
+    status, answer = await api.pexec(fid, {"hello": "fixed"})
+    assert (status, answer["echo"]) == (200, {"hello": "fixed"})
+    spec_id = deployment["deploymentSpecifications"][0]["gpuSpecificationId"]
+    path = f"/v2/nvcf/deployments/{deployment['deploymentId']}/gpu-specifications/{spec_id}"
+    status, body = await api.call("PATCH", path, {"maxInstances": 2})
+    assert status == 400, body  # nor can an update raise the bound
+    assert "listens on its fixed port" in body["detail"]
+
+    # A second version of the image cannot start while the first holds the port.
+    _, second = await api.create(function_body("nvcr.io/acme/fixed:1.0"), function_id=fid)
+    await api.deploy(fid, second, one)
+    await api.wait_status(fid, second, "ERROR")
+    status, answer = await api.call("GET", api.deployment_path(fid, second))
+    (health,) = answer["deployment"]["healthInfo"]
+    assert "listens on its fixed port" in health["error"]
+    assert f"of function version {first} holds" in health["error"]
+    assert await api.status(fid, first) == "ACTIVE"
+
+    # Once the first is undeployed, the second deploys again.
+    status, _ = await api.call("DELETE", api.deployment_path(fid, first))
+    assert status == 200
+    await api.wait_deployment_gone(fid, first)
+    status, _ = await api.call("DELETE", api.deployment_path(fid, second))
+    assert status == 200
+    await api.wait_deployment_gone(fid, second)
+    await api.deploy(fid, second, one)
+    await api.wait_status(fid, second, "ACTIVE")
+    status, answer = await api.pexec(fid, {"hello": "again"})
+    assert (status, answer["echo"]) == (200, {"hello": "again"})
+
+
 async def test_bodies_must_be_json(api: Any) -> None:
     async with api.session.post(
         api.base + "/v2/nvcf/functions",
