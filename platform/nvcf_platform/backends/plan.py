@@ -103,15 +103,19 @@ class InstancePlan:
         return found
 
     @property
-    def secrets(self) -> dict[str, str]:
-        """`secrets` ([{name, value}]) as NVCF writes them to `secrets.json`."""
-        found: dict[str, str] = {}
+    def secrets(self) -> dict[str, str | dict[str, Any]]:
+        """`secrets` ([{name, value}]) as NVCF writes them to `secrets.json`: a string value as
+        it is, a JSON object value (the API allows one) as that object."""
+        found: dict[str, str | dict[str, Any]] = {}
         for index, item in enumerate(self._list("secrets")):
             name = item.get("name") if isinstance(item, Mapping) else None
             value = item.get("value") if isinstance(item, Mapping) else None
             if not isinstance(name, str) or not name or value is None:
                 raise BackendError(f"secrets[{index}]: must be {{name, value}}")
-            found[name] = value if isinstance(value, str) else str(value)
+            if isinstance(value, Mapping):
+                found[name] = dict(value)
+            else:
+                found[name] = value if isinstance(value, str) else str(value)
         return found
 
     @property

@@ -222,7 +222,10 @@ async def test_the_server_gets_its_port_args_environment_and_secrets(
             {"key": "TEST_COLOUR", "value": "blue"},
             {"key": "NVCF_FUNCTION_ID", "value": "spoofed"},
         ],
-        secrets=[{"name": "API_TOKEN", "value": "s3cret"}],
+        secrets=[
+            {"name": "API_TOKEN", "value": "s3cret"},
+            {"name": "testing.site.com", "value": {"AWS_REGION": "us-west-2", "PORT": 443}},
+        ],
     )
     await backend.start(plan)
     await wait_state(backend, plan.instance_id, InstanceState.RUNNING)
@@ -240,7 +243,10 @@ async def test_the_server_gets_its_port_args_environment_and_secrets(
     assert seen["env"]["NVCF_BACKEND"] == "local"
     assert seen["env"]["NVCF_NCA_ID"] == "nca-test"
     assert seen["env"]["NVCF_INSTANCETYPE"] == "local.cpu"
-    assert seen["secrets"] == {"API_TOKEN": "s3cret"}
+    assert seen["secrets"] == {
+        "API_TOKEN": "s3cret",
+        "testing.site.com": {"AWS_REGION": "us-west-2", "PORT": 443},  # an object stays one
+    }
 
     instance = backend.instance(plan.instance_id)
     directory = backend.work_dir / "instances" / plan.instance_id

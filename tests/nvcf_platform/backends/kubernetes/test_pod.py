@@ -162,7 +162,13 @@ def test_secrets_are_a_secret_owned_by_the_pod_mounted_where_ess_writes_them(
     validate: Any,
 ) -> None:
     plan = make_plan(
-        {"secrets": [{"name": "API_TOKEN", "value": "s3cret"}, {"name": "N", "value": 7}]}
+        {
+            "secrets": [
+                {"name": "API_TOKEN", "value": "s3cret"},
+                {"name": "N", "value": 7},
+                {"name": "testing.site.com", "value": {"AWS_REGION": "us-west-2", "PORT": 443}},
+            ]
+        }
     )
     pod = instance_pod(plan, make_settings(), region="local")
     validate(pod)
@@ -174,6 +180,7 @@ def test_secrets_are_a_secret_owned_by_the_pod_mounted_where_ess_writes_them(
     assert json.loads(base64.b64decode(secret["data"]["secrets.json"])) == {
         "API_TOKEN": "s3cret",
         "N": "7",
+        "testing.site.com": {"AWS_REGION": "us-west-2", "PORT": 443},  # an object stays one
     }
     [owner] = secret["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"]) == ("Pod", plan.instance_id)
