@@ -228,12 +228,15 @@ class Instance:
         return self._stop_requested.is_set()
 
     async def _ready(self) -> bool:
-        """The sidecar's readiness and, for an HTTP health check, the server's (the sidecar
-        re-checks the server only every 10 s once serving: a restarted server not listening
-        yet would otherwise count as ready)."""
+        """The sidecar's readiness and, until the instance is RUNNING, for an HTTP health check,
+        the server's: the sidecar re-checks the server only every 10 s once serving, so a
+        restarted server not listening yet would otherwise count as ready. A RUNNING instance
+        is the sidecar's word alone (its own checks of the server, NVIDIA's cadence): probing
+        the server 4 times a second would fill its access log."""
         probes = self.probes
         checks = [self._answers(probes.sidecar_ready_url, 200)]
-        if probes.server_health_url is not None:
+        running = self.state is InstanceState.RUNNING
+        if probes.server_health_url is not None and not running:
             checks.append(self._answers(probes.server_health_url, probes.server_expected_status))
         sidecar, *server = await asyncio.gather(*checks)
         return sidecar and all(server)

@@ -212,6 +212,26 @@ async def test_an_instance_of_the_hello_example_runs_and_serves_a_pexec(
     assert processes_gone(backend, plan.instance_id)
 
 
+async def test_a_running_instances_server_is_checked_by_its_sidecar_not_polled(
+    start_backend: StartBackend, catalog: ImageCatalog
+) -> None:
+    backend = await start_backend(catalog)
+    plan = make_plan(HELLO_FUNCTION, "hello", containerImage=HELLO_IMAGE)
+    await backend.start(plan)
+    await wait_state(backend, plan.instance_id, InstanceState.RUNNING)
+    server_log = backend.instance(plan.instance_id).server.log_path
+
+    def health_checks() -> int:
+        return server_log.read_text().count("GET /v2/health/ready")
+
+    before = health_checks()
+    assert before >= 1  # probed while it started
+    await asyncio.sleep(2.0)  # eight rounds of the backend's probes
+    # Only the sidecar's own check (every 10 s, NVIDIA's cadence) may have come meanwhile.
+    assert health_checks() - before <= 1
+    assert status_of(backend, plan.instance_id).state is InstanceState.RUNNING
+
+
 async def test_the_server_gets_its_port_args_environment_and_secrets(
     start_backend: StartBackend, catalog: ImageCatalog, caller: Any
 ) -> None:
