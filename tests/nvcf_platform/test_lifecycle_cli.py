@@ -214,6 +214,21 @@ def test_register_deploy_two_versions_undeploy_without_failures_and_delete(
     assert status == 200, answer
     assert isinstance(answer, dict)
     assert answer["echo"] == {"hello": "world"}
+    # dev shows the instance the platform runs: its processes, then its output.
+    dev.process.wait_for_log("[server-hello-1] ", timeout=10)
+    dev.process.wait_for_log("[sidecar-hello-1] ", timeout=10)
+    output = dev.process.log_text()
+    shown = re.search(
+        r"^\[dev\] instance hello-1: server pid (\d+), sidecar pid (\d+) \(instance (\S+), "
+        rf"function hello version {v1}, logs in (\S+)\)$",
+        output,
+        re.M,
+    )
+    assert shown is not None, output[-3000:]
+    assert alive(int(shown.group(1)))
+    assert alive(int(shown.group(2)))
+    assert Path(shown.group(4)).name == shown.group(3)
+    assert re.search(r"^\[server-hello-1\] .*hello function listening on", output, re.M)
 
     # Version 2: the same definition on the next image, which says which version it is.
     definition = json.loads(HELLO_JSON.read_text())

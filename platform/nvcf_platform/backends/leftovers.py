@@ -14,7 +14,7 @@ import signal
 from pathlib import Path
 from typing import Final
 
-__all__ = ["record_start", "stop_leftovers"]
+__all__ = ["record_start", "recorded_pid", "stop_leftovers"]
 
 _PROC: Final = Path("/proc")
 _SUFFIX: Final = ".pid"
@@ -39,6 +39,14 @@ def record_start(directory: Path, name: str, pid: int) -> None:
     path = directory / f"{name}{_SUFFIX}"
     with contextlib.suppress(OSError):
         path.write_text(f"{pid} {started}\n")
+
+
+def recorded_pid(directory: Path, name: str) -> int | None:
+    """The pid of the latest recorded start of `name` in `directory` (None: no record)."""
+    try:
+        return int((directory / f"{name}{_SUFFIX}").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def stop_leftovers(instances_dir: Path) -> list[int]:

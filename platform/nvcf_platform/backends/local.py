@@ -33,6 +33,7 @@ from nvcf_platform.backends.instance import (
     Probes,
     SupervisionPolicy,
 )
+from nvcf_platform.backends.instance_dir import write_instance_file
 from nvcf_platform.backends.leftovers import stop_leftovers
 from nvcf_platform.backends.plan import InstancePlan
 from nvcf_platform.backends.process import ChildProcess
@@ -106,7 +107,7 @@ class LocalBackend:
         return f"<LocalBackend instances={len(self._instances)} work_dir={self.work_dir}>"
 
     async def __aenter__(self) -> LocalBackend:
-        stop_leftovers(self.work_dir / "instances")
+        stop_leftovers(self.instances_root(self.work_dir))
         self._scratch = Scratch.open(self.work_dir)
         self._session = aiohttp.ClientSession()
         self._tasks = asyncio.TaskGroup()
@@ -236,14 +237,20 @@ class LocalBackend:
 
     # -- laying out an instance --------------------------------------------------------------
 
+    @staticmethod
+    def instances_root(work_dir: Path) -> Path:
+        """Where a backend on `work_dir` lays out its instances, one directory each (named by
+        the instance id: logs, pid records, `instance.json`, `models/`, `shared/`)."""
+        return work_dir / "instances"
+
     def requests_dir(self, instance_id: str) -> Path:
         """The parent of the instance's `response` and `assets` directories (per-request ones
         go inside): on /dev/shm when it has room (`devstack/scratch.py`), else with its logs."""
         root = self.work_dir if self._scratch is None else self._scratch.root
-        return root / "instances" / instance_id
+        return self.instances_root(root) / instance_id
 
     def _prepare(self, plan: InstancePlan, session: aiohttp.ClientSession) -> Instance:
-        directory = self.work_dir / "instances" / plan.instance_id
+        directory = self.instances_root(self.work_dir) / plan.instance_id
         requests = self.requests_dir(plan.instance_id)
         for made in (requests / "response", requests / "assets", directory / "shared"):
             made.mkdir(parents=True, exist_ok=True)
@@ -256,6 +263,7 @@ class LocalBackend:
         else:
             port = self._port(plan.instance_id)
         health_port = self._port(plan.instance_id)
+        write_instance_file(directory, plan, inference_port=port, health_port=health_port)
         models_dir = self._model_repository(plan, directory / "models")
         health = plan.health
         if image is not None:

@@ -6,7 +6,9 @@ sidecars) with every child's output copied to stdout as `[name] line` and its ow
 `[dev] line`, prints copy-paste `curl` lines for every function and version (`dev_output.py`),
 and runs until SIGINT or SIGTERM (exit 0). With no function (no COMMAND, no `[[functions]]`) it
 starts NATS and the platform only, ready for the control-plane API; the image catalog of
-`--images` and of the config's `[[images]]`/`[[models]]` is what deployed functions run as. A child that exits (nats-server, the platform, a server, a sidecar)
+`--images` and of the config's `[[images]]`/`[[models]]` is what deployed functions run as, and
+the instances the platform runs show their processes and output here (`dev_instances.py`). A
+child that exits (nats-server, the platform, a server, a sidecar)
 stops the stack (exit 1), or with `--restart` is restarted within a budget (`dev_supervisor.py`).
 `--nats-cluster 3` runs NATS as a 3-node JetStream cluster with replicated streams (docs/scale.md).
 Usage and config errors exit 2.
@@ -27,7 +29,9 @@ from typing import Final, NoReturn
 
 from nvcf_platform import argtypes
 from nvcf_platform.backends.images import ImageCatalog
+from nvcf_platform.backends.local import LocalBackend
 from nvcf_platform.devstack.dev_config import catalog_toml, check_function_name, load_dev_file
+from nvcf_platform.devstack.dev_instances import InstanceFollower
 from nvcf_platform.devstack.dev_output import plan_text, ready_text
 from nvcf_platform.devstack.dev_supervisor import (
     RestartPolicy,
@@ -265,8 +269,12 @@ def _usage_error(args: argparse.Namespace, message: str) -> NoReturn:
 
 def _say(text: str) -> None:
     lines = text.splitlines() or [""]
+    _write("".join(f"{_PREFIX}{line}\n" for line in lines))
+
+
+def _write(text: str) -> None:
     with _OUTPUT_LOCK:
-        sys.stdout.write("".join(f"{_PREFIX}{line}\n" for line in lines))
+        sys.stdout.write(text)
         sys.stdout.flush()
 
 
@@ -344,24 +352,31 @@ def _run(
         if stop.is_set():
             return _stop(stack, 0)
         _say(ready_text(stack, policy, catalog))
+        instances = InstanceFollower(
+            LocalBackend.instances_root(stack.instances_dir), write=_write, say=_say
+        )
+        instances.start()
         supervisor = StackSupervisor(stack, restart=policy, say=_say)
         while not stop.wait(_POLL_INTERVAL):
             status = supervisor.check()
             if status is not None:
-                return _stop(stack, status)
+                return _stop(stack, status, instances)
         _say("stopping: sidecars, servers, the platform (and its instances), nats-server")
-        return _stop(stack, 0)
+        return _stop(stack, 0, instances)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _stop(stack: LocalStack, status: int) -> int:
+def _stop(stack: LocalStack, status: int, instances: InstanceFollower | None = None) -> int:
     try:
         stack.stop()
     except StackError as error:
         _say(f"error while stopping: {error}")
         return 1
+    finally:
+        if instances is not None:
+            instances.stop()  # after the platform: its instances' last lines are shown
     left = stop_orphans(_ORPHAN_WAIT)  # helpers no child was known to have started
     if left:
         _say(f"error while stopping: processes {left} survived SIGKILL")

@@ -145,7 +145,8 @@ def api_text(stack: LocalStack, catalog: ImageCatalog) -> str:
     json_post = "-H 'Content-Type: application/json'"
     lines = [
         "control plane (NVCF API): register functions, deploy them, and the platform runs their "
-        f"instances (logs in {stack.work_dir / 'instances'})",
+        "instances; their output shows here as [server-NAME-N] and [sidecar-NAME-N] lines "
+        f"(logs in {stack.instances_dir})",
         *_catalog_lines(catalog),
     ]
     create_flags, definition, invoke_body = _example(catalog)

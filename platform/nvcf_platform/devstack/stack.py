@@ -147,6 +147,11 @@ class LocalStack:
         return self._endpoint("base_url")
 
     @property
+    def instances_dir(self) -> Path:
+        """The platform's `--instances-dir`, where it runs the versions deployed through it."""
+        return self.work_dir / "instances"
+
+    @property
     def grpc_url(self) -> str:
         """The `nvcf.Worker` gRPC stand-in the sidecars connect to."""
         return self._endpoint("grpc_url")
@@ -483,7 +488,7 @@ class LocalStack:
             api_key=self.api_key,
             url_signing_secret_file=self.url_signing_secret_file,
             images=self.images,
-            instances_dir=self.work_dir / "instances",
+            instances_dir=self.instances_dir,
             replicas=self.replicas,
             extra_args=tuple(self._platform_args),
             http_fd=self._http_listener.fileno(),
