@@ -27,7 +27,7 @@ from nvcf_platform.control.records import (
 )
 from nvcf_platform.control.registry import FunctionVersion, Registry, canonical_uuid
 from nvcf_platform.control.store import ControlStore
-from nvcf_platform.control.validation import function_definition, function_update
+from nvcf_platform.control.validation import function_definition, function_update, pinned_ids
 from nvcf_platform.control.validation_deploy import (
     deployment_specifications,
     patch_specification,
@@ -190,9 +190,16 @@ class ControlPlane:
     # -- functions and versions -------------------------------------------------------------------
 
     async def create(self, body: object, function_id: str | None = None) -> VersionRecord:
-        """Register a function (new id) or a new version of `function_id`; status INACTIVE."""
+        """Register a function (new id) or a new version of `function_id`; status INACTIVE.
+
+        An extension NVIDIA's API does not have: the body may name the ids to use (`id` for a
+        new function, `versionId` for its new version), so that a setup can be registered
+        again with the same ids (`nvcf-sidecar dev --config`); 409 when they are taken.
+        """
         definition = function_definition(body)
+        pinned_function, pinned_version = pinned_ids(body, new_function=function_id is None)
         async with self._lock:
+            self._check_free(pinned_function, pinned_version)
             if function_id is not None:
                 known = canonical_uuid(function_id)
                 try:
@@ -205,8 +212,8 @@ class ControlPlane:
                     ) from None
                 function_id = known
             record = VersionRecord(
-                function_id=function_id or str(uuid.uuid4()),
-                version_id=str(uuid.uuid4()),
+                function_id=function_id or pinned_function or str(uuid.uuid4()),
+                version_id=pinned_version or str(uuid.uuid4()),
                 nca_id=self._nca_id,
                 definition=definition,
                 created_at=self._clock(),
@@ -215,6 +222,25 @@ class ControlPlane:
             self._registry.add(_registry_version(record))
         _log.info("function version registered", extra=_fields(record))
         return record
+
+    def _check_free(self, function_id: str | None, version_id: str | None) -> None:
+        """409 when a pinned id is already a function's or a version's."""
+        if function_id is not None:
+            try:
+                self._registry.function(function_id)
+            except FunctionNotFound:
+                pass
+            else:
+                raise ControlError(
+                    409, f"Function id '{function_id}': already exists in account '{self._nca_id}'"
+                )
+        if version_id is not None and (
+            version_id in self._records or self._registry.contains(version_id)
+        ):
+            raise ControlError(
+                409,
+                f"Function version id '{version_id}': already exists in account '{self._nca_id}'",
+            )
 
     async def update(self, function_id: str, version_id: str, body: object) -> VersionRecord:
         """PUT of a version's metadata (tags, rate limit): the rest is immutable."""

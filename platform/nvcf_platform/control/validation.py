@@ -12,6 +12,7 @@ from typing import Any, Final
 import orjson
 
 from nvcf_platform.control.problems import bad_request
+from nvcf_platform.control.registry import canonical_uuid
 from nvcf_platform.control.validation_fields import (
     FieldReader,
     format_duration,
@@ -24,6 +25,7 @@ __all__ = [
     "MODEL_ONLY_CONTAINER_ARGS",
     "function_definition",
     "function_update",
+    "pinned_ids",
 ]
 
 GRPC_INFERENCE_URL: Final = "/grpc"
@@ -366,3 +368,19 @@ def _rate_limit(r: FieldReader) -> dict[str, Any]:
     }
     out.update({key: value for key, value in fields.items() if value is not None})
     return out
+
+
+def pinned_ids(body: object, *, new_function: bool) -> tuple[str | None, str | None]:
+    """The ids a create body asks for (an extension of NVIDIA's API): `id` (a new function's
+    only) and `versionId`, canonical; None where absent. 400 naming a field that is no UUID."""
+    found: list[str | None] = []
+    for field in ("id", "versionId"):
+        value = body.get(field) if isinstance(body, dict) else None
+        if value is None or (field == "id" and not new_function):
+            found.append(None)
+            continue
+        key = canonical_uuid(value) if isinstance(value, str) else None
+        if key is None:
+            raise bad_request(f"Invalid request: '{field}' must be a UUID, not {value!r}")
+        found.append(key)
+    return found[0], found[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 import nats
@@ -237,6 +238,38 @@ async def test_an_image_on_a_fixed_port_deploys_one_instance_at_a_time(
     await api.wait_status(fid, second, "ACTIVE")
     status, answer = await api.pexec(fid, {"hello": "again"})
     assert (status, answer["echo"]) == (200, {"hello": "again"})
+
+
+async def test_a_create_body_may_pin_the_ids_and_taken_ones_are_409(
+    api: Any, function_body: Any
+) -> None:
+    fid, first, second = (str(uuid.uuid4()) for _ in range(3))
+    status, answer = await api.call(
+        "POST", "/v2/nvcf/functions", {**function_body(), "id": fid.upper(), "versionId": first}
+    )
+    assert status == 200, answer
+    assert (answer["function"]["id"], answer["function"]["versionId"]) == (fid, first)
+    status, answer = await api.call(
+        "POST", f"/v2/nvcf/functions/{fid}/versions", {**function_body(), "versionId": second}
+    )
+    assert status == 200, answer
+    assert (answer["function"]["id"], answer["function"]["versionId"]) == (fid, second)
+
+    status, answer = await api.call("POST", "/v2/nvcf/functions", {**function_body(), "id": fid})
+    assert status == 409
+    assert answer["detail"] == f"Function id '{fid}': already exists in account 'local-nca'"
+    status, answer = await api.call(
+        "POST", f"/v2/nvcf/functions/{fid}/versions", {**function_body(), "versionId": first}
+    )
+    assert status == 409
+    assert answer["detail"] == (
+        f"Function version id '{first}': already exists in account 'local-nca'"
+    )
+    status, answer = await api.call("POST", "/v2/nvcf/functions", {**function_body(), "id": "x"})
+    assert status == 400
+    assert answer["detail"] == "Invalid request: 'id' must be a UUID, not 'x'"
+    listed = await api.call("GET", f"/v2/nvcf/functions/{fid}/versions")
+    assert sorted(v["versionId"] for v in listed[1]["functions"]) == sorted([first, second])
 
 
 async def test_bodies_must_be_json(api: Any) -> None:
