@@ -197,6 +197,8 @@ env = { MODEL = "small", SIZE = 2 }
 image = "nvcr.io/acme/fixed:1.0"
 command = ["python", "server.py"]
 port = 8000
+sidecar_env = { NVCF_LOG_LEVEL = "debug", "A_B" = 2 }
+sidecar_args = ["--health-check-interval", "1s"]
 
 [[models]]
 name = "scale_sum"

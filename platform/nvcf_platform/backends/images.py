@@ -7,6 +7,8 @@ this machine, read from a TOML file (`--images`), the stand-in for a container r
     cwd = "examples/byoc/hello"            # optional, relative to the file
     env = { MODEL = "small" }              # optional
     # port = 8000                          # optional: a server that always listens there
+    # sidecar_env = { NVCF_LOG_LEVEL = "debug" }   # optional: its sidecars' environment ...
+    # sidecar_args = ["--health-check-interval", "1s"]   # ... and `nvcf-sidecar run` flags
 
     [[models]]
     name = "echo"                          # a function's models[] entry: name and version
@@ -28,7 +30,9 @@ from nvcf_platform.errors import ConfigError
 
 __all__ = ["ImageCatalog", "ImageEntry", "ModelEntry", "normalize_image_ref"]
 
-_IMAGE_KEYS: Final = frozenset({"image", "command", "cwd", "env", "port"})
+_IMAGE_KEYS: Final = frozenset(
+    {"image", "command", "cwd", "env", "port", "sidecar_env", "sidecar_args"}
+)
 _MODEL_KEYS: Final = frozenset({"name", "version", "path"})
 _TOP_KEYS: Final = frozenset({"images", "models"})
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -57,6 +61,10 @@ class ImageEntry:
     """The port its server always listens on (a command that cannot be given one, as an image
     built to listen on 8000); None: each instance gets a free port, the command's `{port}`.
     With a fixed port, one instance of it runs on this machine at a time."""
+    sidecar_env: Mapping[str, str] = field(default_factory=dict)
+    """Extra environment (NVIDIA's names) of the sidecar beside each instance; wins."""
+    sidecar_args: tuple[str, ...] = ()
+    """Extra `nvcf-sidecar run` flags of that sidecar."""
 
 
 @dataclass(frozen=True)
@@ -211,18 +219,22 @@ def _image(entry: object, where: str, base_dir: Path | None) -> ImageEntry:
     ):
         raise ConfigError(f"{where}.port: {port!r} must be a port number (1-65535)")
     env = _environment(table.get("env", {}), where)
-    return ImageEntry(image, tuple(command), cwd, env, port)
+    sidecar_env = _environment(table.get("sidecar_env", {}), where, "sidecar_env")
+    sidecar_args = table.get("sidecar_args", [])
+    if not isinstance(sidecar_args, list) or not all(isinstance(a, str) for a in sidecar_args):
+        raise ConfigError(f"{where}.sidecar_args: must be an array of strings")
+    return ImageEntry(image, tuple(command), cwd, env, port, sidecar_env, tuple(sidecar_args))
 
 
-def _environment(value: object, where: str) -> dict[str, str]:
+def _environment(value: object, where: str, key: str = "env") -> dict[str, str]:
     if not isinstance(value, dict):
-        raise ConfigError(f"{where}.env: must be a table of NAME = value")
+        raise ConfigError(f"{where}.{key}: must be a table of NAME = value")
     env: dict[str, str] = {}
     for name, item in value.items():
         if not _ENV_NAME.fullmatch(name):
-            raise ConfigError(f"{where}.env: {name!r} is not a variable name")
+            raise ConfigError(f"{where}.{key}: {name!r} is not a variable name")
         if isinstance(item, bool) or not isinstance(item, str | int | float):
-            raise ConfigError(f"{where}.env.{name}: {item!r} must be a string or a number")
+            raise ConfigError(f"{where}.{key}.{name}: {item!r} must be a string or a number")
         env[name] = str(item)
     return env
 

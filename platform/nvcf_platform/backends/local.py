@@ -293,7 +293,10 @@ class LocalBackend:
                 ),
                 "INFERENCE_PORT": str(port),
             },
-            sidecar_env=utils_variables(plan, image_ref),
+            sidecar_env={
+                **utils_variables(plan, image_ref),
+                **({} if image is None else image.sidecar_env),
+            },
             cwd=cwd,
             secrets=plan.secrets or None,
             wait_ready=False,
@@ -313,9 +316,10 @@ class LocalBackend:
         server = ChildProcess(
             "server", command, env=server_env, log_path=directory / "server.log", cwd=cwd
         )
+        image_args = () if image is None else image.sidecar_args
         sidecar = ChildProcess(
             "sidecar",
-            [*sidecar_command, *self.sidecar_args],
+            [*sidecar_command, *self.sidecar_args, *image_args],
             env=sidecar_env,
             log_path=directory / "sidecar.log",
         )

@@ -354,6 +354,13 @@ def catalog_toml(catalog: ImageCatalog) -> str:
             lines.append(f"env = {{ {pairs} }}")
         if image.port is not None:
             lines.append(f"port = {image.port}")
+        if image.sidecar_env:
+            pairs = ", ".join(
+                f"{name} = {_string(value)}" for name, value in image.sidecar_env.items()
+            )
+            lines.append(f"sidecar_env = {{ {pairs} }}")
+        if image.sidecar_args:
+            lines.append(f"sidecar_args = [{', '.join(_string(a) for a in image.sidecar_args)}]")
         lines.append("")
     for model in catalog.models:
         lines += [

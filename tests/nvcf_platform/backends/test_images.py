@@ -22,6 +22,8 @@ env = { MODEL = "small", THREADS = 2 }
 image = "localhost:5000/acme/plain"
 command = ["sleep", "1"]
 port = 8000
+sidecar_env = { NVCF_LOG_LEVEL = "debug" }
+sidecar_args = ["--health-check-interval", "1s"]
 
 [[models]]
 name = "echo"
@@ -48,7 +50,11 @@ def test_a_catalog_file_reads_images_and_models_relative_to_its_directory(tmp_pa
     assert catalog.model("echo", "1").path == tmp_path / "models" / "echo"
     assert catalog.image("localhost:5000/acme/plain").cwd is None
     assert echo.port is None  # each instance gets a free port, the command's {port}
-    assert catalog.image("localhost:5000/acme/plain").port == 8000  # always listens there
+    plain = catalog.image("localhost:5000/acme/plain")
+    assert plain.port == 8000  # always listens there
+    assert plain.sidecar_env == {"NVCF_LOG_LEVEL": "debug"}
+    assert plain.sidecar_args == ("--health-check-interval", "1s")
+    assert (echo.sidecar_env, echo.sidecar_args) == ({}, ())
 
 
 def test_a_reference_without_tag_is_latest_on_both_sides(tmp_path: Path) -> None:
@@ -129,6 +135,14 @@ def test_a_dev_config_may_hold_the_tables_beside_its_functions() -> None:
                 f"images.toml: images[0].port: {shown} must be a port number (1-65535)",
             )
             for port, shown in (("0", "0"), ("65536", "65536"), ("true", "True"), ("'80'", "'80'"))
+        ),
+        (
+            "[[images]]\nimage = 'a:1'\ncommand = ['x']\nsidecar_env = { B = [1] }",
+            "images.toml: images[0].sidecar_env.B: [1] must be a string or a number",
+        ),
+        (
+            "[[images]]\nimage = 'a:1'\ncommand = ['x']\nsidecar_args = '--x'",
+            "images.toml: images[0].sidecar_args: must be an array of strings",
         ),
         (
             "[[images]]\nimage = 'a'\ncommand = ['x']\n[[images]]\nimage = 'a:latest'\n"

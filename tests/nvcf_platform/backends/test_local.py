@@ -85,6 +85,8 @@ def catalog(tmp_path: Path) -> ImageCatalog:
                 "image": FIXED_IMAGE,
                 "command": [sys.executable, str(ENV_SERVER), "--port", str(fixed_port)],
                 "port": fixed_port,
+                "sidecar_env": {"NVCF_LOG_LEVEL": "debug", "MAX_REQUEST_CONCURRENCY": "3"},
+                "sidecar_args": ["--health-check-interval", "0.5s"],
             },
             {
                 "image": "nvcr.io/test/hello",
@@ -355,7 +357,11 @@ async def test_an_image_with_a_fixed_port_runs_there_one_instance_at_a_time(
         assert r.status == 200, await r.text()
         seen = await r.json()
     assert seen["env"]["INFERENCE_PORT"] == str(port)
-    assert backend.instance(first.instance_id).sidecar.env["INFERENCE_PORT"] == str(port)
+    sidecar = backend.instance(first.instance_id).sidecar
+    # The image's sidecar settings: its environment wins, its flags come last.
+    assert sidecar.env["NVCF_LOG_LEVEL"] == "debug"
+    assert sidecar.env["MAX_REQUEST_CONCURRENCY"] == "3"  # not the plan's 2
+    assert sidecar.command[-2:] == ["--health-check-interval", "0.5s"]
 
     second = make_plan(max_instances=1, containerImage=FIXED_IMAGE)
     with pytest.raises(ControlError) as refused:
