@@ -103,6 +103,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(NVCF_PLATFORM_IDLE_TIMEOUT, 1800)",
     )
     add(
+        "--instance-restarts",
+        type=int,
+        metavar="N",
+        help="restarts of a local instance's crashed server or sidecar before it is FAILED "
+        "(NVCF_PLATFORM_INSTANCE_RESTARTS, 3)",
+    )
+    add(
         "--deploy-timeout",
         type=float,
         metavar="SECONDS",
@@ -247,6 +254,7 @@ def settings_from_args(
         ready_file=args.ready_file,
         images_path=args.images,
         instances_dir=args.instances_dir,
+        instance_restarts=args.instance_restarts,
         kubernetes_path=args.kubernetes,
         grpc_proxy_port=args.grpc_proxy_port,
         grpc_tunnel_port=args.grpc_tunnel_port,

@@ -86,6 +86,9 @@ class PlatformSettings:
     function's `containerImage` and `models` run as on this machine. None: an empty catalog."""
     instances_dir: Path | None = None
     """Where deployed instances keep their directories and logs; None: a temporary directory."""
+    instance_restarts: int = 3
+    """Restarts of a local instance's crashed (or never ready) server or sidecar before the
+    instance is FAILED (and the reconciler replaces it); 0: FAILED at the first exit."""
     grpc_proxy_port: int | None = None
     """NVCF's gRPC entry point (h2c; NVIDIA's port is 10081); None: no gRPC proxy, 0: a free
     port."""
@@ -145,6 +148,8 @@ class PlatformSettings:
                 raise ConfigError(f"public_url: {self.public_url!r} is not an http(s) URL")
             if parts.path not in {"", "/"} or parts.query or parts.fragment:
                 raise ConfigError(f"public_url: {self.public_url!r} must not have a path")
+        if self.instance_restarts < 0:
+            raise ConfigError(f"instance_restarts: {self.instance_restarts} must be >= 0")
         if self.stream_max_messages < 1:
             raise ConfigError(f"stream_max_messages: {self.stream_max_messages} must be >= 1")
         if not self.consumer_ack_wait > 0:
@@ -266,6 +271,7 @@ ENV_VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "deploy_timeout": ("NVCF_PLATFORM_DEPLOY_TIMEOUT", _float),
     "images_path": ("NVCF_PLATFORM_IMAGES", Path),
     "instances_dir": ("NVCF_PLATFORM_INSTANCES_DIR", Path),
+    "instance_restarts": ("NVCF_PLATFORM_INSTANCE_RESTARTS", _int),
     "kubernetes_path": ("NVCF_PLATFORM_KUBERNETES", Path),
     "grpc_proxy_port": ("NVCF_PLATFORM_GRPC_PROXY_PORT", _int),
     "grpc_tunnel_port": ("NVCF_PLATFORM_GRPC_TUNNEL_PORT", _int),

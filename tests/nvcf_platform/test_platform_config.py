@@ -179,6 +179,7 @@ def test_every_setting_has_an_environment_variable() -> None:
         ({}, {"api_keys": ("",)}, "api_keys"),
         ({}, {"public_url": "http://h:1/path"}, "must not have a path"),
         ({}, {"stream_max_messages": 0}, "stream_max_messages: 0"),
+        ({}, {"instance_restarts": -1}, "instance_restarts: -1 must be >= 0"),
         ({}, {"consumer_ack_wait": 0.0}, "consumer_ack_wait"),
         ({"NVCF_PLATFORM_STREAM_STORAGE": "disk"}, {}, "stream_storage: 'disk'"),
         ({}, {"drain_grace": 0.0}, "drain_grace: 0.0 must be > 0"),

@@ -114,6 +114,7 @@ class ControlRuntime:
                 nats_url=settings.nats_url,
                 work_dir=self._work_dir,
                 region=settings.region,
+                restart_budget=settings.instance_restarts,
             )
             if kube is None
             else kubernetes_backend(kube, region=settings.region)

@@ -4,6 +4,7 @@ instance DEGRADED (invocations refused 400), a deploy that never gets ready time
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from pathlib import Path
@@ -36,6 +37,36 @@ def _kill_servers(api: Any, version_id: str) -> list[int]:
             os.killpg(pid, signal.SIGKILL)
             killed.append(pid)
     return killed
+
+
+async def test_with_no_instance_restarts_a_crashed_server_fails_its_instance_at_once(
+    api_factory: Any, function_body: Any, env_image: str, cpu_spec: dict[str, Any]
+) -> None:
+    api = await api_factory(instance_restarts=0)
+    fid, fvid = await api.create(function_body(env_image))
+    await api.deploy(fid, fvid, {**cpu_spec, "maxInstances": 1})
+    await api.wait_status(fid, fvid, "ACTIVE")
+    (first,) = [s for s in _backend(api).instances(fvid) if str(s.state) == "RUNNING"]
+
+    _kill_servers(api, fvid)
+    # No restart in place: the instance is FAILED at once, and the reconciler replaces it.
+    replacement = None
+    for _ in range(300):
+        states = {s.instance_id: s for s in _backend(api).instances(fvid)}
+        old = states.get(first.instance_id)
+        assert old is None or old.restarts == 0
+        others = [s for key, s in states.items() if key != first.instance_id]
+        if others and str(others[0].state) == "RUNNING":
+            replacement = others[0]
+            break
+        await asyncio.sleep(0.1)
+    assert replacement is not None, "no replacement instance within 30 s"
+    ended = {s.instance_id: s for s in _backend(api).instances(fvid)}.get(first.instance_id)
+    assert ended is None or (str(ended.state), ended.restarts) in {
+        ("FAILED", 0),
+        ("TERMINATED", 0),
+    }
+    await api.wait_status(fid, fvid, "ACTIVE", limit=30)
 
 
 async def test_a_version_whose_instances_cannot_start_is_in_error_until_undeployed(
