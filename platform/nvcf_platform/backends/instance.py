@@ -30,6 +30,8 @@ UNREADY_PROBES: Final = 3
 _PROBE_TIMEOUT: Final = aiohttp.ClientTimeout(total=1.0)
 _CRASH_WINDOW: Final = 60.0
 _LOG_LINES: Final = 10
+_NOTE_EVERY: Final = 4
+"""Rounds between two looks for the server's helpers (once a second)."""
 _STOP_MARGIN: Final = 15.0
 """Beyond a stop's timeout: SIGKILL waits and the server's own grace."""
 
@@ -170,7 +172,11 @@ class Instance:
         unready = 0  # readiness probes failed in a row
         crashes: collections.deque[float] = collections.deque()
         ready_deadline = time.monotonic() + policy.ready_timeout
+        rounds = 0
         while not self._stop_requested.is_set():
+            rounds += 1
+            if rounds % _NOTE_EVERY == 1:
+                self.server.note_descendants()
             failed = next((p for p in (self.server, self.sidecar) if p.exited), None)
             reason: str | None = None
             if failed is not None:
@@ -216,6 +222,9 @@ class Instance:
                 )
                 if await self._stop_or_timeout(delay):
                     return
+                # What is left of it first: its group, and helpers of its own (a PyTriton
+                # server's tritonserver keeps the ports the next start needs).
+                await failed.stop(policy.server_grace)
                 await failed.start()
                 ready_deadline = time.monotonic() + policy.ready_timeout
                 continue

@@ -114,6 +114,13 @@ class ChildProcess:
     def log_tail(self, lines: int = 10) -> str:
         return read_log_tail(self.log_path, lines)
 
+    def note_descendants(self) -> None:
+        """Remember the processes the latest start started (and they started) that run now:
+        a helper in a session of its own (PyTriton's tritonserver) is then stopped with it."""
+        process = self._process
+        if process is not None and process.returncode is None:
+            self._tree.note(process.pid)
+
     def signal(self, signum: signal.Signals) -> None:
         """Send `signum` to the process group and to every descendant seen (also those that
         left the group)."""
