@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ __all__ = ["DevFailed", "DevProcess", "run_dev"]
 
 _DEV_READY: Final = "[dev] Ctrl-C stops everything."
 _DEV_START_S: Final = 120.0
+_INSTANCE: Final = re.compile(r"^\[dev\] instance (\S+): server pid (\d+), sidecar pid (\d+) ")
 
 
 class DevFailed(RuntimeError):
@@ -46,6 +48,10 @@ class DevProcess:
                         name, _, pid = pair.partition("=")
                         if pid.isdigit():
                             self.pids[name] = int(pid)
+                elif match := _INSTANCE.match(line):  # the platform's instances
+                    label = match.group(1)
+                    self.pids[f"server-{label}"] = int(match.group(2))
+                    self.pids[f"sidecar-{label}"] = int(match.group(3))
 
 
 @contextmanager
@@ -68,7 +74,8 @@ def run_dev(config: Path, work: Path, port: int, api_key: str) -> Iterator[DevPr
     reader.start()
     try:
         deadline = time.monotonic() + _DEV_START_S
-        while _DEV_READY not in dev.lines:
+        # Ready, and its instance's processes known (dev shows them as the platform starts them).
+        while _DEV_READY not in dev.lines or not any(n.startswith("sidecar-") for n in dev.pids):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise DevFailed("dev did not start: " + " | ".join(dev.lines[-5:]))
             time.sleep(0.05)

@@ -1,7 +1,8 @@
 """`nvcf-sidecar dev --restart --config` as the chaos suite runs it, watched through its output.
 
-`DevStack` writes the config (one version, its sidecars, the function server), starts dev in its
-own session, follows its `[dev]` lines (pids, restarts, readiness, errors) and, at `stop()`,
+`DevStack` writes the config (one version, deployed as `sidecars` instances of the function
+server and a sidecar each), starts dev in its own session, follows its `[dev]` lines (pids,
+restarts, readiness, errors, and those of the instances the platform runs) and, at `stop()`,
 reaps every process it ever saw, so that no run leaves an orphan behind.
 """
 
@@ -27,7 +28,6 @@ from nvcf_platform.devstack.stack_spec import free_port
 __all__ = ["DevError", "DevStack", "StackLayout"]
 
 SERVER_SCRIPT: Final = Path(__file__).resolve().with_name("function_server.py")
-SERVER_NAME: Final = "server-chaos"
 NATS_NAME: Final = "nats-server"
 PLATFORM_NAME: Final = "platform"
 _READY_LINE: Final = "[dev] Ctrl-C stops everything."
@@ -37,6 +37,12 @@ _POLL_S: Final = 0.05
 _PIDS = re.compile(r"^\[dev\] pids: (.*)$")
 _RESTARTED = re.compile(r"^\[dev\] restarted (\S+) \(pid (\d+)\)")
 _READY_AGAIN = re.compile(r"^\[dev\] (\S+) is ready again")
+# The instances the platform runs, as dev shows them (`dev_instances.py`).
+_INSTANCE = re.compile(r"^\[dev\] instance (\S+): server pid (\d+), sidecar pid (\d+) ")
+_INSTANCE_RESTARTED = re.compile(
+    r"^\[dev\] instance (\S+): (server|sidecar) restarted \(pid (\d+)\)"
+)
+_INSTANCE_READY = re.compile(r"^\[dev\] instance (\S+): ready( again)?$")
 _NATS_URL = re.compile(r"^\[dev\] nats-server ready: nats://127\.0\.0\.1:(\d+)")
 _NODE_URL = re.compile(r"^\[dev\] (nats-\d+) ready: (nats://127\.0\.0\.1:(\d+))")
 _ANY_PID = re.compile(r"\(pid (\d+)\)")  # "started X (pid N)", "nats-server ready: ... (pid N)"
@@ -48,7 +54,8 @@ class DevError(Exception):
 
 @dataclass(frozen=True)
 class StackLayout:
-    """The one function version under test: `sidecars` sidecars of `concurrency` each; the
+    """The one function version under test: `sidecars` instances (a server and a sidecar of
+    `concurrency` each); the
     platform's consumer ack wait (`NVCF_PLATFORM_CONSUMER_ACK_WAIT`) sets how soon JetStream
     redelivers the work of a killed sidecar."""
 
@@ -113,7 +120,9 @@ class DevStack:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.execution_log = work_dir / "executions.log"
+        # The instances, as dev names them: each runs a server and a sidecar.
         self.sidecar_names = [f"sidecar-chaos-{n}" for n in range(1, layout.sidecars + 1)]
+        self.server_names = [f"server-chaos-{n}" for n in range(1, layout.sidecars + 1)]
         self.lines: list[str] = []  # dev's own [dev] lines, in order
         self._recent: deque[str] = deque(maxlen=60)  # every line, children's too
         self._lock = threading.Lock()
@@ -163,8 +172,8 @@ class DevStack:
             time.sleep(_POLL_S)
 
     def _config_text(self) -> str:
-        inference_port = free_port(avoid={self.port})
-        server = [sys.executable, str(SERVER_SCRIPT), "--port", str(inference_port)]
+        # Each instance runs its own server on a port of its own (the command's {port}).
+        server = [sys.executable, str(SERVER_SCRIPT), "--port", "{port}"]
         server += ["--log", str(self.execution_log)]
         return "\n".join(
             [
@@ -172,9 +181,10 @@ class DevStack:
                 'name = "chaos"',
                 f'id = "{self.function_id}"',
                 f"command = {json.dumps(server)}",
-                f"inference_port = {inference_port}",
+                "inference_port = 8000",
                 'default_invocation_path = "/invoke"',
                 f"sidecars = {self.layout.sidecars}",
+                f"min_instances = {self.layout.sidecars}",
                 f"max_request_concurrency = {self.layout.concurrency}",
                 'sidecar_args = ["--health-check-interval", "0.5s"]',
                 "",
@@ -210,6 +220,17 @@ class DevStack:
                 self._ready.discard(name)
             elif match := _READY_AGAIN.match(line):
                 self._ready.add(match.group(1))
+            elif match := _INSTANCE.match(line):
+                label, server, sidecar = match.group(1), int(match.group(2)), int(match.group(3))
+                self._pids |= {f"server-{label}": server, f"sidecar-{label}": sidecar}
+                self._seen_pids |= {server, sidecar}
+            elif match := _INSTANCE_RESTARTED.match(line):
+                label, child, pid = match.group(1), match.group(2), int(match.group(3))
+                self._pids[f"{child}-{label}"] = pid
+                self._seen_pids.add(pid)
+                self._ready -= {f"server-{label}", f"sidecar-{label}"}
+            elif match := _INSTANCE_READY.match(line):
+                self._ready |= {f"server-{match.group(1)}", f"sidecar-{match.group(1)}"}
             elif match := _NATS_URL.match(line):
                 self._nats_port = int(match.group(1))
             elif match := _NODE_URL.match(line):

@@ -23,7 +23,6 @@ from chaos.cluster import kill_cluster_nodes, latency_around_faults
 from chaos.dev_stack import (
     NATS_NAME,
     PLATFORM_NAME,
-    SERVER_NAME,
     DevError,
     DevStack,
     StackLayout,
@@ -135,18 +134,23 @@ async def _kill_sidecars(faults: _Faults) -> None:
 
 
 def _kill_at(
-    name: str,
+    names: Callable[[DevStack], list[str]],
     fractions: Callable[[ChaosSettings], tuple[float, ...]],
     sig: signal.Signals = signal.SIGKILL,
 ) -> FaultPlan:
-    """Send `sig` to `name` once each listed fraction of the requests is answered; dev must
-    restart it (the scenario is unsupported when it does not)."""
+    """Send `sig` to every process `names` gives, together, once each listed fraction of the
+    requests is answered; each must be restarted (the scenario is unsupported when one is
+    not)."""
 
     async def plan(faults: _Faults) -> None:
         for fraction in fractions(faults.settings):
-            if not await faults.wait_answered(fraction) or not await faults.wait_ready(name):
+            targets = names(faults.stack)
+            if not await faults.wait_answered(fraction):
                 return
-            await faults.kill(name, wait_restart=True, sig=sig)
+            for name in targets:
+                if not await faults.wait_ready(name):
+                    return
+            await asyncio.gather(*(faults.kill(n, wait_restart=True, sig=sig) for n in targets))
             if faults.unsupported is not None:
                 return
 
@@ -169,20 +173,20 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("sidecar-kill", "SIGKILL of a random ready sidecar every 1-2 s", _kill_sidecars),
         Scenario(
             "server-kill",
-            "SIGKILL of the function server at 1/3 and 2/3 of the load",
-            _kill_at(SERVER_NAME, lambda s: s.server_kills_at),
+            "SIGKILL of every instance's function server at 1/3 and 2/3 of the load",
+            _kill_at(lambda stack: stack.server_names, lambda s: s.server_kills_at),
         ),
         Scenario(
             "nats-kill",
             "SIGKILL of nats-server, restarted by dev",
-            _kill_at(NATS_NAME, lambda s: s.nats_kills_at),
+            _kill_at(lambda stack: [NATS_NAME], lambda s: s.nats_kills_at),
         ),
         # SIGTERM: a restart, as a deploy does it. A SIGKILL drops the callers' connections,
         # which no platform can avoid; a graceful stop must answer or hand over every request.
         Scenario(
             "platform-restart",
             "SIGTERM of the platform, restarted by dev",
-            _kill_at(PLATFORM_NAME, lambda s: s.platform_kills_at, signal.SIGTERM),
+            _kill_at(lambda stack: [PLATFORM_NAME], lambda s: s.platform_kills_at, signal.SIGTERM),
         ),
     )
 }

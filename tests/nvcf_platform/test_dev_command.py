@@ -13,7 +13,6 @@ import shutil
 import signal
 import sys
 import time
-import tomllib
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -53,14 +52,35 @@ def printed(process: ManagedProcess, pattern: str) -> re.Match[str]:
 
 
 def printed_pids(process: ManagedProcess) -> dict[str, int]:
-    """Every pid dev printed: the ready line's and those of restarted children."""
+    """Every pid dev printed: the ready line's, its instances' (`server-NAME-N`,
+    `sidecar-NAME-N`) and those of restarted children."""
+    output = process.log_text()
     line = printed(process, r"^\[dev\] pids: .*$").group(0)
     pids = {name: int(pid) for name, pid in re.findall(r"(\S+)=(\d+)", line)}
-    for name, pid in re.findall(
-        r"^\[dev\] restarted (\S+) \(pid (\d+)\)", process.log_text(), re.M
+    for label, server, sidecar in re.findall(
+        r"^\[dev\] instance (\S+): server pid (\d+), sidecar pid (\d+) ", output, re.M
     ):
+        pids[f"server-{label}"] = int(server)
+        pids[f"sidecar-{label}"] = int(sidecar)
+    for name, pid in re.findall(r"^\[dev\] restarted (\S+) \(pid (\d+)\)", output, re.M):
         pids[f"{name} (restarted, pid {pid})"] = int(pid)
+    for label, child, pid in re.findall(
+        r"^\[dev\] instance (\S+): (\S+) restarted \(pid (\d+)\)$", output, re.M
+    ):
+        pids[f"{child}-{label} (restarted, pid {pid})"] = int(pid)
     return pids
+
+
+def invoke_until(
+    url: str, headers: dict[str, str] | None = None, within: float = 30
+) -> HttpResponse:
+    """Invoke until it answers 200 (the stack coming back) or `within` s pass: the last answer."""
+    deadline = time.monotonic() + within
+    while True:
+        answer = invoke(url, headers=headers)
+        if answer.status == 200 or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.2)
 
 
 def assert_all_gone(pids: dict[str, int]) -> None:
@@ -111,8 +131,10 @@ def test_dev_serves_the_hello_example_and_stops_everything(
     url = f"{base.group(1)}/v2/nvcf/pexec/functions/{function_id}"
     printed(dev, rf"^\[dev\]     curl .*'Authorization: Bearer {KEY}'.* {re.escape(url)} -d")
     printed(dev, rf"^\[dev\]     curl .*-N -H 'Accept: text/event-stream' {re.escape(url)} ")
+    dev.wait_for_log("[dev] instance function-1: ready", timeout=30)
     pids = printed_pids(dev)
-    assert set(pids) == {"nats-server", "platform", "server-function", "sidecar-function-1"}
+    assert set(pids) == {"nats-server", "platform", "server-function-1", "sidecar-function-1"}
+    printed(dev, r"^\[server-function-1\] .*hello function listening on")
 
     response = invoke(url)
     assert response.status == 200, response.body
@@ -133,7 +155,7 @@ def test_dev_serves_the_hello_example_and_stops_everything(
 def test_dev_config_runs_two_functions_and_versions_share_the_traffic(
     start_process: StartProcess, tmp_path: Path
 ) -> None:
-    platform_port, hello_port, first_port, second_port = free_ports(4)
+    platform_port, hello_port, second_port = free_ports(3)
     hello_id, echo_id, first_id = (str(uuid.uuid4()) for _ in range(3))
     # Copied next to the config: servers run in the config file's directory.
     shutil.copy(E2E_CONTAINER, tmp_path / "container.py")
@@ -150,13 +172,13 @@ inference_port = {hello_port}
 name = "echo"
 id = "{echo_id}"
 default_invocation_path = "/echo"
+inference_port = 8000
 min_instances = 2
 sidecars = 2
 
 [[functions.versions]]
 id = "{first_id}"
-command = {toml_list([sys.executable, "container.py", str(first_port)])}
-inference_port = {first_port}
+command = {toml_list([sys.executable, "container.py", "{port}"])}
 
 [[functions.versions]]
 command = "{sys.executable} container.py {second_port}"
@@ -170,36 +192,39 @@ min_instances = 1
         start_process, platform_port, "--config", str(config), "--work-dir", str(work_dir)
     )
     dev.wait_for_log(READY, timeout=60)
+    for label in ("hello-1", "echo-1", "echo-2", "echo-3"):
+        dev.wait_for_log(f"[dev] instance {label}: ready", timeout=30)
     output = dev.log_text()
 
-    # What start-up waited for, as it happened.
+    # What start-up did, as it happened: each version registered and deployed through the API.
+    second_id = printed(
+        dev, r"^\[dev\] function echo, version (\S+): image dev.local/echo:\S+ runs .* \(port "
+    ).group(1)
     for line in (
         "[dev] nats-server ready: nats://127.0.0.1:",
         f"[dev] platform ready: http://127.0.0.1:{platform_port}",
-        f"[dev] waiting for server-hello: http://127.0.0.1:{hello_port}/v2/health/ready",
-        f"[dev] waiting for server-echo1: http://127.0.0.1:{first_port}/v2/health/ready",
-        f"[dev] waiting for server-echo2: http://127.0.0.1:{second_port}/v2/health/ready",
-        "[dev] server-echo2 healthy",
-        "[dev] sidecar-echo1-2 ready",
+        f"[dev] function echo version {first_id}: deployed on CPU LOCAL.CPU (min 2, max 2 "
+        "instances)",
+        f"[dev] function echo version {second_id}: deployed on CPU LOCAL.CPU (min 1, max 1 "
+        "instances)",
+        "[dev] function hello version ",
+        f"[dev] function echo version {first_id}: ACTIVE",
+        f"[dev] function echo version {second_id}: ACTIVE",
     ):
         assert line in output, line
-    health = dict(re.findall(r"^\[dev\] waiting for (sidecar-\S+): (\S+)$", output, re.M))
-    assert set(health) == {
-        "sidecar-hello-1",
-        "sidecar-echo1-1",
-        "sidecar-echo1-2",
-        "sidecar-echo2-1",
-    }
 
-    # The registry the platform got names each version's minimum and its sidecars' health.
-    registry = tomllib.loads((work_dir / "functions.toml").read_text())
-    echo = next(f for f in registry["functions"] if f["id"] == echo_id)
-    first, second = echo["versions"]
-    assert first["id"] == first_id
-    assert (first["min_instances"], second["min_instances"]) == (2, 1)
-    assert first["instance_health_urls"] == [health["sidecar-echo1-1"], health["sidecar-echo1-2"]]
-    assert second["instance_health_urls"] == [health["sidecar-echo2-1"]]
-    second_id = second["id"]
+    # The platform has them as functions of its API, with the config's ids.
+    auth = {"Authorization": f"Bearer {KEY}"}
+    api = f"http://127.0.0.1:{platform_port}/v2/nvcf"
+    listed = http_request("GET", f"{api}/functions", headers=auth, timeout=10).json()
+    versions = {(f["id"], f["versionId"]): f["status"] for f in listed["functions"]}
+    assert versions[(echo_id, first_id)] == versions[(echo_id, second_id)] == "ACTIVE"
+    assert [key for key in versions if key[0] == hello_id]
+    deployment = http_request(
+        "GET", f"{api}/deployments/functions/{echo_id}/versions/{first_id}", headers=auth
+    ).json()["deployment"]
+    (specification,) = deployment["deploymentSpecifications"]
+    assert (specification["minInstances"], specification["maxInstances"]) == (2, 2)
 
     # Copy-paste lines for every function and version, the status poll and the CLI.
     base = f"http://127.0.0.1:{platform_port}/v2/nvcf/pexec"
@@ -225,15 +250,24 @@ min_instances = 1
         assert response.json()["path"] == "/echo"
     for _ in range(20):  # without a version the platform picks one at random each time
         assert invoke(f"{base}/functions/{echo_id}").status == 200
-    seen = [
-        http_request("GET", f"http://127.0.0.1:{port}/stats").json()["requests"]
-        for port in (first_port, second_port)
+    # The servers of the first version listen on ports of their own (its command's {port}).
+    instances = [
+        json.loads(path.read_text())
+        for path in (work_dir / "instances" / "instances").glob("*/instance.json")
     ]
-    assert sum(seen) == 22
-    assert min(seen) > 1, seen  # both versions took some of the 20
+    ports = [i["inferencePort"] for i in instances if i["functionVersionId"] == first_id]
+    assert len(ports) == 2
+    assert second_port not in ports
+    seen = {
+        port: http_request("GET", f"http://127.0.0.1:{port}/stats").json()["requests"]
+        for port in (*ports, second_port)
+    }
+    assert sum(seen.values()) == 22
+    first_version = seen[ports[0]] + seen[ports[1]]
+    assert min(first_version, seen[second_port]) > 1, seen  # both versions took some of the 20
 
     pids = printed_pids(dev)
-    assert len(pids) == 9  # nats, platform, three servers, four sidecars
+    assert len(pids) == 10  # nats, platform, four instances of a server and a sidecar
     assert dev.pid is not None
     os.kill(dev.pid, signal.SIGINT)
     assert dev.wait_exit(30) == 0
@@ -262,25 +296,25 @@ inference_port = {port}
     )
     function_id = printed(dev, r"^\[dev\] function echo, id (\S+):$").group(1)
     url = f"http://127.0.0.1:{platform_port}/v2/nvcf/pexec/functions/{function_id}"
-    sidecar_url = printed(dev, r"^\[dev\] waiting for sidecar-echo-1: (\S+)$").group(1)
+    dev.wait_for_log("[dev] instance echo-1: ready", timeout=30)
     pids = printed_pids(dev)
 
+    # The platform restarts the instance's server in place (its supervision, --restart's budget).
     invoke(url, headers=DIE)
-    dev.wait_for_log("[dev] server-echo is ready again", timeout=30)
-    printed(
-        dev,
-        r"^\[dev\] server-echo \(the server of function echo: .*\) exited with signal 9 "
-        r"\(SIGKILL\); restarting it \(1 of 5 within 60 s\)$",
-    )
-    assert invoke(url).status == 200
+    dev.wait_for_log("[dev] instance echo-1: ready again", timeout=30)
+    printed(dev, r"^\[dev\] instance echo-1: server restarted \(pid \d+\)$")
+    assert invoke_until(url).status == 200
 
     os.kill(pids["sidecar-echo-1"], signal.SIGKILL)
-    dev.wait_for_log("[dev] sidecar-echo-1 is ready again", timeout=30)
-    printed(dev, r"^\[dev\] sidecar-echo-1 exited with signal 9 \(SIGKILL\); restarting it")
-    # Same name, same health URL: the platform's registry still points at it.
-    printed(dev, rf"^\[dev\] restarted sidecar-echo-1 \(pid \d+\); waiting for {sidecar_url}$")
-    answer = invoke(url)
+    dev.wait_for(
+        lambda: dev.log_text().count("[dev] instance echo-1: ready again") == 2,
+        timeout=30,
+        what="the sidecar back",
+    )
+    printed(dev, r"^\[dev\] instance echo-1: sidecar restarted \(pid \d+\)$")
+    answer = invoke_until(url)
     assert answer.status == 200, answer.body
+    assert "is DEGRADED" not in dev.log_text()
 
     pids = printed_pids(dev)
     assert len(pids) == 6  # four at start, two restarted
@@ -402,7 +436,8 @@ inference_port = {port}
         platform = int(restarts[-1][0])
         answer = invoke(url)
         assert answer.status == 200, answer.body
-    assert "sidecar-echo-1 exited" not in dev.log_text()
+    # Each platform started the deployment's instance again (the killed one's were stopped).
+    dev.wait_for_log("[dev] instance echo-3: ready", timeout=30)
 
     pids = printed_pids(dev)
     assert dev.pid is not None
@@ -429,19 +464,21 @@ def test_dev_restart_gives_up_on_a_server_that_keeps_crashing(
     )
     dev.wait_for_log(READY, timeout=60)
     function_id = printed(dev, r"^\[dev\] function flaky, id (\S+):$").group(1)
+    dev.wait_for_log("[dev] instance flaky-1: ready", timeout=30)
     pids = printed_pids(dev)
 
     invoke(f"http://127.0.0.1:{platform_port}/v2/nvcf/pexec/functions/{function_id}", headers=DIE)
-    assert dev.wait_exit(30) == 1
+    assert dev.wait_exit(60) == 1
     output = dev.log_text()
-    assert "restarting it (2 of 2 within 60 s)" in output
+    # The platform restarted the server twice (--max-restarts), then gave the instance up.
+    assert output.count("[dev] instance flaky-1: server restarted") == 2, output
     assert re.search(
-        r"^\[dev\] error: server-flaky \(the server of function flaky: sh -c .*\) exited with "
-        r"exit code 4; it was restarted 2 times within 60 s, so the stack stops$",
+        r"^\[dev\] error: function flaky version \S+ is DEGRADED; stopping \(its instances' "
+        r"output is above\)$",
         output,
         re.M,
     ), output
-    assert "[server-flaky] crash loop" in output
+    assert "[server-flaky-1] crash loop" in output
     assert_all_gone(printed_pids(dev) | pids)
 
 
@@ -466,19 +503,20 @@ def test_dev_without_restart_stops_when_a_running_server_exits(
     )
     dev.wait_for_log(READY, timeout=60)
     function_id = printed(dev, r"^\[dev\] function function, id (\S+):$").group(1)
+    dev.wait_for_log("[dev] instance function-1: ready", timeout=30)
     pids = printed_pids(dev)
     url = f"http://127.0.0.1:{platform_port}/v2/nvcf/pexec/functions/{function_id}"
     invoke(url, headers=DIE)
     assert dev.wait_exit(30) == 1
     output = dev.log_text()
     assert re.search(
-        r"^\[dev\] error: server-function \(the server of function function: sh -c .*\) "
-        r"exited with exit code 7; stopping the stack$",
+        r"^\[dev\] error: function function version \S+ is DEGRAD(ING|ED); stopping \(its "
+        r"instances' output is above; --restart keeps the stack running\)$",
         output,
         re.M,
     ), output
-    assert "[dev] server gone" in output  # its output's tail is shown
-    assert "restarting" not in output
+    assert "[server-function-1] server gone" in output  # its output is shown
+    assert "restarted" not in output
     assert_all_gone(pids)
 
 
@@ -499,9 +537,14 @@ def test_dev_reports_a_server_crashing_at_start_up_and_exits_non_zero(
     )
     assert dev.wait_exit(60) == 1
     output = dev.log_text()
-    assert "[dev] error: server-function (the server of function function:" in output, output
-    assert "exited with exit code 3 during start-up" in output, output
-    assert "boom" in output
+    error = re.search(
+        r"^\[dev\] error: function function version \S+ is in ERROR: server exited with "
+        r"status 3; server.log ends with:$",
+        output,
+        re.M,
+    )
+    assert error is not None, output
+    assert "[dev] boom" in output[error.end() :]  # the tail of its output
 
 
 def test_dev_without_a_function_starts_an_empty_platform_and_says_what_to_do(

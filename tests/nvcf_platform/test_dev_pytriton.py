@@ -190,8 +190,8 @@ def test_dev_is_ready_once_the_pytriton_model_is_and_ctrl_c_leaves_no_process_be
     # The model endpoint (not Triton's /v2/health/ready, 200 before bind()) gated the start.
     assert http_request("GET", sleeper.model_ready_url, timeout=5).status == 200
     output = sleeper.dev.log_text()
-    waited = output.index(f"[dev] waiting for server-sleeper: {sleeper.model_ready_url}\n")
-    assert waited < output.index("[dev] server-sleeper healthy\n") < output.index("[dev] ready: ")
+    active = sleeper.printed(r"^\[dev\] function sleeper version \S+: ACTIVE$").start()
+    assert active < output.index("[dev] ready: ")
     sleeper.dev.wait_for_log(READY, timeout=10)
 
     sleeper.assert_slept(sleeper.invoke(1.0), 1.0)
@@ -212,12 +212,13 @@ def test_dev_restart_replaces_a_killed_pytriton_server_once_its_tritonserver_is_
     sleeper.assert_slept(sleeper.invoke(0.5), 0.5)
     assert sleeper.dev.pid is not None
     dev_pid = sleeper.dev.pid
-    server = int(sleeper.printed(r"^\[dev\] pids: .*server-sleeper=(\d+)").group(1))
+    sleeper.dev.wait_for_log("[dev] instance sleeper-1: ready", timeout=30)
+    server = int(sleeper.printed(r"^\[dev\] instance sleeper-1: server pid (\d+)").group(1))
     (old,) = tritonservers(server)  # PyTriton's, in a session of its own
 
     # PyTriton asks for SIGTERM to its tritonserver when the server dies, but Triton takes
-    # seconds to shut down and keeps its ports meanwhile: dev must wait for it before the new
-    # server starts. Watch the tree while dev restarts: never two tritonservers at once.
+    # seconds to shut down and keeps its ports meanwhile: the platform must wait for it before
+    # the new server starts. Watch the tree while dev restarts: never two tritonservers at once.
     overlaps: list[set[tuple[int, str]]] = []
     watching = threading.Event()
 
@@ -232,18 +233,17 @@ def test_dev_restart_replaces_a_killed_pytriton_server_once_its_tritonserver_is_
     try:
         killed = time.monotonic()
         os.kill(server, signal.SIGKILL)
-        sleeper.dev.wait_for_log("[dev] server-sleeper is ready again", timeout=60)
+        sleeper.dev.wait_for_log("[dev] instance sleeper-1: ready again", timeout=60)
         sleeper.assert_slept(sleeper.invoke(0.5), 0.5)
         assert time.monotonic() - killed < RESTART_LIMIT
     finally:
         watching.set()
         watcher.join(timeout=5)
 
-    sleeper.printed(
-        r"^\[dev\] server-sleeper \(the server of function sleeper: .*\) exited with signal 9 "
-        r"\(SIGKILL\); restarting it \(1 of 5 within 60 s\)$"
+    # The platform restarted the server in place, once the old one's tritonserver was gone.
+    fresh = int(
+        sleeper.printed(r"^\[dev\] instance sleeper-1: server restarted \(pid (\d+)\)$").group(1)
     )
-    fresh = int(sleeper.printed(r"^\[dev\] restarted server-sleeper \(pid (\d+)\)").group(1))
     assert not alive(*old), f"the old tritonserver {old} outlived its server"
     assert overlaps == [], f"old and new tritonserver ran at once: {overlaps}"
     assert "already in use" not in sleeper.dev.log_text()

@@ -38,11 +38,14 @@ def test_a_wrong_health_endpoint_is_shown_with_the_servers_answer(
     assert dev.wait_exit(60) == 1
     output = dev.log_text()
     url = f"http://127.0.0.1:{inference_port}/wrong"
-    # While waiting: the answer as soon as it comes; at the end: the endpoint and its answer.
-    assert f"[dev] server-function: {url} answers 404\n" in output
-    error = re.search(r"^\[dev\] error: not ready within 5 s: (.*)$", output, re.M)
+    # While waiting: the answers as they change; at the end: the endpoint and its answer.
+    waiting = rf"^\[dev\] function function version \S+: server {re.escape(url)} answers 404; "
+    assert re.search(waiting, output, re.M), output
+    error = re.search(
+        r"^\[dev\] error: function function version \S+ is DEPLOYING \((.*)\)$", output, re.M
+    )
     assert error is not None, output
-    assert error.group(1).startswith(f"server-function ({url} answers 404); sidecar-function-1 (")
+    assert error.group(1).startswith(f"server {url} answers 404; sidecar http://127.0.0.1:")
 
 
 # Answers GET health and POST / with its directory and the secrets both helpers read.

@@ -22,6 +22,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 from types import FrameType
@@ -30,9 +31,11 @@ from typing import Final, NoReturn
 from nvcf_platform import argtypes
 from nvcf_platform.backends.images import ImageCatalog
 from nvcf_platform.backends.local import LocalBackend
+from nvcf_platform.cli.api_client import ApiClient
 from nvcf_platform.devstack.dev_config import catalog_toml, check_function_name, load_dev_file
 from nvcf_platform.devstack.dev_instances import InstanceFollower
 from nvcf_platform.devstack.dev_output import plan_text, ready_text
+from nvcf_platform.devstack.dev_register import DevDeployError, DevDeployments, dev_image
 from nvcf_platform.devstack.dev_supervisor import (
     RestartPolicy,
     StackSupervisor,
@@ -285,12 +288,16 @@ def _run(
     work_dir: Path,
 ) -> int:
     images = None
+    if specs:  # the config's versions run as images of the catalog
+        own = ImageCatalog([dev_image(spec) for spec in specs])
+        catalog = own if catalog is None else catalog.merged(own)
     if catalog is not None:  # one file of every source, its paths absolute
         work_dir.mkdir(parents=True, exist_ok=True)
         images = work_dir / "images.toml"
         images.write_text(catalog_toml(catalog))
+    policy = RestartPolicy(args.max_restarts, args.restart_window) if args.restart else None
     stack = LocalStack(
-        specs,
+        (),
         work_dir=work_dir,
         api_key=args.api_key,
         platform_port=args.port,
@@ -305,6 +312,8 @@ def _run(
             str(args.scale_down_cooldown),
             "--idle-timeout",
             str(args.idle_timeout),
+            "--instance-restarts",
+            str(0 if policy is None else policy.max_restarts),
         ),
         images=images,
         log_stream=sys.stdout,
@@ -312,7 +321,6 @@ def _run(
         progress=_say,
         nats_cluster=args.nats_cluster,
     )
-    policy = RestartPolicy(args.max_restarts, args.restart_window) if args.restart else None
     stop = threading.Event()
     starting = [True]
 
@@ -323,11 +331,12 @@ def _run(
             raise _Interrupted(signum)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    instances: InstanceFollower | None = None
     try:
         try:
             _say(
                 plan_text(
-                    stack,
+                    specs,
                     port=args.port,
                     timeout=args.timeout,
                     work_dir=work_dir,
@@ -335,9 +344,21 @@ def _run(
                     catalog=images,
                 )
             )
+            deadline = time.monotonic() + args.timeout
             stack.start(timeout=args.timeout)
+            root = LocalBackend.instances_root(stack.instances_dir)
+            instances = InstanceFollower(root, write=_write, say=_say)
+            instances.start()
+            deployments = None
+            if specs:
+                client = ApiClient(stack.base_url, args.api_key)
+                deployments = DevDeployments(client, specs, instances_root=root, say=_say)
+                deployments.register()
+                deployments.wait_active(deadline)
         except _Interrupted:
             _say("interrupted during start-up; stopped")
+            if instances is not None:
+                _stop(stack, 0, instances)
             return 0
         except ChildExited as error:
             what = describe_child(stack, error.name)
@@ -348,24 +369,46 @@ def _run(
         except StackError as error:
             _say(f"error: {error}")
             return 1
+        except DevDeployError as error:
+            _say(f"error: {error}")
+            return _stop(stack, 1, instances)
         starting[0] = False
         if stop.is_set():
-            return _stop(stack, 0)
-        _say(ready_text(stack, policy, catalog))
-        instances = InstanceFollower(
-            LocalBackend.instances_root(stack.instances_dir), write=_write, say=_say
-        )
-        instances.start()
+            return _stop(stack, 0, instances)
+        _say(ready_text(stack, policy, _catalog_beside(catalog, specs), specs))
         supervisor = StackSupervisor(stack, restart=policy, say=_say)
         while not stop.wait(_POLL_INTERVAL):
             status = supervisor.check()
             if status is not None:
                 return _stop(stack, status, instances)
-        _say("stopping: sidecars, servers, the platform (and its instances), nats-server")
+            left = None if deployments is None else deployments.watch()
+            # Without --restart any instance lost stops the stack; with it, the platform
+            # replaces instances, and only a version with none left (or in ERROR) stops it.
+            if left is not None and (policy is None or left[1] != "DEGRADING"):
+                hint = ")" if policy is not None else "; --restart keeps the stack running)"
+                _say(
+                    f"error: {left[0]} is {left[1]}; stopping (its instances' output is above{hint}"
+                )
+                return _stop(stack, 1, instances)
+        _say("stopping: the platform (and its instances), nats-server")
         return _stop(stack, 0, instances)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _catalog_beside(
+    catalog: ImageCatalog | None, specs: tuple[FunctionSpec, ...]
+) -> ImageCatalog | None:
+    """The catalog of `--images` and the config's tables, without the config's own versions'
+    images (None when that leaves nothing: only the config's functions are shown)."""
+    if catalog is None:
+        return None
+    own = {dev_image(spec).image for spec in specs}
+    images = [entry for entry in catalog.images if entry.image not in own]
+    if not images and not catalog.models:
+        return None
+    return ImageCatalog(images, catalog.models)
 
 
 def _stop(stack: LocalStack, status: int, instances: InstanceFollower | None = None) -> int:

@@ -7,8 +7,9 @@ record per start of each process. `InstanceFollower` reads them a few times a se
 thread of its own, and writes
 
 - `[dev] instance hello-1: server pid 4711, sidecar pid 4712 (instance 6b5e4c0f-..., function
-  hello version 6b5e..., logs in DIR)` once both processes run, and `[dev] instance hello-1:
-  server restarted (pid 4790)` whenever a process starts again;
+  hello version 6b5e..., logs in DIR)` once both processes run, `[dev] instance hello-1:
+  server restarted (pid 4790)` whenever a process starts again, and `[dev] instance hello-1:
+  ready` (then `ready again` after a restart) once its sidecar's `/v1/health/ready` says so;
 - every line of the instance's logs, as `[server-hello-1] line` and `[sidecar-hello-1] line`.
 
 An instance is named after its function and numbered in the order instances of that name
@@ -19,9 +20,12 @@ directory) are left alone.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +33,13 @@ from typing import Any, Final
 
 from nvcf_platform.backends.instance_dir import read_instance_file
 from nvcf_platform.backends.leftovers import recorded_pid
+from nvcf_platform.devstack.stack_spec import HOST
 
 __all__ = ["InstanceFollower"]
 
 _INTERVAL: Final = 0.25
 _PROCESSES: Final = ("server", "sidecar")
+_PROBE_TIMEOUT: Final = 0.5
 _READ_LIMIT: Final = 1 << 20
 """Bytes read from one log in one round at most (a flood is shown over several rounds)."""
 
@@ -47,6 +53,8 @@ class _Followed:
     partial: dict[str, bytes] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     announced: bool = False
+    ready: bool = False
+    restarted: bool = False
 
 
 class InstanceFollower:
@@ -129,6 +137,22 @@ class InstanceFollower:
             self._check_pids(followed)
             for process in _PROCESSES:
                 self._tail(followed, process)
+            if followed.announced and not followed.ready:
+                self._check_ready(followed)
+
+    def _check_ready(self, followed: _Followed) -> None:
+        port = followed.document.get("healthPort")
+        url = f"http://{HOST}:{port}/v1/health/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=_PROBE_TIMEOUT) as answer:
+                ready = answer.status == 200
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException):
+            ready = False
+        if ready:
+            followed.ready = True
+            self._say(
+                f"instance {followed.label}: ready" + (" again" if followed.restarted else "")
+            )
 
     def _check_pids(self, followed: _Followed) -> None:
         current = {
@@ -152,6 +176,7 @@ class InstanceFollower:
         for process, pid in current.items():
             if followed.pids.get(process) != pid:
                 followed.pids[process] = pid
+                followed.ready, followed.restarted = False, True
                 self._say(f"instance {followed.label}: {process} restarted (pid {pid})")
 
     def _tail(self, followed: _Followed, process: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -19,9 +20,9 @@ from nvcf_platform.cli.api_client import ApiClient
 from nvcf_platform.cli.bodies import default_instance_type
 from nvcf_platform.cli.errors import CliError
 from nvcf_platform.control.catalog import CPU_GPU_NAME, CPU_INSTANCE_TYPE
+from nvcf_platform.devstack.dev_register import dev_image, max_instances
 from nvcf_platform.devstack.dev_supervisor import RestartPolicy
 from nvcf_platform.devstack.stack import HOST, FunctionSpec, LocalStack
-from nvcf_platform.devstack.stack_spec import process_labels
 
 __all__ = ["EXAMPLE_BODY", "api_text", "plan_text", "ready_text"]
 
@@ -33,7 +34,7 @@ _CLUSTER_GROUPS_TIMEOUT: Final = 5.0
 
 
 def plan_text(
-    stack: LocalStack,
+    specs: Sequence[FunctionSpec],
     *,
     port: int,
     timeout: float,
@@ -41,47 +42,45 @@ def plan_text(
     temporary: bool,
     catalog: Path | None,
 ) -> str:
-    """What is about to start, and what start-up waits for."""
-    labels = process_labels(stack.functions)
+    """What is about to start and be deployed, and what start-up waits for."""
     lines = [f"work dir {work_dir}" + (" (removed at exit)" if temporary else "")]
-    for spec in stack.functions:
-        sidecars = f"{spec.sidecars} sidecar{'' if spec.sidecars == 1 else 's'}"
+    for spec in specs:
+        image = dev_image(spec)
+        where = f"port {spec.inference_port}" if image.port is not None else "a port each"
         lines.append(
-            f"function {spec.name}, version {spec.version_id}: server-{labels[spec.version_id]} "
-            f"runs {shlex.join(spec.command)} (port {spec.inference_port}, {sidecars})"
+            f"function {spec.name}, version {spec.version_id}: image {image.image} runs "
+            f"{shlex.join(spec.command)} ({where}, up to {max_instances(spec)} "
+            f"instance{'' if max_instances(spec) == 1 else 's'})"
         )
     if catalog is not None:
         lines.append(f"image catalog for deployments: {catalog}")
     platform_url = f"http://{HOST}:{port}"
-    if not stack.functions:
-        lines.append(
-            f"waiting up to {timeout:g} s for: nats-server, the platform on {platform_url}"
-        )
-        return "\n".join(lines)
-    health = ", ".join(
-        f"http://{HOST}:{spec.inference_port}{spec.health_endpoint}" for spec in stack.functions
-    )
-    lines.append(
-        f"waiting up to {timeout:g} s for: nats-server, the platform on {platform_url}, "
-        f"the servers' health ({health}), then every sidecar ready"
-    )
+    waited = f"waiting up to {timeout:g} s for: nats-server, the platform on {platform_url}"
+    if specs:
+        waited += ", then every version registered, deployed and ACTIVE"
+    lines.append(waited)
     return "\n".join(lines)
 
 
 def ready_text(
-    stack: LocalStack, policy: RestartPolicy | None, catalog: ImageCatalog | None
+    stack: LocalStack,
+    policy: RestartPolicy | None,
+    catalog: ImageCatalog | None,
+    functions: Sequence[FunctionSpec] | None = None,
 ) -> str:
-    """Where to call each function and version, copy-paste ready; with `catalog` (or without a
-    function) how to register and deploy functions through the API too."""
+    """Where to call each function and version (`functions`, default the stack's own),
+    copy-paste ready; with `catalog` (or without a function) how to register and deploy
+    functions through the API too."""
+    specs = stack.functions if functions is None else tuple(functions)
     key = stack.api_key
     auth = f"-H {shlex.quote(f'Authorization: Bearer {key}')}"
     post = f"curl -sS -X POST {auth} -H 'Content-Type: application/json'"
     body = f"-d {shlex.quote(EXAMPLE_BODY)}"
     lines = [f"ready: {stack.base_url} (API key {key})"]
-    functions: dict[str, list[FunctionSpec]] = {}
-    for spec in stack.functions:
-        functions.setdefault(spec.function_id, []).append(spec)
-    for function_id, versions in functions.items():
+    by_function: dict[str, list[FunctionSpec]] = {}
+    for spec in specs:
+        by_function.setdefault(spec.function_id, []).append(spec)
+    for function_id, versions in by_function.items():
         url = shlex.quote(stack.invoke_url(function_id))
         gateway_path = versions[0].default_invocation_path or "/"
         if not gateway_path.startswith("/"):
@@ -98,10 +97,9 @@ def ready_text(
             f"    {post} -H 'function-id: {function_id}' {gateway_url} {body}",
         ]
         for spec in versions:
-            server = stack.container(spec.version_id).name
             path = spec.default_invocation_path or "/"
             lines += [
-                f"  version {spec.version_id} ({server}, invocation path {path}):",
+                f"  version {spec.version_id} (invocation path {path}):",
                 f"    {post} {shlex.quote(stack.invoke_url(function_id, spec.version_id))} {body}",
             ]
         lines += [
@@ -111,7 +109,7 @@ def ready_text(
             f"    nvcf-sidecar invoke {function_id} --gateway --path {shlex.quote(gateway_path)} "
             f"--url {stack.base_url} --api-key {shlex.quote(key)} --data {shlex.quote(EXAMPLE_BODY)}",
         ]
-    if catalog is not None or not stack.functions:
+    if catalog is not None or not specs:
         lines.append(api_text(stack, catalog or ImageCatalog()))
     status_url = f"{stack.base_url}/v2/nvcf/pexec/status/REQUEST_ID"
     pids = [(name, nats.pid) for name, nats in stack.nats_nodes.items()]
@@ -131,7 +129,8 @@ def ready_text(
     if policy is not None:
         lines.append(
             f"nats-server, the platform, a server or a sidecar that exits is restarted (at most "
-            f"{policy.max_restarts} times within {policy.window:g} s each)"
+            f"{policy.max_restarts} times within {policy.window:g} s each; an instance's server "
+            "or sidecar by the platform, which replaces the instance once they are spent)"
         )
     lines.append("Ctrl-C stops everything.")
     return "\n".join(lines)
