@@ -35,7 +35,12 @@ from nvcf_platform.cli.api_client import ApiClient
 from nvcf_platform.devstack.dev_config import catalog_toml, check_function_name, load_dev_file
 from nvcf_platform.devstack.dev_instances import InstanceFollower
 from nvcf_platform.devstack.dev_output import plan_text, ready_text
-from nvcf_platform.devstack.dev_register import DevDeployError, DevDeployments, dev_image
+from nvcf_platform.devstack.dev_register import (
+    DevDeployError,
+    DevDeployments,
+    catalog_beside,
+    dev_image,
+)
 from nvcf_platform.devstack.dev_supervisor import (
     RestartPolicy,
     StackSupervisor,
@@ -375,7 +380,7 @@ def _run(
         starting[0] = False
         if stop.is_set():
             return _stop(stack, 0, instances)
-        _say(ready_text(stack, policy, _catalog_beside(catalog, specs), specs))
+        _say(ready_text(stack, policy, catalog_beside(catalog, specs), specs))
         supervisor = StackSupervisor(stack, restart=policy, say=_say)
         while not stop.wait(_POLL_INTERVAL):
             status = supervisor.check()
@@ -395,20 +400,6 @@ def _run(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _catalog_beside(
-    catalog: ImageCatalog | None, specs: tuple[FunctionSpec, ...]
-) -> ImageCatalog | None:
-    """The catalog of `--images` and the config's tables, without the config's own versions'
-    images (None when that leaves nothing: only the config's functions are shown)."""
-    if catalog is None:
-        return None
-    own = {dev_image(spec).image for spec in specs}
-    images = [entry for entry in catalog.images if entry.image not in own]
-    if not images and not catalog.models:
-        return None
-    return ImageCatalog(images, catalog.models)
 
 
 def _stop(stack: LocalStack, status: int, instances: InstanceFollower | None = None) -> int:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from nvcf_platform.backends.images import ImageEntry
+from nvcf_platform.backends.images import ImageCatalog, ImageEntry
 from nvcf_platform.backends.instance_dir import read_instance_file
 from nvcf_platform.cli.api_client import ApiClient, JsonObject
 from nvcf_platform.cli.bodies import default_instance_type
@@ -42,6 +42,7 @@ __all__ = [
     "DEV_REGISTRY",
     "DevDeployError",
     "DevDeployments",
+    "catalog_beside",
     "deployment_body",
     "dev_image",
     "function_body",
@@ -73,6 +74,20 @@ def dev_image(spec: FunctionSpec) -> ImageEntry:
         sidecar_env=dict(spec.sidecar_env),
         sidecar_args=tuple(spec.sidecar_args),
     )
+
+
+def catalog_beside(
+    catalog: ImageCatalog | None, specs: Sequence[FunctionSpec]
+) -> ImageCatalog | None:
+    """`catalog` without the images of `specs`' versions: what `--images` and the config's
+    tables add for the API (None when that leaves nothing)."""
+    if catalog is None:
+        return None
+    own = {dev_image(spec).image for spec in specs}
+    images = [entry for entry in catalog.images if entry.image not in own]
+    if not images and not catalog.models:
+        return None
+    return ImageCatalog(images, catalog.models)
 
 
 def max_instances(spec: FunctionSpec) -> int:
