@@ -93,25 +93,9 @@ class HttpSessions:
         if self._config.lean_container:
             self._container = LeanHttpClient(idle_seconds=CONTAINER_IDLE_SECONDS)
         else:
-            self._container = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
-                timeout=_NO_TIMEOUT,
-                auto_decompress=False,
-                skip_auto_headers=_NO_AUTO_HEADERS,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                max_line_size=MAX_HEAD_BYTES,
-                max_field_size=MAX_HEAD_BYTES,
-            )
-        self._attach = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=0, limit_per_host=0, keepalive_timeout=ATTACH_IDLE_SECONDS
-            ),
-            timeout=_NO_TIMEOUT,
-            auto_decompress=False,
-            skip_auto_headers=_NO_AUTO_HEADERS,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            max_line_size=MAX_HEAD_BYTES,
-            max_field_size=MAX_HEAD_BYTES,
+            self._container = _relay_session(aiohttp.TCPConnector(limit=0, limit_per_host=0))
+        self._attach = _relay_session(
+            aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=ATTACH_IDLE_SECONDS)
         )
         if self._config.lean_attach:
             self._lean = LeanHttpClient(idle_seconds=ATTACH_IDLE_SECONDS)
@@ -143,3 +127,17 @@ class HttpSessions:
         finally:
             if container is not None:
                 await container.close()
+
+
+def _relay_session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+    """A session that relays bytes as they come: no timeout, no decompression, no headers of
+    its own, no cookie jar, heads up to the size the platform accepts."""
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=_NO_TIMEOUT,
+        auto_decompress=False,
+        skip_auto_headers=_NO_AUTO_HEADERS,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        max_line_size=MAX_HEAD_BYTES,
+        max_field_size=MAX_HEAD_BYTES,
+    )
