@@ -213,7 +213,10 @@ class DevDeployments:
         while True:
             pending = [v for v in self._versions if v.status != "ACTIVE"]
             for version in pending:
-                self._refresh(version)
+                try:
+                    self._refresh(version)
+                except CliError as error:
+                    raise DevDeployError(str(error)) from None
                 if version.status == "ERROR":
                     raise DevDeployError(self._error_text(version))
                 if version.status != "ACTIVE":
@@ -221,10 +224,13 @@ class DevDeployments:
             if all(v.status == "ACTIVE" for v in self._versions):
                 return
             if time.monotonic() >= deadline:
-                waiting = [v for v in self._versions if v.status != "ACTIVE"]
-                raise DevDeployError(
-                    "; ".join(f"{self._label(v)} is {v.status}{self._why(v)}" for v in waiting)
-                )
+                waiting = []
+                for version in self._versions:
+                    if version.status != "ACTIVE":
+                        answers = self._answers(version)
+                        why = f" ({answers})" if answers else ""
+                        waiting.append(f"{self._label(version)} is {version.status}{why}")
+                raise DevDeployError("; ".join(waiting))
             time.sleep(_WAIT_ROUND)
 
     def watch(self) -> tuple[str, str] | None:
@@ -267,27 +273,30 @@ class DevDeployments:
 
     def _probe(self, version: _Version) -> None:
         """Ask the version's server (and sidecars) for their health while it deploys; say the
-        answer when it changes."""
-        answer = self._why(version)
-        if answer and answer != version.last_answer:
-            self._say(f"{self._label(version)}: {answer.removeprefix(' (').removesuffix(')')}")
-        version.last_answer = answer
+        answers when they change."""
+        answers = self._answers(version)
+        if answers and answers != version.last_answer:
+            self._say(f"{self._label(version)}: {answers}")
+        version.last_answer = answers
 
-    def _why(self, version: _Version) -> str:
+    def _answers(self, version: _Version) -> str:
+        """`server URL answers 404; sidecar URL answers 503`: the server's health endpoint (a
+        fixed port's, HTTP) and the sidecars of its newest instances ('' when none is known)."""
         spec = version.spec
         image = dev_image(spec)
         parts = []
         if image.port is not None and spec.default_invocation_path != GRPC_INFERENCE_URL:
             url = f"http://{HOST}:{image.port}{spec.health_endpoint}"
-            parts.append(f" server {url} {_answer(url)}")
+            parts.append(f"server {url} {_answer(url)}")
         for document in self._instance_files(spec.version_id):
             url = f"http://{HOST}:{document.get('healthPort')}/v1/health/ready"
-            parts.append(f" sidecar {url} {_answer(url)}")
-        return f" ({';'.join(parts).strip()})" if parts else ""
+            parts.append(f"sidecar {url} {_answer(url)}")
+        return "; ".join(parts)
 
     def _instance_files(self, version_id: str) -> list[dict[str, Any]]:
+        """The descriptions of the version's newest instances (3 at most)."""
         try:
-            directories = sorted(self._instances_root.iterdir())
+            directories = list(self._instances_root.iterdir())
         except OSError:
             return []
         found = []
@@ -295,6 +304,7 @@ class DevDeployments:
             document = read_instance_file(directory)
             if document is not None and document.get("functionVersionId") == version_id:
                 found.append(document)
+        found.sort(key=lambda document: float(document.get("createdAt") or 0))
         return found[-3:]
 
     @staticmethod
