@@ -406,6 +406,7 @@ class PlatformService:
         runner = web.AppRunner(
             app, handler_cancellation=True, access_log=None, shutdown_timeout=HANDLER_STOP_GRACE
         )
+        await control.load()  # the stored versions are known before the first caller is
         try:
             await runner.setup()
             stack.push_async_callback(runner.cleanup)

@@ -68,3 +68,5 @@ def test_no_request_is_wrong_or_lost_under_the_fault(
         assert failed <= SHORT.layout.concurrency * len(summary.faults), details(summary)
     if scenario == "platform-restart":  # a SIGTERM drains: waiting callers get their answers
         assert summary.unreceived == 0, details(summary)
+        # The new platform knows the deployed version before its first caller (no 404).
+        assert not [why for why in summary.failures if why.startswith("404")], details(summary)

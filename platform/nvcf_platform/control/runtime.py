@@ -97,6 +97,7 @@ class ControlRuntime:
                 catalog = Catalog.from_mapping(kube.gpus, cluster_group_name=kube.cluster_group)
         self._settings = settings
         self._store = ControlStore(nc, replicas=settings.replicas)
+        self._loaded = False
         self._own_work_dir = settings.instances_dir is None
         self._work_dir = settings.instances_dir or Path(tempfile.mkdtemp(prefix="nvcf-instances-"))
         self.plane = ControlPlane(
@@ -168,15 +169,24 @@ class ControlRuntime:
         """Create the KV bucket unless it exists (start-up and after reconnects)."""
         await self._store.provision()
 
+    async def load(self) -> None:
+        """Provision the KV bucket and register the stored versions (idempotent): done before
+        the platform listens, so that a restarted platform never answers a deployed function's
+        call with 404 while it starts."""
+        if self._loaded:
+            return
+        await self._store.provision()
+        if self._settings.control_state:
+            await self.plane.load()
+        self._loaded = True
+
     async def __aenter__(self) -> ControlRuntime:
         if self._stack is not None:
             raise PlatformError("the control plane is already running")
         async with AsyncExitStack() as stack:
             if self._own_work_dir:
                 stack.callback(shutil.rmtree, self._work_dir, ignore_errors=True)
-            await self._store.provision()
-            if self._settings.control_state:
-                await self.plane.load()
+            await self.load()
             await stack.enter_async_context(self.backend)
             await stack.enter_async_context(self.reconciler)
             await stack.enter_async_context(self.autoscaler)
