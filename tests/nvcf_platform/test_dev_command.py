@@ -150,6 +150,10 @@ def test_dev_serves_the_hello_example_and_stops_everything(
     assert dev.wait_exit(30) == 0
     assert_all_gone(pids)
     assert "[dev] stopped" in dev.log_text()
+    # The platform stopped its instance in order (the sidecar drained, then the server): no
+    # process of it was signalled behind its back and taken for a crash.
+    assert "instance process exited" not in dev.log_text()
+    assert "instance failed" not in dev.log_text()
 
 
 def test_dev_config_runs_two_functions_and_versions_share_the_traffic(

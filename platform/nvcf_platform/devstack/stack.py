@@ -495,8 +495,13 @@ class LocalStack:
         )
         self._platform_plan = plan
         plan.ready_file.unlink(missing_ok=True)
+        # Its instances are its own to stop (sidecars drained before their servers).
         self._platform = self._spawn(
-            "platform", plan.command(), os.environ, pass_fds=(self._http_listener.fileno(),)
+            "platform",
+            plan.command(),
+            os.environ,
+            pass_fds=(self._http_listener.fileno(),),
+            graceful_descendants=False,
         )
         self._progress(
             f"started the platform (pid {self._platform.pid}); waiting for its listeners"
@@ -544,6 +549,7 @@ class LocalStack:
         env: Mapping[str, str],
         cwd: Path | None = None,
         pass_fds: Sequence[int] = (),
+        graceful_descendants: bool = True,
     ) -> StackProcess:
         process = StackProcess(
             name,
@@ -554,6 +560,7 @@ class LocalStack:
             stream_lock=self._stream_lock,
             cwd=cwd,
             pass_fds=pass_fds,
+            graceful_descendants=graceful_descendants,
         )
         return process.start()
 

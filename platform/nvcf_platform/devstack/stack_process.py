@@ -67,6 +67,9 @@ class StackProcess:
 
     Its descendants are remembered whenever `note_descendants()` runs (signals and stops do),
     so a helper that left the group (PyTriton's `tritonserver`) is signalled and waited for too.
+    With `graceful_descendants` False, a SIGTERM reaches its group only: its descendants are its
+    own to stop, in their order (the platform drains its instances' sidecars before their
+    servers); they are still waited for, and SIGKILLed with it.
     """
 
     def __init__(
@@ -82,9 +85,11 @@ class StackProcess:
         stream_lock: threading.Lock | None = None,
         cwd: Path | None = None,
         pass_fds: Sequence[int] = (),
+        graceful_descendants: bool = True,
     ) -> None:
         self.name = name
         self.pass_fds = tuple(pass_fds)
+        self.graceful_descendants = graceful_descendants
         self.command = list(command)
         self.env = dict(env)
         self.log_path = log_path
@@ -167,6 +172,7 @@ class StackProcess:
             stream_lock=self._stream_lock,
             cwd=self.cwd,
             pass_fds=self.pass_fds,
+            graceful_descendants=self.graceful_descendants,
         )
         return clone.start()
 
@@ -222,7 +228,8 @@ class StackProcess:
         if self.returncode is None or live_group_members(self.pid):
             # Reaped and empty, the id may already belong to another group: not signalled.
             signal_group(self.pid, signum)
-        self._tree.signal(signum)
+        if signum == signal.SIGKILL or self.graceful_descendants:
+            self._tree.signal(signum)
 
     def wait(self, timeout: float) -> int | None:
         """Wait up to `timeout` seconds for the main process to exit; its status, or None."""
