@@ -474,8 +474,18 @@ def test_dev_restart_gives_up_on_a_server_that_keeps_crashing(
     invoke(f"http://127.0.0.1:{platform_port}/v2/nvcf/pexec/functions/{function_id}", headers=DIE)
     assert dev.wait_exit(60) == 1
     output = dev.log_text()
-    # The platform restarted the server twice (--max-restarts), then gave the instance up.
-    assert output.count("[dev] instance flaky-1: server restarted") == 2, output
+    # The platform restarted the server twice (--max-restarts), then gave the instance up; dev
+    # told of it (two restarts may fall into one of its rounds on a busy machine).
+    instance = printed(
+        dev, r"^\[dev\] instance flaky-1: server pid \d+, sidecar pid \d+ \(instance (\S+),"
+    )
+    restarts = re.findall(
+        rf"^\[platform\] .*instance process exited; restarting instance_id={instance.group(1)} ",
+        output,
+        re.M,
+    )
+    assert len(restarts) == 2, output
+    assert "[dev] instance flaky-1: server restarted" in output
     assert re.search(
         r"^\[dev\] error: function flaky version \S+ is DEGRADED; stopping \(its instances' "
         r"output is above\)$",

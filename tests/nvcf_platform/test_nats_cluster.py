@@ -113,7 +113,11 @@ def test_a_stack_on_a_cluster_replicates_everything_and_a_polled_request_outlive
 
         headers = {**stack.auth_headers, "NVCF-POLL-SECONDS": "10"}
         answer = http_request(
-            "POST", stack.invoke_url(spec.function_id), json_body={"id": "x1"}, headers=headers
+            "POST",
+            stack.invoke_url(spec.function_id),
+            json_body={"id": "x1"},
+            headers=headers,
+            timeout=30,  # the first answer comes after the 10 s poll budget
         )
         assert answer.status == 202
         reqid = answer.headers["nvcf-reqid"]

@@ -20,10 +20,17 @@ INSTANCE_FILE: Final = "instance.json"
 
 
 def write_instance_file(
-    directory: Path, plan: InstancePlan, *, inference_port: int, health_port: int
+    directory: Path,
+    plan: InstancePlan,
+    *,
+    inference_port: int,
+    health_port: int,
+    server_health_url: str | None = None,
+    server_health_status: int = 200,
 ) -> None:
     """Describe the instance of `plan` in `directory/instance.json` (best effort: a directory
-    that cannot take it changes nothing for the instance)."""
+    that cannot take it changes nothing for the instance). `server_health_url` is its server's
+    HTTP health check (None: gRPC), answered `server_health_status` when healthy."""
     document = {
         "instanceId": plan.instance_id,
         "functionId": plan.function_id,
@@ -33,6 +40,8 @@ def write_instance_file(
         "containerImage": plan.container_image,
         "inferencePort": inference_port,
         "healthPort": health_port,
+        "serverHealthUrl": server_health_url,
+        "serverHealthStatus": server_health_status,
         "createdAt": time.time(),
     }
     with contextlib.suppress(OSError):

@@ -263,7 +263,6 @@ class LocalBackend:
         else:
             port = self._port(plan.instance_id)
         health_port = self._port(plan.instance_id)
-        write_instance_file(directory, plan, inference_port=port, health_port=health_port)
         models_dir = self._model_repository(plan, directory / "models")
         health = plan.health
         if image is not None:
@@ -328,6 +327,14 @@ class LocalBackend:
             sidecar_ready_url=f"http://{self.host}:{health_port}/v1/health/ready",
             server_health_url=f"http://{self.host}:{port}{health_uri}" if http_health else None,
             server_expected_status=health.expected_status_code or 200,
+        )
+        write_instance_file(
+            directory,
+            plan,
+            inference_port=port,
+            health_port=health_port,
+            server_health_url=probes.server_health_url,
+            server_health_status=probes.server_expected_status,
         )
         return Instance(plan, server, sidecar, probes, session=session, policy=self.policy)
 

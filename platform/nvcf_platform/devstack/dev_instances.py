@@ -141,13 +141,13 @@ class InstanceFollower:
                 self._check_ready(followed)
 
     def _check_ready(self, followed: _Followed) -> None:
-        port = followed.document.get("healthPort")
-        url = f"http://{HOST}:{port}/v1/health/ready"
-        try:
-            with urllib.request.urlopen(url, timeout=_PROBE_TIMEOUT) as answer:
-                ready = answer.status == 200
-        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException):
-            ready = False
+        """Ready: its sidecar says so and, for an HTTP health check, its server answers it too
+        (after a server's restart the sidecar may not have noticed the old one's end yet)."""
+        document = followed.document
+        ready = _status(f"http://{HOST}:{document.get('healthPort')}/v1/health/ready") == 200
+        server = document.get("serverHealthUrl")
+        if ready and isinstance(server, str):
+            ready = _status(server) == document.get("serverHealthStatus", 200)
         if ready:
             followed.ready = True
             self._say(
@@ -203,3 +203,15 @@ class InstanceFollower:
         )
         with contextlib.suppress(OSError, ValueError):  # the stream is closed: nothing to show
             self._write(text)
+
+
+def _status(url: str) -> int | None:
+    """The status GET `url` answers (None: nothing does)."""
+    try:
+        with urllib.request.urlopen(url, timeout=_PROBE_TIMEOUT) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        error.close()
+        return error.code
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException):
+        return None
