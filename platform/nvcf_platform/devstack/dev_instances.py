@@ -20,12 +20,9 @@ directory) are left alone.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +30,7 @@ from typing import Any, Final
 
 from nvcf_platform.backends.instance_dir import read_instance_file
 from nvcf_platform.backends.leftovers import recorded_pid
+from nvcf_platform.devstack.stack_process import http_status
 from nvcf_platform.devstack.stack_spec import HOST
 
 __all__ = ["InstanceFollower"]
@@ -144,10 +142,15 @@ class InstanceFollower:
         """Ready: its sidecar says so and, for an HTTP health check, its server answers it too
         (after a server's restart the sidecar may not have noticed the old one's end yet)."""
         document = followed.document
-        ready = _status(f"http://{HOST}:{document.get('healthPort')}/v1/health/ready") == 200
+        ready = (
+            http_status(
+                f"http://{HOST}:{document.get('healthPort')}/v1/health/ready", _PROBE_TIMEOUT
+            )
+            == 200
+        )
         server = document.get("serverHealthUrl")
         if ready and isinstance(server, str):
-            ready = _status(server) == document.get("serverHealthStatus", 200)
+            ready = http_status(server, _PROBE_TIMEOUT) == document.get("serverHealthStatus", 200)
         if ready:
             followed.ready = True
             self._say(
@@ -203,15 +206,3 @@ class InstanceFollower:
         )
         with contextlib.suppress(OSError, ValueError):  # the stream is closed: nothing to show
             self._write(text)
-
-
-def _status(url: str) -> int | None:
-    """The status GET `url` answers (None: nothing does)."""
-    try:
-        with urllib.request.urlopen(url, timeout=_PROBE_TIMEOUT) as answer:
-            return int(answer.status)
-    except urllib.error.HTTPError as error:
-        error.close()
-        return error.code
-    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException):
-        return None
