@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from nvcf_platform.invocation.drain import CallerDrain
-from nvcf_platform.invocation.gateway import InvocationGateway, function_routing
+from nvcf_platform.invocation.gateway import FunctionRouting, InvocationGateway, function_routing
 from nvcf_platform.invocation.nats_link import NOT_CONNECTED, NatsLink
 from nvcf_platform.invocation.problems import (
     missing_authorization,
@@ -31,6 +31,7 @@ HEALTH_PATH: Final = "/health"
 METRICS_PATH: Final = "/metrics"
 """Prometheus metrics of the control plane: scraped without a bearer, like `/health`."""
 _HEALTHY: Final = orjson.dumps({"status": "OK"})
+_OPEN_PATHS: Final = frozenset({HEALTH_PATH, METRICS_PATH})
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -41,55 +42,29 @@ class Endpoints(Protocol):
     def register(self, router: web.UrlDispatcher) -> None: ...
 
 
-@web.middleware
-async def _gate(request: web.Request, handler: _Handler) -> web.StreamResponse:
-    """Require an Authorization header (its value is each route's business); map 404/405.
-
-    Presigned object URLs carry their authorization in the URL, like S3's."""
-    if (
-        request.path not in {HEALTH_PATH, METRICS_PATH}
-        and not request.path.startswith(OBJECTS_PREFIX)
-        and "Authorization" not in request.headers
-    ):
-        return missing_authorization()
-    try:
-        return await handler(request)
-    except web.HTTPNotFound:
-        return problem_response(404)
-    except web.HTTPMethodNotAllowed as error:
-        return problem_response(405, headers={"Allow": ",".join(sorted(error.allowed_methods))})
-
-
-def _refuse_while_nats_is_down(
-    link: NatsLink, routes: frozenset[web.AbstractResource]
+def _front_door(
+    link: NatsLink,
+    needing_nats: frozenset[web.AbstractResource],
+    drain: CallerDrain | None,
+    callers: frozenset[web.AbstractResource],
+    gateway: InvocationGateway | None,
 ) -> Middleware:
-    """A middleware answering 503 (with Retry-After) at once on `routes` while NATS is down."""
+    """Every request's checks before its handler, in one middleware (one coroutine frame).
 
-    @web.middleware
-    async def refuse(request: web.Request, handler: _Handler) -> web.StreamResponse:
-        route = request.match_info.route
-        if not link.up and route.resource in routes:
-            return unavailable_response(NOT_CONNECTED)
-        return await handler(request)
-
-    return refuse
-
-
-def _route_by_function(
-    gateway: InvocationGateway, link: NatsLink, drain: CallerDrain | None
-) -> Middleware:
-    """A middleware serving gateway-form requests itself, before the path router's handler.
-
-    Such a request gets what a pexec call gets from the other middlewares: the plain 401 without
-    an Authorization header (on every path), 503 at once while NATS is down, and the drain's
-    counting and refusal.
+    In order:
+    1. A request naming its function by header or Host (the gateway form) goes to `gateway`,
+       whatever its path, and gets what a pexec call gets: the plain 401 without an
+       Authorization header, 503 at once while NATS is down, the drain's count and refusal.
+    2. Any other request but `/health`, `/metrics` and the presigned object URLs (whose
+       authorization is in the URL, like S3's) needs an Authorization header; its value is
+       each route's business.
+    3. `needing_nats` routes answer 503 (with Retry-After) at once while NATS is down.
+    4. `callers` routes are counted by `drain` and refused while it drains.
+    Unrouted paths are 404 problems, wrong methods 405 problems with `Allow`.
     """
 
-    @web.middleware
-    async def route(request: web.Request, handler: _Handler) -> web.StreamResponse:
-        routing = function_routing(request)
-        if routing is None:
-            return await handler(request)
+    async def serve_gateway(request: web.Request, routing: FunctionRouting) -> web.StreamResponse:
+        assert gateway is not None
         if "Authorization" not in request.headers:
             return missing_authorization()
         if not link.up:
@@ -100,7 +75,33 @@ def _route_by_function(
 
         return await (serve(request) if drain is None else drain.admit(request, serve))
 
-    return route
+    @web.middleware
+    async def front_door(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if gateway is not None:
+            routing = function_routing(request)
+            if routing is not None:
+                return await serve_gateway(request, routing)
+        path = request.path
+        if (
+            "Authorization" not in request.headers
+            and path not in _OPEN_PATHS
+            and not path.startswith(OBJECTS_PREFIX)
+        ):
+            return missing_authorization()
+        resource = request.match_info.route.resource
+        if not link.up and resource in needing_nats:
+            return unavailable_response(NOT_CONNECTED)
+        try:
+            if drain is not None and resource in callers:
+                return await drain.admit(request, handler)
+            return await handler(request)
+        except web.HTTPNotFound:
+            return problem_response(404)
+        except web.HTTPMethodNotAllowed as error:
+            allowed = ",".join(sorted(error.allowed_methods))
+            return problem_response(405, headers={"Allow": allowed})
+
+    return front_door
 
 
 def _health_handler(link: NatsLink) -> _Handler:
@@ -137,14 +138,8 @@ def build_application(
     for group in local_endpoints:
         group.register(app.router)
     app.router.add_get(HEALTH_PATH, _health_handler(link), allow_head=False)
-    if gateway is not None:
-        app.middlewares.append(_route_by_function(gateway, link, drain))
-    app.middlewares.extend([_gate, _refuse_while_nats_is_down(link, frozenset(needing_nats))])
-    if drain is not None:
-        callers = frozenset(
-            resource
-            for resource in needing_nats
-            if not resource.canonical.startswith(OBJECTS_PREFIX)
-        )
-        app.middlewares.append(drain.middleware(callers))
+    callers = frozenset(
+        resource for resource in needing_nats if not resource.canonical.startswith(OBJECTS_PREFIX)
+    )
+    app.middlewares.append(_front_door(link, frozenset(needing_nats), drain, callers, gateway))
     return app

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from nvcf_platform.invocation.problems import unavailable_response
 
@@ -46,20 +45,9 @@ class CallerDrain:
         """Caller requests being served on the guarded routes."""
         return self._in_progress
 
-    def middleware(self, routes: frozenset[web.AbstractResource]) -> Middleware:
-        """Count requests on `routes`; once draining, answer them 503 with `Connection: close`."""
-
-        @web.middleware
-        async def guard(request: web.Request, handler: _Handler) -> web.StreamResponse:
-            if request.match_info.route.resource not in routes:
-                return await handler(request)
-            return await self.admit(request, handler)
-
-        return guard
-
     async def admit(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
         """Serve one caller request with `handler`, counted; once draining, the 503 (with
-        `Connection: close`) instead. For requests no route names (the gateway form)."""
+        `Connection: close`) instead."""
         if self._draining:
             response = unavailable_response(DRAINING_DETAIL)
             response.force_close()
