@@ -190,6 +190,26 @@ async def test_post_stays_open_until_the_caller_has_the_whole_body(
     assert await asyncio.wait_for(post, WAIT) == (200, b"")
 
 
+async def test_a_head_arriving_in_pieces_is_read_whole(caller: Any, start_worker: Any) -> None:
+    """The platform takes what already arrived at once and waits for the rest of the head."""
+    head = encode_response_head(201, [("Content-Type", "text/plain")], content_length=4)
+
+    async def pieces(item: Any, body: bytes, worker: Any) -> None:
+        async def data() -> AsyncIterator[bytes]:
+            for start in range(0, len(head), 7):
+                yield head[start : start + 7]
+                await asyncio.sleep(0.02)
+            yield b"done"
+
+        await worker.post_attach(item, data())
+
+    await start_worker(pieces)
+    async with caller.pexec() as response:
+        assert response.status == 201
+        assert response.headers["Content-Type"] == "text/plain"
+        assert await response.read() == b"done"
+
+
 async def test_outer_content_length_sets_the_callers_when_the_inner_head_has_none(
     caller: Any, start_worker: Any
 ) -> None:

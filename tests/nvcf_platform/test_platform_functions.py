@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from nvcf_platform.control.functions import FunctionStatus, next_status
-from nvcf_platform.control.registry import FunctionVersion, Registry
+from nvcf_platform.control.registry import FunctionVersion, Registry, canonical_uuid
 from nvcf_platform.errors import ConfigError
 from nvcf_platform.service import PlatformService
 from nvcf_platform.settings import PlatformSettings
@@ -94,6 +94,31 @@ def test_registry_reads_instance_health_urls() -> None:
 def test_registry_rejects_bad_instance_health_urls(urls: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Registry.from_mapping(_registry_document(urls))
+
+
+_CANONICAL_ID = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        _CANONICAL_ID,
+        _CANONICAL_ID.upper(),
+        _CANONICAL_ID.replace("-", ""),
+        "{" + _CANONICAL_ID + "}",
+        "urn:uuid:" + _CANONICAL_ID,
+    ],
+)
+def test_every_uuid_form_the_service_takes_becomes_the_canonical_one(text: str) -> None:
+    assert canonical_uuid(text) == _CANONICAL_ID
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "hello", _CANONICAL_ID[:-1], _CANONICAL_ID + "0", "0a1b2c3d4e5f-4a6b-8c7d-9e0f1a2b3c4d"],
+)
+def test_anything_else_is_not_a_uuid(text: str) -> None:
+    assert canonical_uuid(text) is None
 
 
 def test_probe_settings_come_from_the_environment() -> None:

@@ -168,6 +168,33 @@ async def test_body_first_32_kib_inline_and_the_rest_over_get_attach(
         assert item.requestId not in worker.get_attach
 
 
+async def test_a_declared_body_arriving_after_its_head_is_still_all_inline(
+    caller: Any, start_worker: Any, ids: Any
+) -> None:
+    """Up to 32 KiB of a body with a Content-Length is inline, however late it comes."""
+    worker = await start_worker()
+    body = bytes(i % 251 for i in range(10_000))
+    host, port = caller.platform.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    path = caller.pexec_url().removeprefix(caller.platform.base_url)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {ids.api_key}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    writer.write(head.encode() + body[:100])
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the platform has the head and 100 bytes: it must wait for more
+    writer.write(body[100:])
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), WAIT)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert answer.endswith(body)
+    (item,) = worker.items
+    assert item.requestBody == body
+    assert item.requestId not in worker.get_attach
+
+
 async def test_chunked_caller_body_goes_inline_as_far_as_arrived_and_rest_chunked(
     caller: Any, start_worker: Any
 ) -> None:

@@ -39,8 +39,14 @@ _UUID_FORMS = re.compile(
 (Python's `uuid.UUID` alone would also take hyphens anywhere)."""
 
 
+_CANONICAL = re.compile(_HYPHENATED)
+"""The canonical form, which every caller of this platform's own URLs already uses."""
+
+
 def canonical_uuid(text: str) -> str | None:
     """`text` as a lower-case hyphenated UUID, or None when it is not one of those forms."""
+    if _CANONICAL.fullmatch(text):
+        return text  # on every invocation's path: skip the parse and format
     if not _UUID_FORMS.fullmatch(text):
         return None
     return str(uuid.UUID(text))

@@ -10,14 +10,13 @@ import asyncio
 import logging
 from typing import Final
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from nvcf_platform.invocation.problems import abort_response, problem_response
 from nvcf_platform.invocation.tokens import (
     STREAM_IDLE_TIMEOUT,
     AttachTokens,
-    ChunkReader,
     WorkerResponse,
 )
 from nvcf_sidecar.protocol import (
@@ -140,12 +139,15 @@ class AttachEndpoints:
         return web.Response(status=200)
 
 
-async def _read_response_head(reader: ChunkReader) -> tuple[ResponseHead, int]:
+async def _read_response_head(reader: StreamReader) -> tuple[ResponseHead, int]:
     """The inner response head and how many bytes of the stream it took (body bytes excluded)."""
     parser = ResponseHeadParser()
     fed = 0
     while True:
-        chunk = await asyncio.wait_for(reader.readany(), STREAM_IDLE_TIMEOUT)
+        # What already arrived is taken without a wait: a small answer comes whole.
+        chunk = reader.read_nowait()
+        if not chunk and not reader.at_eof():
+            chunk = await asyncio.wait_for(reader.readany(), STREAM_IDLE_TIMEOUT)
         if not chunk:
             parser.feed_eof()  # raises IncompleteHead: the stream ended inside the head
             raise AssertionError("feed_eof returned before a complete head")

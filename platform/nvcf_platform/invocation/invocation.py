@@ -373,11 +373,11 @@ async def read_inline_body(
     length = request.content_length
     if length is not None:
         wanted = min(length, INLINE_BODY_BYTES)
-        inline = (
-            await asyncio.wait_for(reader.readexactly(wanted), STREAM_IDLE_TIMEOUT)
-            if wanted
-            else b""
-        )
+        # What already arrived (a small body comes with its head) is taken without a wait.
+        inline = reader.read_nowait(wanted) if wanted else b""
+        if len(inline) < wanted:
+            more = reader.readexactly(wanted - len(inline))
+            inline += await asyncio.wait_for(more, STREAM_IDLE_TIMEOUT)
         left = length - len(inline)
         return inline, (RequestBody(request_id, reader, left) if left else None)
     inline = reader.read_nowait(INLINE_BODY_BYTES)
