@@ -259,26 +259,31 @@ async def _next_answer(
     update = watch.pending()
     if update is not None:
         return _progress_answer(update.percent, update.body)
-    waiters: set[asyncio.Future[Any]] = set()
-    progress = asyncio.ensure_future(watch.next_update())
-    waiters.add(progress)
+    # One future woken by whichever comes first, without a task per wait.
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake(*_: object) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    timer = loop.call_later(max(budget.shifted, 0.0), wake)
+    watch.on_arrival(wake)
     if pending is not None:
-        waiters.add(pending)
+        pending.add_done_callback(wake)
     try:
-        done, _ = await asyncio.wait(
-            waiters, timeout=max(budget.shifted, 0.0), return_when=asyncio.FIRST_COMPLETED
-        )
+        await woken
     finally:
-        if not progress.done():
-            progress.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await progress
-    if pending is not None and pending in done:
+        timer.cancel()
+        watch.forget(wake)
+        if pending is not None:
+            pending.remove_done_callback(wake)
+    if pending is not None and pending.done():
         return _take(state)
-    if progress in done and not progress.cancelled() and progress.exception() is None:
-        update = progress.result()
+    update = watch.pending()
+    if update is not None:
         return _progress_answer(update.percent, update.body)
-    return _GENERATED
+    return _GENERATED  # the budget ran out, or the watch closed (the sidecar stops)
 
 
 def _when_final(container_done: Callable[[], None]) -> Callable[[asyncio.Task[Answer]], None]:

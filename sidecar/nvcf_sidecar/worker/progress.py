@@ -10,9 +10,11 @@ files are routed by directory as well as by `id`. Reading and checking one file 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -86,6 +88,7 @@ class ProgressWatch:
         self._newest: ProgressUpdate | None = None
         self._problem: str | None = None
         self._arrived = asyncio.Event()
+        self._listeners: list[Callable[[], object]] = []
         self._last: tuple[int, Version] | None = None
         self._last_stamp = -1
         self._last_content: tuple[int, bytes] | None = None
@@ -103,7 +106,7 @@ class ProgressWatch:
     ) -> None:
         self._monitor._unregister(self)
         self._closed = True
-        self._arrived.set()
+        self._signal()
 
     async def next_update(self) -> ProgressUpdate:
         """Wait for an update not yet returned; the newest when several arrived. Safe to cancel."""
@@ -115,6 +118,25 @@ class ProgressWatch:
                 raise ProgressMonitorError(f"progress watch of request {self.request_id} is closed")
             self._arrived.clear()
             await self._arrived.wait()
+
+    def on_arrival(self, listener: Callable[[], object]) -> None:
+        """Call `listener` once, at the next update or when the watch closes (at once if it is
+        closed): a wait on several things at once needs no task of its own. `forget` undoes it."""
+        if self._closed:
+            listener()
+        else:
+            self._listeners.append(listener)
+
+    def forget(self, listener: Callable[[], object]) -> None:
+        """Drop `listener` if `on_arrival` still holds it."""
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def _signal(self) -> None:
+        self._arrived.set()
+        listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            listener()
 
     def pending(self) -> ProgressUpdate | None:
         """The newest update not yet returned, now (and marks it returned), or None."""
@@ -142,7 +164,7 @@ class ProgressWatch:
             self._last_content = content
             self._last_stamp = max(read.mtime_ns, self._last_stamp + 1)
             self._newest = ProgressUpdate(read.percent, read.body, self._last_stamp)
-            self._arrived.set()
+            self._signal()
             metrics.progress_updates.inc()
             return
         self._problem = read.problem

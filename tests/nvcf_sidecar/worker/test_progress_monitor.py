@@ -115,6 +115,38 @@ def request_dir(base: Path, request_id: str) -> Path:
     return directory
 
 
+async def test_a_listener_is_called_once_at_the_next_update_and_at_close(
+    monitor: ProgressMonitor, base: Path
+) -> None:
+    """`on_arrival`: what the compatibility mode waits on beside the container's answer."""
+    directory = request_dir(base, "req-listen")
+    calls: list[str] = []
+    arrived = asyncio.Event()
+
+    def listener() -> None:
+        calls.append("update")
+        arrived.set()
+
+    with monitor.watch("req-listen", directory) as watch:
+        watch.on_arrival(listener)
+        forgotten = calls.append
+        watch.on_arrival(forgotten)
+        watch.forget(forgotten)
+        watch.forget(forgotten)  # a second forget is harmless
+        write_in_place(directory, nvcf("req-listen", 30))
+        await asyncio.wait_for(arrived.wait(), WAIT)
+        assert calls == ["update"]
+        update = watch.pending()
+        assert update is not None and update.percent == 30
+        write_in_place(directory, nvcf("req-listen", 60))
+        await next_update(watch)
+        assert calls == ["update"]  # once only: not registered again
+        watch.on_arrival(lambda: calls.append("closed"))
+    assert calls == ["update", "closed"]
+    watch.on_arrival(lambda: calls.append("at once"))
+    assert calls == ["update", "closed", "at once"]
+
+
 async def test_successive_writes_arrive_in_order_with_percent_and_body(
     monitor: ProgressMonitor, base: Path, metrics: WorkerMetrics
 ) -> None:
