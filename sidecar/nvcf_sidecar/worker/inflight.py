@@ -49,8 +49,10 @@ class InFlightRequest:
     request_id: str
     msg: Msg
     task: asyncio.Task[object] | None = None
-    """The task running the handler, once it started."""
+    """The task running the handler (the consumer's task of this request), once it started."""
     cancel_reason: str | None = None
+    finished: bool = False
+    """The handler is over: a cancel now has nothing to stop (the consumer is acking)."""
     keepalives: int = 0
     """`+WPI` sent so far."""
     redelivered: bool = False
@@ -62,7 +64,7 @@ class InFlightRequest:
 
     def cancel(self, reason: str) -> bool:
         """Cancel the request; one not started yet will not start. False if already over."""
-        if self.cancel_reason is not None or (self.task is not None and self.task.done()):
+        if self.cancel_reason is not None or self.finished:
             return False
         self.cancel_reason = reason
         if self.task is not None:
@@ -78,18 +80,30 @@ class InFlightRequest:
         metrics: WorkerMetrics,
         container_done: Callable[[], None] | None = None,
     ) -> Outcome:
-        """Run `handler` on `request`, with `+WPI` every `keepalive_interval` seconds beside it.
+        """Run `handler` on `request` in this task, with `+WPI` every `keepalive_interval`
+        seconds beside it.
 
         Returns the handler's outcome; CANCELLED after `cancel()`, WORKER_ERROR if the handler
-        raised. Raises only asyncio.CancelledError when the caller itself is cancelled.
+        raised. Raises only asyncio.CancelledError when this task is cancelled by anyone else.
+        The keepalives get a task of their own only once a request outlives the first
+        interval: most end before, and cost one timer instead of a task.
         """
-        async with asyncio.TaskGroup() as tasks:
-            handling = tasks.create_task(self._handle(handler, request, container_done))
-            keepalive = tasks.create_task(self._keep_alive(keepalive_interval, metrics))
-            try:
-                return await handling
-            finally:
+        loop = asyncio.get_running_loop()
+        keepalive: asyncio.Task[None] | None = None
+
+        def start_keepalive() -> None:
+            nonlocal keepalive
+            keepalive = loop.create_task(self._keep_alive(keepalive_interval, metrics))
+
+        timer = loop.call_later(keepalive_interval, start_keepalive)
+        try:
+            return await self._handle(handler, request, container_done)
+        finally:
+            self.finished = True
+            timer.cancel()
+            if keepalive is not None:
                 keepalive.cancel()
+                await asyncio.wait({keepalive})
 
     async def _handle(
         self,
@@ -107,10 +121,9 @@ class InFlightRequest:
                 request, redelivered=self.redelivered, container_done=container_done
             )
         except asyncio.CancelledError:
-            if not self.cancelled():
+            # Ours only if `cancel()` asked and nobody else did too (a shutdown goes on).
+            if self.cancel_reason is None or task is None or task.uncancel() > 0:
                 raise
-            if task is not None:
-                task.uncancel()
             logger.info("request cancelled", extra={"reason": self.cancel_reason})
             return Outcome.CANCELLED
         except Exception:
@@ -118,10 +131,10 @@ class InFlightRequest:
             return Outcome.WORKER_ERROR
 
     async def _keep_alive(self, interval: float, metrics: WorkerMetrics) -> None:
-        """`+WPI` every `interval` seconds; cancels the request after 10 failures in a row."""
+        """`+WPI` now and every `interval` seconds after; cancels the request after 10 failures
+        in a row."""
         failures = 0
         while True:
-            await asyncio.sleep(interval)
             try:
                 await self.msg.in_progress()
             except Exception as error:
@@ -136,3 +149,4 @@ class InFlightRequest:
             else:
                 failures = 0
                 self.keepalives += 1
+            await asyncio.sleep(interval)

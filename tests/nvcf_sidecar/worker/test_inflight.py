@@ -109,3 +109,47 @@ async def test_a_handler_that_raises_is_a_worker_error() -> None:
         _entry(_Msg()), _Handler(raises=RuntimeError("bug")), 10.0, WorkerMetrics()
     )
     assert outcome is Outcome.WORKER_ERROR
+
+
+async def test_a_request_shorter_than_the_interval_sends_no_keepalive_and_leaves_no_task() -> None:
+    msg = _Msg()
+    before = asyncio.all_tasks()
+    assert await _run(_entry(msg), _Handler(delay=0.01), 10.0, WorkerMetrics()) is Outcome.DELIVERED
+    assert msg.in_progress_sent == 0
+    assert asyncio.all_tasks() == before
+
+
+async def test_the_keepalive_task_ends_with_the_request() -> None:
+    msg = _Msg()
+    before = asyncio.all_tasks()
+    assert await _run(_entry(msg), _Handler(delay=0.25), 0.05, WorkerMetrics()) is Outcome.DELIVERED
+    assert msg.in_progress_sent >= 2
+    assert asyncio.all_tasks() == before
+
+
+async def test_a_cancel_from_elsewhere_still_cancels_the_caller() -> None:
+    """A shutdown cancelling the consumer's task is not swallowed, even beside our cancel."""
+    entry, handler = _entry(_Msg()), _Handler(delay=30.0)
+    running = asyncio.create_task(_run(entry, handler, 10.0, WorkerMetrics()))
+    async with asyncio.timeout(5):
+        await handler.running.wait()
+    assert entry.cancel("upstream cancel via NATS")
+    running.cancel()
+    async with asyncio.timeout(5):
+        done, _ = await asyncio.wait({running})
+    assert running in done
+    assert running.cancelled()
+    assert handler.cancelled == ["r1"]
+
+
+async def test_a_cancel_after_the_handler_ended_leaves_the_acking_task_alone() -> None:
+    entry = _entry(_Msg())
+
+    async def serve() -> str:
+        await entry.run(_Handler(), _request(), keepalive_interval=10.0, metrics=WorkerMetrics())
+        assert not entry.cancel("arrives while the consumer acks")
+        await asyncio.sleep(0.01)  # the ack's await: not cancelled
+        return "acked"
+
+    async with asyncio.timeout(5):
+        assert await asyncio.create_task(serve()) == "acked"
