@@ -39,7 +39,7 @@ import orjson
 from bench.dev_process import run_dev
 from bench.harness import RunSettings, SuiteReport, machine_info
 from bench.hotpath_ab import CLIENTS, LOOPS, Comparison, ab_lines, alternate
-from bench.hotpath_aims import AIMS, evaluate_aims, format_aims
+from bench.hotpath_aims import AIMS, evaluate_aims, format_aims, platform_floor, relative_cpu
 from bench.hotpath_floors import measure_floors
 from bench.processes import CpuSnapshot, memory_kib, stack_roles
 from bench.sidecar import FUNCTION_ID, VERSION_ID, echo_function
@@ -147,13 +147,14 @@ def _echo_and_memory(
         progress("memory")
         memory = _memory_curve(url, headers, sidecar, idle_kib, settings)
         progress("floors")
-        figures["floors"] = measure_floors(
+        floors = measure_floors(
             direct,
             stack.nats_url,
             _ECHO_BODY,
             count=max(500, round(FLOOR_OPERATIONS * settings.iteration_scale)),
             concurrency=CONCURRENCY,
         )
+    figures["floors"] = {**floors, **platform_floor(figures[f"c{CONCURRENCY}"], floors)}
     return figures, memory
 
 
@@ -350,6 +351,10 @@ class HotpathReport(SuiteReport):
     def aims(self) -> list[dict[str, Any]]:
         return evaluate_aims(self.figures) if self.figures else []
 
+    def _relative_cpu(self) -> dict[str, float]:
+        echo = self.figures.get("echo")
+        return {} if echo is None else relative_cpu(echo[f"c{CONCURRENCY}"])
+
     def to_json(self) -> dict[str, Any]:
         return {
             **self.header(),
@@ -362,13 +367,17 @@ class HotpathReport(SuiteReport):
                 "server, per lean client exchange, per exchange on a bare asyncio protocol, per "
                 "JetStream publish awaited to its ack, and per message fetched from a pull "
                 "consumer and acked, 32 in flight; the sidecar's floor is one message consumed "
-                "plus two lean exchanges",
+                "plus two lean exchanges; the platform's is two aiohttp server exchanges (the "
+                "echo server's CPU per request called directly at c=32) plus one publish",
+                "relative_cpu": "the stack's sidecar and platform CPU per request divided by "
+                "the echo server's in the same phase (machine speed cancels out)",
                 "seconds_at_c32": self.settings.budget_s,
                 "seconds_at_c1": self.settings.budget_s / 2,
             },
             "skipped": self.skipped,
             "environment": dict(self.environment),
             "figures": dict(self.figures),
+            "relative_cpu": self._relative_cpu(),
             "aims": self.aims(),
             "cases": [],
         }
@@ -432,6 +441,16 @@ def format_report(report: HotpathReport) -> str:
         f"{floors['jetstream_consume_us']:,.0f}; the sidecar's floor (one message, two lean "
         f"exchanges) {floors['sidecar_floor_us']:,.0f}"
     )
+    if "platform_floor_us" in floors:
+        lines.append(
+            "  aiohttp server exchange (the echo server called directly) "
+            f"{floors['aiohttp_server_exchange_us']:,.0f}; the platform's floor (two aiohttp "
+            f"server exchanges, one publish + ack) {floors['platform_floor_us']:,.0f}"
+        )
+    relative = relative_cpu(f["echo"][f"c{CONCURRENCY}"])
+    if relative:
+        shown = ", ".join(f"{role} {ratio:.2f}x" for role, ratio in relative.items())
+        lines.append(f"echo c{CONCURRENCY} CPU per request in units of the echo server's: {shown}")
     lines += _loop_lines(f.get("loops"))
     if f.get("clients") is not None:
         lines += ab_lines(CLIENTS, f["clients"], CONCURRENCY)

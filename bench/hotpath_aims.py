@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-__all__ = ["AIMS", "FLAT_GROWTH_MIB", "evaluate_aims", "format_aims"]
+__all__ = [
+    "AIMS",
+    "FLAT_GROWTH_MIB",
+    "evaluate_aims",
+    "format_aims",
+    "platform_floor",
+    "relative_cpu",
+]
 
 AIMS: Final[Mapping[str, float]] = {
     "sidecar_cpu_us": 200.0,
@@ -75,3 +82,27 @@ def format_aims(aims: Sequence[Mapping[str, Any]]) -> list[str]:
         verdict = {True: "met", False: "NOT met", None: "unknown"}[aim["met"]]
         lines.append(f"  {aim['aim']:<26} {shown:>10}  ({sign} {aim['bound']:g}): {verdict}")
     return lines
+
+
+def platform_floor(level: Mapping[str, Any], floors: Mapping[str, float]) -> dict[str, float]:
+    """The platform's floor in this run: two aiohttp server exchanges (the caller's and the
+    worker's POST attach; one costs what the echo server, aiohttp's server with orjson, costs
+    per request when called directly) and one JetStream publish with its ack."""
+    server = level["direct"]["cpu_us"].get("server")
+    if server is None:
+        return {}
+    return {
+        "aiohttp_server_exchange_us": server,
+        "platform_floor_us": 2 * server + floors["jetstream_publish_us"],
+    }
+
+
+def relative_cpu(level: Mapping[str, Any]) -> dict[str, float]:
+    """CPU per request of the stack's sidecar and platform in units of the echo server's own in
+    the same phase: this machine's speed drifts by a third from run to run, and these ratios
+    move far less, so runs of different days compare by them."""
+    cpu = level["stack"]["cpu_us"]
+    server = cpu.get("server")
+    if not server:
+        return {}
+    return {role: cpu[role] / server for role in ("sidecar", "platform") if cpu.get(role)}

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # By path: `bench` here is tests/bench, which shadows the repository's bench package.
 _aims = load_module(ROOT / "bench" / "hotpath_aims.py")
 AIMS, evaluate_aims, format_aims = _aims.AIMS, _aims.evaluate_aims, _aims.format_aims
+platform_floor, relative_cpu = _aims.platform_floor, _aims.relative_cpu
 
 
 def _phase(ok_per_s: float, p50_ms: float = 1.0, **cpu_us: float) -> dict[str, Any]:
@@ -79,6 +80,22 @@ def test_aims_missed_and_unmeasured_are_told_apart() -> None:
     assert re.search(r"platform_cpu_us +not measured  \(<= 150\): unknown", lines)
 
 
+def test_the_platforms_floor_is_two_server_exchanges_and_a_publish() -> None:
+    level = {"direct": _phase(20_000, server=45.0), "stack": _phase(1500)}
+    assert platform_floor(level, {"jetstream_publish_us": 35.0}) == {
+        "aiohttp_server_exchange_us": 45.0,
+        "platform_floor_us": 125.0,
+    }
+    assert platform_floor({"direct": _phase(20_000)}, {"jetstream_publish_us": 35.0}) == {}
+
+
+def test_cpu_relative_to_the_echo_servers_cancels_the_machines_speed() -> None:
+    slow = {"stack": _phase(800, sidecar=1000.0, platform=800.0, server=200.0)}
+    fast = {"stack": _phase(1600, sidecar=500.0, platform=400.0, server=100.0)}
+    assert relative_cpu(slow) == relative_cpu(fast) == {"sidecar": 5.0, "platform": 4.0}
+    assert relative_cpu({"stack": _phase(800, sidecar=1000.0)}) == {}
+
+
 def _bench(tmp_path: Path, env: dict[str, str], timeout: float) -> tuple[str, dict[str, Any]]:
     # TMPDIR stays the run's: PyTriton's socket paths under pytest's tmp_path would be too long.
     return run_quick_suite("hotpath", tmp_path / "hotpath.json", env=env, timeout=timeout)
@@ -135,6 +152,10 @@ def test_a_quick_run_measures_every_phase_and_judges_every_aim(tmp_path: Path) -
         floors["jetstream_consume_us"] + 2 * floors["lean_client_exchange_us"]
     )
     assert "the sidecar's floor (one message, two lean exchanges)" in stdout
+    server = figures["echo"]["c32"]["direct"]["cpu_us"]["server"]
+    assert floors["platform_floor_us"] == pytest.approx(2 * server + floors["jetstream_publish_us"])
+    assert set(report["relative_cpu"]) == {"sidecar", "platform"}
+    assert "CPU per request in units of the echo server's" in stdout
     assert figures["memory"]["requests"] >= 10_000
     assert len(figures["memory"]["curve_mib"]) >= 2  # rounds of about a tenth each
     assert [aim["aim"] for aim in report["aims"]] == list(AIMS)
