@@ -123,6 +123,7 @@ class ContainerHealth:
         self._recheck = asyncio.Event()
         self._settled = asyncio.Event()
         self._settled.set()
+        self._failed_after_drop = False
         self._confirming: asyncio.Task[None] | None = None
         self._reason = "not checked yet"
         self._session: aiohttp.ClientSession | None = None
@@ -221,6 +222,8 @@ class ContainerHealth:
     def _record(self, probe: Probe) -> None:
         self._metrics.health_checks.labels("success" if probe.ok else "failure").inc()
         self._reason = probe.reason
+        if probe.ok:
+            self._failed_after_drop = False
         if probe.ok == self._healthy:
             return
         self._healthy = probe.ok
@@ -266,8 +269,9 @@ class ContainerHealth:
 
     @property
     def suspect(self) -> bool:
-        """Whether a call lost its connection and the probe that follows has not answered yet."""
-        return not self._settled.is_set()
+        """Whether a call lost its connection and no check has passed since: the probe that
+        follows has not answered yet, or it failed (calls then wait until a check passes)."""
+        return not self._settled.is_set() or self._failed_after_drop
 
     def report_dropped(self, reason: str) -> None:
         """A call lost its connection after it reached the container: probe the container now.
@@ -277,7 +281,7 @@ class ContainerHealth:
         and a failed probe marks the container unhealthy, so they are held as refused calls are.
         A healthy container (one handler that closed its connection) costs them one probe.
         """
-        if not self._healthy or self.suspect:
+        if not self._healthy or not self._settled.is_set():
             return  # already unhealthy (the monitor re-checks it) or already being probed
         self._settled.clear()
         self._confirming = asyncio.create_task(self._confirm(reason))
@@ -288,6 +292,7 @@ class ContainerHealth:
             if probe.ok:
                 self._record(probe)
             else:
+                self._failed_after_drop = True
                 self._record(Probe(False, f"{probe.reason} (after {reason})"))
                 self._recheck.set()
         finally:

@@ -271,3 +271,28 @@ async def _ok(url: str) -> bool:
 
 async def _unavailable(url: str) -> bool:
     return await _http_status(url) == 503
+
+
+async def test_after_a_drop_and_a_failed_probe_calls_stay_held_until_a_check_passes(
+    container: Container,
+) -> None:
+    """The gate holds a call while `suspect`: through the probe a dropped call starts, and on,
+    when it fails, until a check passes (a call arriving after a failed probe is held too)."""
+    container.answer(200)
+    config = shell.make_config(inference_port=container.port)
+    async with ContainerHealth(config, WorkerMetrics()) as health:
+        assert await health.check()
+        assert not health.suspect
+        container.answer(503)
+        health.report_dropped("a call lost its connection")
+        assert health.suspect  # the probe is under way
+        assert not await health.wait_settled()
+        assert health.suspect  # it failed: still suspect, though settled
+        assert not await health.wait_settled()  # at once, as a later call sees it
+        container.answer(200)
+        assert await health.check()
+        assert not health.suspect
+        assert await health.wait_settled()
+        container.answer(503)
+        assert not await health.check()  # unhealthy without a drop: calls are not held
+        assert not health.suspect
