@@ -78,7 +78,7 @@ class Artifact:
     """Size in bytes when scanned."""
 
 
-def holds_no_outputs(response_dir: Path) -> bool:
+def holds_no_outputs(response_dir: str | os.PathLike[str]) -> bool:
     """Whether `response_dir` is missing or holds nothing but the progress report: most
     requests' case, answered with one directory listing on the caller's thread instead of a
     `scan_artifacts` walk on a worker thread. False when it cannot tell (a symlink, an error):
@@ -99,7 +99,10 @@ def holds_no_outputs(response_dir: Path) -> bool:
 
 
 def scan_artifacts(
-    response_dir: Path, *, log: logging.LoggerAdapter[Any], metrics: WorkerMetrics
+    response_dir: str | os.PathLike[str],
+    *,
+    log: logging.LoggerAdapter[Any],
+    metrics: WorkerMetrics,
 ) -> list[Artifact]:
     """The final output files under `response_dir`, sorted by relative path.
 
@@ -110,6 +113,7 @@ def scan_artifacts(
     entries are refused: each refusal is logged with the request id and counted in
     `artifacts_refused`. Empty directories contribute nothing; a missing directory gives [].
     """
+    base = Path(response_dir)
     try:
         root = os.open(response_dir, _DIRECTORY_FLAGS)
     except FileNotFoundError:
@@ -141,7 +145,7 @@ def scan_artifacts(
                 continue
             try:
                 pending.extend(
-                    _scan_directory(directory, parts, response_dir, found, log=log, metrics=metrics)
+                    _scan_directory(directory, parts, base, found, log=log, metrics=metrics)
                 )
             except OSError as error:  # the listing itself failed
                 record_refusal(_refusal_of("/".join(parts) or ".", error), log, metrics)

@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
@@ -123,7 +122,7 @@ class _Request:
     """The mutable state of one compatibility-mode request across its polls."""
 
     request: WorkerInvokeFunctionRequest
-    response_dir: Path
+    response_dir: str
     log: logging.LoggerAdapter[Any]
     target: float
     """The caller's poll seconds on the initial request: it sets the wait for each next poll."""
@@ -138,7 +137,7 @@ async def serve_compatible(
     *,
     attach: AttachClient,
     budget: PollBudget,
-    response_dir: Path,
+    response_dir: str,
     services: CompatibilityServices,
     gate: ContainerGate,
     new_attach: AttachFactory,
@@ -336,7 +335,7 @@ async def _send(
 async def _final_answer(
     call: ContainerCall,
     request: WorkerInvokeFunctionRequest,
-    response_dir: Path,
+    response_dir: str,
     services: CompatibilityServices,
     gate: ContainerGate,
     metrics: WorkerMetrics,
@@ -373,7 +372,7 @@ async def _final_answer(
 async def _map_response(
     response: ContainerResponse,
     request: WorkerInvokeFunctionRequest,
-    response_dir: Path,
+    response_dir: str,
     services: CompatibilityServices,
     metrics: WorkerMetrics,
     log: logging.LoggerAdapter[Any],

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from pathlib import Path
 from typing import Any, Final
 
 __all__ = ["DIRECTORY_MODE", "create_request_directory", "remove_request_directory"]
@@ -26,7 +25,7 @@ def _read_umask() -> int:
 _UMASK: Final = _read_umask()  # read once at import, before any request thread exists
 
 
-def create_request_directory(path: Path) -> None:
+def create_request_directory(path: str | os.PathLike[str]) -> None:
     """Create `path` with mode 0777 (the base too, if missing); an existing one is fine.
 
     Raises OSError when it cannot be created.
@@ -42,7 +41,7 @@ def create_request_directory(path: Path) -> None:
         os.chmod(path, DIRECTORY_MODE)  # mkdir's mode is narrowed by the umask
 
 
-def remove_request_directory(path: Path, log: logging.LoggerAdapter[Any]) -> None:
+def remove_request_directory(path: str | os.PathLike[str], log: logging.LoggerAdapter[Any]) -> None:
     """Remove `path` and everything in it; a missing one is fine. Never raises (logs instead)."""
     # Most containers write nothing: one rmdir, and the tree walk only when files are left.
     try:

@@ -122,7 +122,7 @@ class InFlightRequest:
             )
         except asyncio.CancelledError:
             # Ours only if `cancel()` asked and nobody else did too (a shutdown goes on).
-            if self.cancel_reason is None or task is None or task.uncancel() > 0:
+            if not self.cancelled() or task is None or task.uncancel() > 0:
                 raise
             logger.info("request cancelled", extra={"reason": self.cancel_reason})
             return Outcome.CANCELLED

@@ -79,7 +79,7 @@ class _FileState:
 class ProgressWatch:
     """One request's view of its progress file; `with` registers it, leaving unregisters it."""
 
-    def __init__(self, monitor: ProgressMonitor, request_id: str, response_dir: Path) -> None:
+    def __init__(self, monitor: ProgressMonitor, request_id: str, response_dir: str) -> None:
         self.request_id = request_id
         self.response_dir = response_dir
         self._monitor = monitor
@@ -205,6 +205,7 @@ class ProgressMonitor:
         self._events: DirectoryEvents | None = None
         self._running = False
         self._base_dir = Path(base_dir)
+        self._base_dir_text = os.fspath(self._base_dir)
         self._metrics = metrics
         self._debounce = debounce
         self._base = ""
@@ -297,9 +298,9 @@ class ProgressMonitor:
 
             await asyncio.to_thread(stop_observer, observer, STOP_TIMEOUT)
 
-    def watch(self, request_id: str, response_dir: Path) -> ProgressWatch:
+    def watch(self, request_id: str, response_dir: str | os.PathLike[str]) -> ProgressWatch:
         """A watch for `request_id`, whose progress file is `<response_dir>/progress`."""
-        return ProgressWatch(self, request_id, Path(response_dir))
+        return ProgressWatch(self, request_id, os.fspath(response_dir))
 
     def _register(self, watch: ProgressWatch) -> None:
         if not self._running:
@@ -320,14 +321,13 @@ class ProgressMonitor:
         if os.path.lexists(path):  # written before the watch: read it once now
             self._on_event(path, True)
 
-    def _key_of(self, directory: Path) -> str:
+    def _key_of(self, directory: str) -> str:
         """The real path of a request directory: for `<base dir>/<name>` that is a directory (not a
         link), the real base joined with the name, from one lstat; else `os.path.realpath`."""
-        text = os.fspath(directory)
-        parent, name = os.path.split(text)
-        if parent == os.fspath(self._base_dir) and name not in ("", ".", ".."):
+        parent, name = os.path.split(directory)
+        if parent == self._base_dir_text and name not in ("", ".", ".."):
             try:
-                if stat.S_ISDIR(os.lstat(text).st_mode):
+                if stat.S_ISDIR(os.lstat(directory).st_mode):
                     return os.path.join(self._base, name)
             except OSError:
                 pass
