@@ -106,10 +106,15 @@ async def test_version_degrades_as_its_sidecars_stop_and_recovers_when_they_rest
     # Another version's sidecars are probed on their own: untouched, it stays ACTIVE.
     assert await version_status(http, stack, solo) == "ACTIVE"
 
+    # A restart returns once its sidecar is ready, and the platform's probe (every second) may
+    # have seen it by then: the status before may already be gone.
     await asyncio.to_thread(stack.restart, first, wait=True, timeout=30)
-    assert await wait_status(http, stack, pair, "DEGRADING") == ["DEGRADED", "DEGRADING"]
+    assert await wait_status(http, stack, pair, "DEGRADING") in (
+        ["DEGRADED", "DEGRADING"],
+        ["DEGRADING"],
+    )
     await asyncio.to_thread(stack.restart, second, wait=True, timeout=30)
-    assert await wait_status(http, stack, pair, "ACTIVE") == ["DEGRADING", "ACTIVE"]
+    assert await wait_status(http, stack, pair, "ACTIVE") in (["DEGRADING", "ACTIVE"], ["ACTIVE"])
     assert [s.returncode for s in stack.sidecars(pair.version_id)] == [None, None]
 
 

@@ -18,7 +18,6 @@ from nvcf_sidecar.worker.logs import (
     parse_log_level,
 )
 
-
 _RECORD_SWITCHES = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
 
 

@@ -137,7 +137,8 @@ async def test_a_listener_is_called_once_at_the_next_update_and_at_close(
         await asyncio.wait_for(arrived.wait(), WAIT)
         assert calls == ["update"]
         update = watch.pending()
-        assert update is not None and update.percent == 30
+        assert update is not None
+        assert update.percent == 30
         write_in_place(directory, nvcf("req-listen", 60))
         await next_update(watch)
         assert calls == ["update"]  # once only: not registered again
