@@ -452,9 +452,11 @@ class RequestConsumer:
         parked = False
 
         def container_done() -> None:
-            # The container is free while the answer waits for a poll: so is the slot.
+            # The container is free while the answer waits for a poll: so is the slot. A call
+            # after the request ended (a done-callback of its container call, run late) must
+            # not park a slot this request no longer holds.
             nonlocal parked
-            if not parked:
+            if not parked and not entry.finished:
                 parked = self.slots.park()
 
         with bind_log_fields(

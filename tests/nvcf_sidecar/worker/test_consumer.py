@@ -422,3 +422,28 @@ async def test_items_published_before_a_reconnect_are_treated_as_maybe_answered(
         await runner.wait_finished(2)
     assert runner.started == [before.requestId, after.requestId]
     assert runner.redelivered == [True, False]
+
+
+async def test_a_container_done_after_the_request_ended_leaves_the_slots_alone(
+    nats_server: Any,
+) -> None:
+    """A done-callback of a container call may run after its request was acked: it must not
+    park the slot another request holds (the sidecar once crashed on the release that followed)."""
+    await shell.provision_queue(nats_server.url, REGION)
+    runner = shell.StandInRunner()
+    runner.late_container_done = 1
+    runner.hold = True
+    async with shell.serving(nats_server.url, runner, max_request_concurrency=2) as state:
+        await shell.publish_work(nats_server.url, [shell.work_item()])
+        await runner.wait_finished(1)
+        await shell.publish_work(nats_server.url, [shell.work_item()])
+        await runner.wait_started(2)  # held: it holds a slot when the late call comes
+        await asyncio.sleep(0.4)
+        runner.release()
+        await runner.wait_finished(2)
+        await shell.wait_for_state(nats_server.url, (0, 0, 0))
+        await shell.publish_work(nats_server.url, [shell.work_item()])
+        await runner.wait_finished(3)
+        await shell.wait_for_state(nats_server.url, (0, 0, 0))
+    assert shell.outcomes(state.metrics, Outcome.DELIVERED) == 3
+    assert state.metrics.in_flight._value.get() == 0
