@@ -47,6 +47,7 @@ class GetServer:
         self._port = port
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     async def start(self) -> int:
         """Listen; returns the bound port (the chosen one when `port` was 0)."""
@@ -61,6 +62,7 @@ class GetServer:
         if server is None:
             return
         server.close()
+        self._closing = True
         connections = list(self._connections)
         for task in connections:
             task.cancel()
@@ -76,6 +78,12 @@ class GetServer:
                 pass
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass  # the client went away or stayed silent: nothing to answer
+        except asyncio.CancelledError:
+            if not self._closing or task is None:
+                raise
+            # `close()` ended the connection: end normally, or Python 3.11's stream callback
+            # logs the cancelled task as an "Exception in callback" at every sidecar stop.
+            task.uncancel()
         finally:
             if task is not None:
                 self._connections.discard(task)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -149,6 +150,23 @@ async def test_close_ends_open_connections_and_stops_listening() -> None:
     writer.close()
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection("127.0.0.1", bound)
+
+
+async def test_close_logs_no_error_for_the_connections_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Closing while clients are connected is a normal stop, not an "Exception in callback"."""
+    server = GetServer(ROUTES, "127.0.0.1", 0)
+    bound = await server.start()
+    connections = [await asyncio.open_connection("127.0.0.1", bound) for _ in range(3)]
+    await asyncio.sleep(0.05)  # each connection's handler is waiting for a request head
+    with caplog.at_level(logging.ERROR):
+        await asyncio.wait_for(server.close(), 5)
+        await asyncio.sleep(0.05)  # the streams' done-callbacks run
+    assert [record.getMessage() for record in caplog.records] == []
+    for reader, writer in connections:
+        assert await asyncio.wait_for(reader.read(1), 5) == b""
+        writer.close()
 
 
 def test_the_sidecar_never_loads_aiohttps_web_server() -> None:
