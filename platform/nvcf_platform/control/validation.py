@@ -372,15 +372,16 @@ def _rate_limit(r: FieldReader) -> dict[str, Any]:
 
 def pinned_ids(body: object, *, new_function: bool) -> tuple[str | None, str | None]:
     """The ids a create body asks for (an extension of NVIDIA's API): `id` (a new function's
-    only) and `versionId`, canonical; None where absent. 400 naming a field that is no UUID."""
+    only: a new version's body may carry it, checked and otherwise ignored) and `versionId`,
+    canonical; None where absent. 400 naming a field that is no UUID."""
     found: list[str | None] = []
     for field in ("id", "versionId"):
         value = body.get(field) if isinstance(body, dict) else None
-        if value is None or (field == "id" and not new_function):
+        if value is None:
             found.append(None)
             continue
         key = canonical_uuid(value) if isinstance(value, str) else None
         if key is None:
             raise bad_request(f"Invalid request: '{field}' must be a UUID, not {value!r}")
-        found.append(key)
+        found.append(None if field == "id" and not new_function else key)
     return found[0], found[1]

@@ -268,8 +268,21 @@ async def test_a_create_body_may_pin_the_ids_and_taken_ones_are_409(
     status, answer = await api.call("POST", "/v2/nvcf/functions", {**function_body(), "id": "x"})
     assert status == 400
     assert answer["detail"] == "Invalid request: 'id' must be a UUID, not 'x'"
+    # A new version's body: `id` is ignored, but still has to be a UUID (as documented).
+    status, answer = await api.call(
+        "POST", f"/v2/nvcf/functions/{fid}/versions", {**function_body(), "id": "g" + fid[1:]}
+    )
+    assert status == 400
+    assert answer["detail"] == f"Invalid request: 'id' must be a UUID, not {'g' + fid[1:]!r}"
+    other = str(uuid.uuid4())
+    status, answer = await api.call(
+        "POST", f"/v2/nvcf/functions/{fid}/versions", {**function_body(), "id": other}
+    )
+    assert status == 200, answer
+    assert answer["function"]["id"] == fid
+    third = answer["function"]["versionId"]
     listed = await api.call("GET", f"/v2/nvcf/functions/{fid}/versions")
-    assert sorted(v["versionId"] for v in listed[1]["functions"]) == sorted([first, second])
+    assert sorted(v["versionId"] for v in listed[1]["functions"]) == sorted([first, second, third])
 
 
 async def test_bodies_must_be_json(api: Any) -> None:
