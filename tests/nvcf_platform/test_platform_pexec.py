@@ -26,6 +26,14 @@ def header_values(item: Any, name: str) -> list[str]:
     return [kv.value for kv in item.requestHeaders if kv.key == name]
 
 
+async def raw_pexec(caller: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str, str]:
+    """A plain TCP connection to the platform, its host, and the pexec path: for requests
+    written byte by byte."""
+    host, port = caller.platform.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    return reader, writer, host, caller.pexec_url().removeprefix(caller.platform.base_url)
+
+
 async def test_100_sequential_invocations_relay_status_length_and_nvcf_headers(
     caller: Any, start_worker: Any
 ) -> None:
@@ -174,9 +182,7 @@ async def test_a_declared_body_arriving_after_its_head_is_still_all_inline(
     """Up to 32 KiB of a body with a Content-Length is inline, however late it comes."""
     worker = await start_worker()
     body = bytes(i % 251 for i in range(10_000))
-    host, port = caller.platform.base_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    path = caller.pexec_url().removeprefix(caller.platform.base_url)
+    reader, writer, host, path = await raw_pexec(caller)
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {ids.api_key}\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
@@ -231,9 +237,7 @@ async def test_hop_by_hop_headers_and_authorization_never_reach_the_worker(
     caller: Any, start_worker: Any, ids: Any
 ) -> None:
     worker = await start_worker()
-    host, port = caller.platform.base_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    path = caller.pexec_url().removeprefix(caller.platform.base_url)
+    reader, writer, host, path = await raw_pexec(caller)
     raw = (
         f"POST {path} HTTP/1.1\r\n"
         f"Host: {host}\r\n"
