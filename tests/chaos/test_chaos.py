@@ -28,7 +28,9 @@ SHORT = ChaosSettings(
 INJECTED = {
     "baseline": 0,
     "sidecar-kill": 1,
-    "server-kill": len(SHORT.server_kills_at) * SHORT.layout.sidecars,  # every instance's
+    # Every instance's server at least once: a short load can end before the later round
+    # (CI saw 150 requests answered before the servers of the first round were ready again).
+    "server-kill": SHORT.layout.sidecars,
     "nats-kill": len(SHORT.nats_kills_at),
     "platform-restart": len(SHORT.platform_kills_at),
 }
