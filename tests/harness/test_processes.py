@@ -62,7 +62,10 @@ def test_stop_kills_the_whole_process_group(start_process: StartProcess, tmp_pat
             "-c",
             "import subprocess, sys, time\n"
             "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-            f"open({str(child_pid_file)!r}, 'w').write(str(child.pid))\n"
+            # Written then renamed, so the file never exists empty: a reader that sees it
+            # reads the whole pid.
+            f"open({str(child_pid_file)!r} + '.part', 'w').write(str(child.pid))\n"
+            f"import os; os.replace({str(child_pid_file)!r} + '.part', {str(child_pid_file)!r})\n"
             "time.sleep(60)\n",
         ],
         name="parent",
