@@ -27,6 +27,7 @@ __all__ = [
     "holds_no_outputs",
     "open_artifact",
     "record_refusal",
+    "removed_if_empty",
     "scan_artifacts",
 ]
 
@@ -96,6 +97,21 @@ def holds_no_outputs(response_dir: str | os.PathLike[str]) -> bool:
     finally:
         os.close(descriptor)
     return not names or names == [PROGRESS_FILE_NAME]
+
+
+def removed_if_empty(response_dir: str | os.PathLike[str]) -> bool:
+    """Remove `response_dir` if it is an empty directory, and say whether it is gone (missing
+    counts): a final answer's check for outputs in one `rmdir`, and the request's clean-up
+    done with it. False for anything else (files left, a symlink, an error): ask
+    `holds_no_outputs` then. Only for a final answer: the container may not write there
+    afterwards."""
+    try:
+        os.rmdir(response_dir)  # never follows a symlink: that is ENOTDIR
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def scan_artifacts(

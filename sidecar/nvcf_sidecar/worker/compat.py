@@ -37,7 +37,7 @@ from nvcf_sidecar.protocol import (
     worker_problem,
 )
 from nvcf_sidecar.protocol.limits import CLIENT_GONE_GRACE_SECONDS
-from nvcf_sidecar.worker.artifacts import holds_no_outputs, scan_artifacts
+from nvcf_sidecar.worker.artifacts import holds_no_outputs, removed_if_empty, scan_artifacts
 from nvcf_sidecar.worker.attach import AttachClient, AttachError, AttachFactory
 from nvcf_sidecar.worker.deadline import item_budget
 from nvcf_sidecar.worker.forward import (
@@ -385,9 +385,12 @@ async def _map_response(
         body = inference_error_problem(response.status, buffered)
         log.info("container answered %d; relayed as a problem", response.status)
         return Answer(response.status, [("Content-Type", PROBLEM_CONTENT_TYPE)], body)
+    # A final answer's empty directory goes at once (one rmdir); a 202's stays for the
+    # container's further writes.
+    final = response.status != 202
     artifacts = (
         []
-        if holds_no_outputs(response_dir)
+        if (final and removed_if_empty(response_dir)) or holds_no_outputs(response_dir)
         else await asyncio.to_thread(scan_artifacts, response_dir, log=log, metrics=metrics)
     )
     if len(buffered) > limit or artifacts:
@@ -397,7 +400,7 @@ async def _map_response(
             request, _rest(buffered, response.content), artifacts, log=log
         )
         return Answer(302, [("Location", url)])
-    source = "container" if response.status == 202 else "final"
+    source = "final" if final else "container"
     return Answer(response.status, headers, buffered, source=source)
 
 

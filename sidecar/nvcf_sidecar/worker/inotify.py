@@ -80,6 +80,7 @@ class DirectoryEvents:
         self._fd = -1
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paths: dict[int, str] = {}  # watch descriptor -> directory
+        self._children: dict[str, int] = {}  # directory in the base -> its watch descriptor
         self._base_wd = -1
 
     def open(self) -> None:
@@ -107,6 +108,14 @@ class DirectoryEvents:
         os.close(self._fd)
         self._fd = -1
         self._paths.clear()
+        self._children.clear()
+
+    def watch_directory(self, path: str) -> None:
+        """Watch `path`, a directory directly in the base, now: its creator need not wait for
+        the base's event. Files already in it are not reported (the caller looks for the ones
+        it wants); a failure is logged, and the base's event tries again."""
+        if self._fd >= 0:
+            self._add_child(path)
 
     def drain(self) -> None:
         """Handle the events the kernel holds now, without waiting for the loop."""
@@ -124,16 +133,21 @@ class DirectoryEvents:
         return wd
 
     def _watch_child(self, path: str) -> None:
-        """Watch a directory of the base, then report the files it already holds."""
+        """Watch a directory of the base, then report the files it already holds; one that
+        `watch_directory` already watches is left as it is."""
+        if path not in self._children and self._add_child(path):
+            self._report_files(path)
+
+    def _add_child(self, path: str) -> bool:
         try:
-            self._add(path, _CHILD_MASK)
+            self._children[path] = self._add(path, _CHILD_MASK)
         except OSError as error:
             if error.errno not in (errno.ENOENT, errno.ENOTDIR):  # gone again: nothing to do
                 logger.warning(
                     "cannot watch a response directory", extra={"path": path, "error": str(error)}
                 )
-            return
-        self._report_files(path)
+            return False
+        return True
 
     def _report_files(self, directory: str) -> None:
         """Report every file `directory` holds now, as whole (the kernel may not have)."""
@@ -146,12 +160,10 @@ class DirectoryEvents:
 
     def _scan(self) -> None:
         """Watch every directory in the base (at start, and after the kernel dropped events)."""
-        watched = set(self._paths.values())
         with os.scandir(self._base) as entries:
             children = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
         for child in children:
-            if child not in watched:
-                self._watch_child(child)
+            self._watch_child(child)
 
     def _read(self) -> None:
         try:
@@ -171,7 +183,9 @@ class DirectoryEvents:
                 overflow = True
                 continue
             if mask & _IN_IGNORED:  # the directory was removed: the kernel dropped the watch
-                self._paths.pop(wd, None)
+                gone = self._paths.pop(wd, None)
+                if gone is not None and self._children.get(gone) == wd:
+                    del self._children[gone]  # not a newer directory of the same name
                 continue
             directory = self._paths.get(wd)
             if directory is None or not raw:

@@ -305,8 +305,10 @@ class ProgressMonitor:
     def _register(self, watch: ProgressWatch) -> None:
         if not self._running:
             raise ProgressMonitorError("the progress monitor is not running")
-        key = self._key_of(watch.response_dir)
-        if key == self._base or os.path.commonpath([key, self._base]) != self._base:
+        key, in_base = self._key_of(watch.response_dir)
+        if not in_base and (
+            key == self._base or os.path.commonpath([key, self._base]) != self._base
+        ):
             raise ProgressMonitorError(
                 f"response directory {watch.response_dir} is not inside {self._base}"
             )
@@ -317,21 +319,24 @@ class ProgressMonitor:
         watch._key = key
         self._by_id[watch.request_id] = watch
         self._by_dir[key] = watch
+        if in_base and self._events is not None:
+            self._events.watch_directory(key)  # now, not when the base's event is read
         path = os.path.join(key, PROGRESS_FILE_NAME)
         if os.path.lexists(path):  # written before the watch: read it once now
             self._on_event(path, True)
 
-    def _key_of(self, directory: str) -> str:
-        """The real path of a request directory: for `<base dir>/<name>` that is a directory (not a
-        link), the real base joined with the name, from one lstat; else `os.path.realpath`."""
+    def _key_of(self, directory: str) -> tuple[str, bool]:
+        """The real path of a request directory, and whether it is known to lie directly in the
+        base: for `<base dir>/<name>` that is a directory (not a link), the real base joined
+        with the name, from one lstat; else `os.path.realpath` (and False: check it)."""
         parent, name = os.path.split(directory)
         if parent == self._base_dir_text and name not in ("", ".", ".."):
             try:
                 if stat.S_ISDIR(os.lstat(directory).st_mode):
-                    return os.path.join(self._base, name)
+                    return os.path.join(self._base, name), True
             except OSError:
                 pass
-        return os.path.realpath(directory)
+        return os.path.realpath(directory), False
 
     def _unregister(self, watch: ProgressWatch) -> None:
         if self._by_id.get(watch.request_id) is watch:

@@ -16,6 +16,7 @@ from nvcf_sidecar.worker.artifacts import (
     RefusalReason,
     holds_no_outputs,
     open_artifact,
+    removed_if_empty,
     scan_artifacts,
 )
 from nvcf_sidecar.worker.metrics import WorkerMetrics
@@ -122,6 +123,28 @@ def test_the_quick_check_says_no_outputs_only_when_the_full_scan_would_find_none
     linked.symlink_to(out / "missing-target")
     assert not holds_no_outputs(linked)  # a symlinked directory: the full scan refuses it
     assert not holds_no_outputs(out / "result.json")  # not a directory
+
+
+def test_a_final_answers_check_removes_only_an_empty_directory(tmp_path: Path) -> None:
+    out = tmp_path / REQUEST_ID
+    assert removed_if_empty(out)  # missing: nothing to ship, nothing to remove
+    out.mkdir()
+    assert removed_if_empty(out)
+    assert not out.exists()
+
+    write(out / "progress", b"{}")  # anything in it: the listing decides, nothing is removed
+    assert not removed_if_empty(out)
+    assert (out / "progress").exists()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    linked = tmp_path / "linked"
+    linked.symlink_to(empty)
+    assert not removed_if_empty(linked)  # a link is never followed nor removed
+    assert linked.is_symlink()
+    assert empty.is_dir()
+    assert not removed_if_empty(out / "progress")  # not a directory
+    assert (out / "progress").exists()
 
 
 def test_partial_files_are_refused_logged_with_the_request_id_and_counted(

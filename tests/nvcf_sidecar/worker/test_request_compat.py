@@ -850,6 +850,33 @@ async def test_a_container_202_sends_each_poll_to_the_container_until_it_answers
     assert sidecar.polls_taken() == 2
 
 
+async def test_outputs_written_after_a_container_202_ship_with_the_final_answer(
+    sidecar: Sidecar,
+    attach_server: Any,
+    platform_nc: NATS,
+    compat_container: Any,
+    store: ObjectStore,
+) -> None:
+    # A 202 keeps the response directory (a final answer's empty one goes at once): the
+    # container writes its outputs there while it answers the poll.
+    request_id = new_id("container-202-outputs")
+    request = invoke_request(attach_server.url, request_id, path="/accepted?polls=1")
+    request.largeResponseUrl = store.upload_url(request_id)
+    task = start(sidecar, attach_server, request)
+
+    first = await attach_server.response(token_of(request))
+    token = await poll(platform_nc, attach_server, request_id, path="/accepted?polls=1&outputs=1")
+    final = await attach_server.response(token)
+
+    assert await finish(task) is Outcome.DELIVERED
+    assert json_body(first, 202) == {"hit": 1}
+    assert final.head().status == 302
+    entries = zip_entries(store.uploads[request_id][1])
+    assert orjson.loads(entries.pop(f"{request_id}.response")) == {"hit": 2, "done": True}
+    assert entries == compat_server.OUTPUT_FILES
+    assert not (sidecar.config.base_response_dir / request_id).exists()
+
+
 # --- input assets --------------------------------------------------------------------------------
 
 

@@ -17,7 +17,8 @@ carrying `NVCF-REQID` as `[method, raw target]`:
                                   answers {"written": [...]}
   /accepted?polls=                202 {"hit": n} for the first `polls` + 1 calls of one request
                                   id (the initial call and `polls` polls), then 200 {"hit": n,
-                                  "done": true}: a container that drives polling itself
+                                  "done": true}: a container that drives polling itself;
+                                  with `outputs=1` the final call writes /outputs' files first
   /hits/<reqid>                   the calls recorded for that request id
 
 Tests load this file as a module too: `launch()` starts it as a process.
@@ -199,6 +200,10 @@ async def accepted(request: web.Request) -> web.Response:
     seen = len(_hits.get(request.headers.get("NVCF-REQID", ""), []))
     if seen <= polls:
         return web.json_response({"hit": seen}, status=202)
+    if request.query.get("outputs") == "1":
+        if not _output_dir(request).is_dir():  # the sidecar made it; it must still be there
+            return web.json_response({"error": "no output directory"}, status=500)
+        await asyncio.to_thread(_write_outputs, _output_dir(request))
     return web.json_response({"hit": seen, "done": True})
 
 
