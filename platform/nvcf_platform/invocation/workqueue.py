@@ -14,11 +14,13 @@ import time
 from collections.abc import Sequence
 from typing import Final
 
+import orjson
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
 from nats.js.api import StorageType
 from nats.js.client import JetStreamContext
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from nvcf_platform.errors import NatsUnavailable, PublishFailed, QueueFull
 from nvcf_platform.invocation.js_retry import RETRY_DELAYS, write_through_elections
@@ -163,7 +165,7 @@ class WorkQueue:
             extra={"request_id": request_id, "subject": subject},
         )
         if error is not None:
-            raise PublishFailed(subject, repr(error))
+            raise PublishFailed(subject, str(error) or repr(error))  # nats-py says what in str()
 
     async def _publish_once(
         self, subject: str, payload: bytes, deadline: float
@@ -173,7 +175,7 @@ class WorkQueue:
         self._require_connection()
         timeout = max(0.1, min(PUBLISH_TIMEOUT, deadline - time.monotonic()))
         try:
-            await self._js.publish(subject, payload, timeout=timeout)
+            await self._store(subject, payload, timeout)
         except APIError as error:
             description = error.description or ""
             if error.err_code == _STORE_FAILED and _PER_SUBJECT_LIMIT in description:
@@ -184,6 +186,23 @@ class WorkQueue:
         except (NatsError, TimeoutError) as error:
             return error
         return None
+
+    async def _store(self, subject: str, payload: bytes, wait: float) -> None:
+        """`JetStreamContext.publish` without its PubAck object: the stream's answer read with
+        orjson, an error raised as nats-py raises it (`APIError` and its kinds; no stream
+        listening is `NoStreamResponseError`); `wait`: seconds for the answer."""
+        try:
+            reply = await self._nc.request(subject, payload, timeout=wait)
+        except NoRespondersError:
+            raise NoStreamResponseError from None
+        try:
+            answer = orjson.loads(reply.data)
+        except orjson.JSONDecodeError:
+            raise APIError(
+                description=f"unreadable publish acknowledgement {reply.data!r}"
+            ) from None
+        if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+            APIError.from_error(answer["error"])  # raises
 
     def _require_connection(self) -> None:
         if not self._nc.is_connected:
