@@ -44,6 +44,10 @@ Header = tuple[str, str]
 
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE: Final = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+# A whole valid header line: token name, colon, the value without its surrounding spaces/tabs.
+_HEADER_FIELD: Final = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)[ \t]*"
+)
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _REQUEST_LINE: Final = re.compile(rb"([^ ]*) ([^ ]*) HTTP/1\.[01]")
 _TARGET: Final = re.compile(rb"/[\x21-\x7e]*|\*|[A-Za-z][A-Za-z0-9+.\-]*://[\x21-\x7e]+")
@@ -275,7 +279,29 @@ class _HeadParser(Generic[_HeadT]):
 
         A value that is not UTF-8 cannot become a `str` header: it is dropped when
         `keep_non_utf8` allows (responses, relayed as-is by the IS), else it is an error.
+        One match per line; a head with a bad line, or too many, is checked again line by line
+        (`_checked_headers`), which says what is wrong.
         """
+        if len(lines) > MAX_HEAD_HEADERS:
+            return self._checked_headers(lines, keep_non_utf8=keep_non_utf8)
+        headers: list[Header] = []
+        match_field = _HEADER_FIELD.fullmatch
+        for line in lines:
+            match = match_field(line)
+            if match is None:
+                return self._checked_headers(lines, keep_non_utf8=keep_non_utf8)
+            name, raw_value = match.groups()
+            try:
+                value = raw_value.decode()
+            except UnicodeDecodeError:
+                if keep_non_utf8:
+                    continue
+                return self._checked_headers(lines, keep_non_utf8=keep_non_utf8)
+            headers.append((name.decode("ascii"), value))
+        return headers
+
+    def _checked_headers(self, lines: list[bytes], *, keep_non_utf8: bool) -> list[Header]:
+        """`_headers` one check at a time, raising for the first line that fails one."""
         headers: list[Header] = []
         for index, line in enumerate(lines, start=2):
             if index - 2 >= MAX_HEAD_HEADERS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nvcf_sidecar.protocol import (
@@ -417,6 +417,31 @@ def test_status_below_100_is_invalid() -> None:
 def test_non_utf8_header_value_is_dropped_from_a_response() -> None:
     head = parse_response_head(b"HTTP/1.1 200 OK\r\nA: \xff\xfe\r\nB: caf\xc3\xa9\r\n\r\n")
     assert head.headers == [("B", "caf\u00e9")]
+
+
+_LINE_BYTES = st.sampled_from([b"a", b"Z", b"-", b"!", b":", b" ", b"\t", b"/", b"\x7f", b"\x00",
+                               b"\xc3\xa9", b"\xff", b"\r"])  # fmt: skip
+_LINE_PART = st.lists(_LINE_BYTES, max_size=6).map(b"".join)
+_NAME = st.lists(st.sampled_from([b"a", b"Z", b"-", b"!"]), min_size=1, max_size=3).map(b"".join)
+# Mostly a valid name and any value, where one odd byte decides; sometimes anything at all.
+_HEADER_LINE = st.builds(lambda name, value: name + b":" + value, _NAME, _LINE_PART) | _LINE_PART
+
+
+@settings(max_examples=1000)  # a pure function: cheap, and a single odd byte decides
+@given(st.lists(_HEADER_LINE, max_size=5))
+def test_header_lines_parse_as_the_line_by_line_checks_say(lines: list[bytes]) -> None:
+    # Each line is matched once; the line-by-line checks are the reference for every line mix.
+    outcomes = []
+    for parse in ("_headers", "_checked_headers"):
+        for keep_non_utf8 in (True, False):
+            try:
+                result: object = getattr(RequestHeadParser(), parse)(
+                    lines, keep_non_utf8=keep_non_utf8
+                )
+            except MalformedHead as error:
+                result = (type(error), error.detail, str(error))
+            outcomes.append(result)
+    assert outcomes[:2] == outcomes[2:]
 
 
 # --- request heads (GET attach, stream-full mode) ------------------------------------------------
