@@ -368,7 +368,11 @@ class HotpathReport(SuiteReport):
                 "JetStream publish awaited to its ack, and per message fetched from a pull "
                 "consumer and acked, 32 in flight; the sidecar's floor is one message consumed "
                 "plus two lean exchanges; the platform's is two aiohttp server exchanges (the "
-                "echo server's CPU per request called directly at c=32) plus one publish",
+                "echo server's CPU per request called directly at c=32) plus one publish; "
+                "the platform's own work per call is its functions run in this process without "
+                "HTTP or NATS (headers, ids, presigned URL, work item encoded, token, the "
+                "worker's head parsed, headers relayed), added to that floor and to one of two "
+                "bare asyncio exchanges plus one publish",
                 "relative_cpu": "the stack's sidecar and platform CPU per request divided by "
                 "the echo server's in the same phase (machine speed cancels out)",
                 "seconds_at_c32": self.settings.budget_s,
@@ -446,6 +450,12 @@ def format_report(report: HotpathReport) -> str:
             "  aiohttp server exchange (the echo server called directly) "
             f"{floors['aiohttp_server_exchange_us']:,.0f}; the platform's floor (two aiohttp "
             f"server exchanges, one publish + ack) {floors['platform_floor_us']:,.0f}"
+        )
+    if "platform_bare_floor_us" in floors:
+        lines.append(
+            f"  the platform's own work per call {floors['platform_work_us']:,.0f}; its floor "
+            f"with that work {floors['platform_floor_with_work_us']:,.0f}, and with two bare "
+            f"asyncio exchanges instead of aiohttp's {floors['platform_bare_floor_us']:,.0f}"
         )
     relative = relative_cpu(f["echo"][f"c{CONCURRENCY}"])
     if relative:

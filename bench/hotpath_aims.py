@@ -87,14 +87,21 @@ def format_aims(aims: Sequence[Mapping[str, Any]]) -> list[str]:
 def platform_floor(level: Mapping[str, Any], floors: Mapping[str, float]) -> dict[str, float]:
     """The platform's floor in this run: two aiohttp server exchanges (the caller's and the
     worker's POST attach; one costs what the echo server, aiohttp's server with orjson, costs
-    per request when called directly) and one JetStream publish with its ack."""
+    per request when called directly) and one JetStream publish with its ack.
+
+    With the platform's own work per call measured (`platform_work_us`), that floor with it
+    added, and the floor of a platform whose two exchanges were bare asyncio ones (hand-written
+    HTTP on both routes) doing the same work."""
     server = level["direct"]["cpu_us"].get("server")
     if server is None:
         return {}
-    return {
-        "aiohttp_server_exchange_us": server,
-        "platform_floor_us": 2 * server + floors["jetstream_publish_us"],
-    }
+    publish = floors["jetstream_publish_us"]
+    figures = {"aiohttp_server_exchange_us": server, "platform_floor_us": 2 * server + publish}
+    work = floors.get("platform_work_us")
+    if work is not None:
+        figures["platform_floor_with_work_us"] = 2 * server + publish + work
+        figures["platform_bare_floor_us"] = 2 * floors["raw_asyncio_exchange_us"] + publish + work
+    return figures
 
 
 def relative_cpu(level: Mapping[str, Any]) -> dict[str, float]:

@@ -89,6 +89,21 @@ def test_the_platforms_floor_is_two_server_exchanges_and_a_publish() -> None:
     assert platform_floor({"direct": _phase(20_000)}, {"jetstream_publish_us": 35.0}) == {}
 
 
+def test_the_platforms_own_work_is_added_to_its_floor_and_to_a_bare_one() -> None:
+    level = {"direct": _phase(20_000, server=45.0), "stack": _phase(1500)}
+    floors = {
+        "jetstream_publish_us": 35.0,
+        "platform_work_us": 40.0,
+        "raw_asyncio_exchange_us": 15.0,
+    }
+    assert platform_floor(level, floors) == {
+        "aiohttp_server_exchange_us": 45.0,
+        "platform_floor_us": 125.0,
+        "platform_floor_with_work_us": 165.0,
+        "platform_bare_floor_us": 105.0,
+    }
+
+
 def test_cpu_relative_to_the_echo_servers_cancels_the_machines_speed() -> None:
     slow = {"stack": _phase(800, sidecar=1000.0, platform=800.0, server=200.0)}
     fast = {"stack": _phase(1600, sidecar=500.0, platform=400.0, server=100.0)}
@@ -154,6 +169,11 @@ def test_a_quick_run_measures_every_phase_and_judges_every_aim(tmp_path: Path) -
     assert "the sidecar's floor (one message, two lean exchanges)" in stdout
     server = figures["echo"]["c32"]["direct"]["cpu_us"]["server"]
     assert floors["platform_floor_us"] == pytest.approx(2 * server + floors["jetstream_publish_us"])
+    assert floors["platform_work_us"] > 0
+    assert floors["platform_floor_with_work_us"] == pytest.approx(
+        floors["platform_floor_us"] + floors["platform_work_us"]
+    )
+    assert "the platform's own work per call" in stdout
     assert set(report["relative_cpu"]) == {"sidecar", "platform"}
     assert "CPU per request in units of the echo server's" in stdout
     assert figures["memory"]["requests"] >= 10_000
