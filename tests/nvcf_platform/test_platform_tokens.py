@@ -16,6 +16,7 @@ from nvcf_platform.invocation.tokens import (
     RequestBody,
     WorkerResponse,
     iter_body,
+    random_uuid,
 )
 
 
@@ -59,6 +60,20 @@ async def test_tokens_are_uuid4_and_single_use() -> None:
     assert tokens.claim_request(request_token) is None
     assert tokens.claim_request(slot.token) is None  # kinds never mix
     assert len(tokens) == 0
+
+
+def test_random_uuids_are_canonical_version_4_text_and_differ() -> None:
+    made = [random_uuid() for _ in range(2000)]
+    for text in made:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text  # lower-case hex, hyphens where the canonical form has them
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+    assert len(set(made)) == len(made)
+    # 122 random bits: every hex digit but the version's and the variant's takes many values.
+    fixed = (8, 13, 14, 18, 19, 23)  # the hyphens, the version "4", the variant digit
+    assert all(len({text[i] for text in made}) > 8 for i in range(36) if i not in fixed)
+    assert {text[19] for text in made} == set("89ab")
 
 
 async def test_revoke_forgets_unused_tokens() -> None:

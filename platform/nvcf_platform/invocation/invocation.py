@@ -10,7 +10,6 @@ import asyncio
 import hmac
 import logging
 import re
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from nvcf_platform.invocation.attach import STREAM_ERRORS
 from nvcf_platform.invocation.exchange import InvocationRefused, Outcome, WorkerExchange, refused
 from nvcf_platform.invocation.problems import UNAUTHORIZED_CLIENT
 from nvcf_platform.invocation.relay import relay_response
-from nvcf_platform.invocation.tokens import STREAM_IDLE_TIMEOUT, RequestBody
+from nvcf_platform.invocation.tokens import STREAM_IDLE_TIMEOUT, RequestBody, random_uuid
 from nvcf_sidecar.protocol import (
     INLINE_BODY_BYTES,
     NVCF_INPUT_ASSET_REFERENCES,
@@ -265,7 +264,7 @@ class PexecEndpoint:
         """Read the caller's body, invoke `version` (`invoke`'s options) and relay the worker's
         answer: the part pexec and the gateway form share. Raises `InvocationRefused` (400 for
         an unreadable body, else as `invoke`)."""
-        request_id = str(uuid.uuid4())
+        request_id = random_uuid()
         try:
             inline, rest = await read_inline_body(request, request_id)
         except (*STREAM_ERRORS, EOFError) as error:
