@@ -48,6 +48,8 @@ _FIELD_VALUE: Final = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _HEADER_FIELD: Final = re.compile(
     rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)[ \t]*"
 )
+# The blank line that ends a head: the first LF followed by LF or CRLF.
+_HEAD_END: Final = re.compile(rb"\n\r?\n")
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _REQUEST_LINE: Final = re.compile(rb"([^ ]*) ([^ ]*) HTTP/1\.[01]")
 _TARGET: Final = re.compile(rb"/[\x21-\x7e]*|\*|[A-Za-z][A-Za-z0-9+.\-]*://[\x21-\x7e]+")
@@ -183,20 +185,13 @@ def encode_request_head(
 
 def _find_head_end(buffer: bytes | bytearray, start: int, stop: int) -> int:
     """Index just past the blank line that ends the head within buffer[:stop], or -1."""
-    newline = buffer.find(b"\n", start, stop)
-    while newline != -1:
-        after = newline + 1
-        if after < stop:
-            byte = buffer[after]
-            if byte == 0x0A:
-                return after + 1
-            if byte == 0x0D and after + 1 < stop and buffer[after + 1] == 0x0A:
-                return after + 2
-        newline = buffer.find(b"\n", after, stop)
-    return -1
+    match = _HEAD_END.search(buffer, start, stop)
+    return -1 if match is None else match.end()
 
 
 def _head_lines(head: bytes) -> list[bytes]:
+    if head.count(b"\n") == head.count(b"\r\n"):  # the usual case: CRLF only
+        return head[:-4].split(b"\r\n")
     # Lines end in CRLF or a bare LF; the last two split items are the blank line and b"".
     lines = head.split(b"\n")
     del lines[-2:]

@@ -288,6 +288,15 @@ def test_bare_lf_line_endings_are_accepted() -> None:
     assert (head.status, head.headers, head.body) == (200, [("A", "1")], b"body")
 
 
+@given(st.lists(st.sampled_from([b"\r\n", b"\n"]), min_size=5, max_size=5), st.binary(max_size=8))
+def test_any_mix_of_crlf_and_bare_lf_ends_the_same_lines(endings: list[bytes], body: bytes) -> None:
+    lines = [b"HTTP/1.1 201 Made", b"A: 1", b"B:  two words\t", b"C:"]
+    mixed = b"".join(line + end for line, end in zip(lines, endings, strict=False)) + endings[-1]
+    head = parse_response_head(mixed + body)
+    assert (head.status, head.reason, head.body) == (201, "Made", body)
+    assert head.headers == [("A", "1"), ("B", "two words"), ("C", "")]
+
+
 @pytest.mark.parametrize(
     ("line", "reason"),
     [(b"HTTP/1.1 204", ""), (b"HTTP/1.1 204 ", ""), (b"HTTP/1.1 299 My Own", "My Own")],
