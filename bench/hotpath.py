@@ -372,7 +372,10 @@ class HotpathReport(SuiteReport):
                 "the platform's own work per call is its functions run in this process without "
                 "HTTP or NATS (headers, ids, presigned URL, work item encoded, token, the "
                 "worker's head parsed, headers relayed), added to that floor and to one of two "
-                "bare asyncio exchanges plus one publish",
+                "bare asyncio exchanges plus one publish; the sidecar's own work per request "
+                "likewise (work item decoded, request directory and progress watch, container "
+                "headers, heads encoded and parsed, the outputs check, metrics, its log line), "
+                "added to its floor",
                 "relative_cpu": "the stack's sidecar and platform CPU per request divided by "
                 "the echo server's in the same phase (machine speed cancels out)",
                 "seconds_at_c32": self.settings.budget_s,
@@ -445,6 +448,11 @@ def format_report(report: HotpathReport) -> str:
         f"{floors['jetstream_consume_us']:,.0f}; the sidecar's floor (one message, two lean "
         f"exchanges) {floors['sidecar_floor_us']:,.0f}"
     )
+    if "sidecar_work_us" in floors:
+        lines.append(
+            f"  the sidecar's own work per request {floors['sidecar_work_us']:,.0f}; its floor "
+            f"with that work {floors['sidecar_floor_with_work_us']:,.0f}"
+        )
     if "platform_floor_us" in floors:
         lines.append(
             "  aiohttp server exchange (the echo server called directly) "

@@ -8,10 +8,8 @@ a JetStream pull consumer and acked (the sidecar takes one per request).
 The sidecar's floor, the least its required work can cost here, is one message taken and acked
 plus two lean client exchanges (the container call and the POST attach).
 
-The platform's own work per request is timed too, through its own functions without HTTP or
-NATS: the caller's headers taken, the request id, the presigned large-response URL, the work item
-with its attach config encoded, the response token minted and claimed, the worker's response head
-parsed, and the headers relayed to the caller (`_platform_work`).
+The platform's and the sidecar's own work per request are timed too (`hotpath_work.py`); the
+sidecar's floor with its own work is the two added.
 
 Each figure is CPU time of this process (`time.process_time`) per operation, with
 `CONCURRENCY` operations in flight, as in the hot path's own phases.
@@ -23,26 +21,13 @@ import asyncio
 import functools
 import time
 import urllib.parse
-import uuid
-from typing import Any, Final, cast
+from typing import Final
 
 import aiohttp
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
-from nvcf_platform.control.registry import FunctionVersion
-from nvcf_platform.invocation.exchange import WorkerExchange
-from nvcf_platform.invocation.invocation import forwarded_headers
-from nvcf_platform.invocation.tokens import AttachTokens
-from nvcf_platform.objects.presign import UrlSigner
-from nvcf_sidecar.protocol import (
-    ResponseHeadParser,
-    attach_config,
-    encode_invoke_request,
-    nvcf_status,
-    parse_poll_seconds,
-    strip_hop_by_hop,
-)
+from bench.hotpath_work import platform_work, sidecar_work
 from nvcf_sidecar.worker.lean_http import LeanHttpClient
 
 __all__ = ["measure_floors"]
@@ -228,62 +213,13 @@ async def _consumes(nats_url: str, payload: bytes, count: int, concurrency: int)
         await nc.close()
 
 
-#: What wrk sends to the stack (`bench.wrk`): the caller's raw headers.
-_CALLER_HEADERS: Final = (
-    (b"Host", b"127.0.0.1:8080"),
-    (b"Authorization", b"Bearer hotpath"),
-    (b"Content-Type", b"application/json"),
-    (b"Content-Length", b"112"),
-)
-#: The worker's response as it arrives inside a POST attach body: head and body.
-_WORKER_RESPONSE: Final = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 112\r\n"
-    b"Date: Mon, 07 Dec 2026 01:00:00 GMT\r\nServer: Python/3.11 aiohttp/3.13\r\n\r\n" + b"x" * 112
-)
-
-
-async def _platform_work(body: bytes, count: int) -> float:
-    """CPU µs of the platform's own work per pexec call: its functions, without HTTP or NATS."""
-    tokens = AttachTokens()
-    signer = UrlSigner(b"hotpath-floor-signing-secret")
-    # Only `work_item` is called: it reads none of the collaborators left out.
-    unused = cast(Any, None)
-    exchange = WorkerExchange(
-        link=unused, queue=unused, tracking=unused, tokens=tokens, background=unused,
-        nca_id="hotpath-nca", subject="hotpath-caller", base_url="http://127.0.0.1:8080",
-        grpc_url="http://127.0.0.1:8081",
-    )  # fmt: skip
-    version = FunctionVersion(str(uuid.uuid4()), str(uuid.uuid4()), "hotpath", "/")
-    started = time.process_time()
-    for _ in range(count):
-        headers = forwarded_headers(_CALLER_HEADERS, "local")
-        parse_poll_seconds(None, None)
-        request_id = str(uuid.uuid4())
-        url = signer.presign("PUT", "http://127.0.0.1:8080", f"/results/nca/{request_id}")
-        item = exchange.work_item(
-            version, request_id, method="POST", headers=headers, body=body,
-            large_response_url=url,
-        )  # fmt: skip
-        slot = tokens.mint_response(request_id)
-        item.statelessConfig.CopyFrom(attach_config("http://127.0.0.1:8080", slot.token))
-        encode_invoke_request(item)
-        claimed = tokens.claim_response(slot.token)
-        head = ResponseHeadParser().feed(_WORKER_RESPONSE)
-        if claimed is not slot or head is None:
-            raise RuntimeError("the platform's work lost its token or the worker's head")
-        relayed = [pair for pair in strip_hop_by_hop(head.headers) if pair[0] != "Content-Length"]
-        relayed.append(("nvcf-status", nvcf_status(head.status)))
-        tokens.revoke(slot.token)
-        slot.abandon()
-    return (time.process_time() - started) * 1e6 / count
-
-
 def measure_floors(
     echo_url: str, nats_url: str, body: bytes, *, count: int, concurrency: int
 ) -> dict[str, float]:
     """CPU µs per aiohttp client exchange with the echo server, per lean client exchange, per
     bare asyncio exchange with it, per JetStream publish, per message consumed and acked, of
-    the platform's own work per call, and the sidecar's floor made of them."""
+    the platform's and the sidecar's own work per request, and the sidecar's floor made of
+    them, without and with its own work."""
     address = urllib.parse.urlsplit(echo_url)
     host, port = address.hostname or "127.0.0.1", address.port or 80
     figures = {
@@ -296,9 +232,11 @@ def measure_floors(
         ),
         "jetstream_publish_us": asyncio.run(_publishes(nats_url, body, count, concurrency)),
         "jetstream_consume_us": asyncio.run(_consumes(nats_url, body, count, concurrency)),
-        "platform_work_us": asyncio.run(_platform_work(body, count)),
+        "platform_work_us": asyncio.run(platform_work(body, count)),
+        "sidecar_work_us": asyncio.run(sidecar_work(body, count)),
     }
     figures["sidecar_floor_us"] = (
         figures["jetstream_consume_us"] + 2 * figures["lean_client_exchange_us"]
     )
+    figures["sidecar_floor_with_work_us"] = figures["sidecar_floor_us"] + figures["sidecar_work_us"]
     return figures

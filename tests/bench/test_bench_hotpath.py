@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 _aims = load_module(ROOT / "bench" / "hotpath_aims.py")
 AIMS, evaluate_aims, format_aims = _aims.AIMS, _aims.evaluate_aims, _aims.format_aims
 platform_floor, relative_cpu = _aims.platform_floor, _aims.relative_cpu
+_work = load_module(ROOT / "bench" / "hotpath_work.py")
 
 
 def _phase(ok_per_s: float, p50_ms: float = 1.0, **cpu_us: float) -> dict[str, Any]:
@@ -104,6 +105,12 @@ def test_the_platforms_own_work_is_added_to_its_floor_and_to_a_bare_one() -> Non
     }
 
 
+async def test_the_own_work_of_platform_and_sidecar_runs_their_functions() -> None:
+    # The sidecar's runs its progress monitor and request directories for real (inotify).
+    assert await _work.platform_work(b'{"x": 1}', 50) > 0
+    assert await _work.sidecar_work(b'{"x": 1}', 50) > 0
+
+
 def test_cpu_relative_to_the_echo_servers_cancels_the_machines_speed() -> None:
     slow = {"stack": _phase(800, sidecar=1000.0, platform=800.0, server=200.0)}
     fast = {"stack": _phase(1600, sidecar=500.0, platform=400.0, server=100.0)}
@@ -167,6 +174,11 @@ def test_a_quick_run_measures_every_phase_and_judges_every_aim(tmp_path: Path) -
         floors["jetstream_consume_us"] + 2 * floors["lean_client_exchange_us"]
     )
     assert "the sidecar's floor (one message, two lean exchanges)" in stdout
+    assert floors["sidecar_work_us"] > 0
+    assert floors["sidecar_floor_with_work_us"] == pytest.approx(
+        floors["sidecar_floor_us"] + floors["sidecar_work_us"]
+    )
+    assert "the sidecar's own work per request" in stdout
     server = figures["echo"]["c32"]["direct"]["cpu_us"]["server"]
     assert floors["platform_floor_us"] == pytest.approx(2 * server + floors["jetstream_publish_us"])
     assert floors["platform_work_us"] > 0
