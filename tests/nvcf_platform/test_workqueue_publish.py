@@ -61,10 +61,13 @@ async def test_a_missing_stream_is_created_and_the_item_stored(nc: NATS) -> None
     assert await stored(nc) == 1
 
 
-async def test_an_answer_that_is_no_acknowledgement_fails_by_the_deadline(nc: NATS) -> None:
+@pytest.mark.parametrize("answer", [b"<html>not JetStream</html>", b"[]", b'{"ok": true}'])
+async def test_an_answer_that_is_no_acknowledgement_fails_by_the_deadline(
+    nc: NATS, answer: bytes
+) -> None:
     # Something other than a stream answers on the subject: the publish is not taken as stored.
     async def impostor(msg: Msg) -> None:
-        await msg.respond(b"<html>not JetStream</html>")
+        await msg.respond(answer)
 
     await nc.subscribe("rq.>", cb=impostor)
 

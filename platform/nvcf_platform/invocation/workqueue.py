@@ -198,11 +198,11 @@ class WorkQueue:
         try:
             answer = orjson.loads(reply.data)
         except orjson.JSONDecodeError:
-            raise APIError(
-                description=f"unreadable publish acknowledgement {reply.data!r}"
-            ) from None
+            answer = None
         if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
             APIError.from_error(answer["error"])  # raises
+        if not isinstance(answer, dict) or "stream" not in answer:  # a PubAck names its stream
+            raise APIError(description=f"unreadable publish acknowledgement {reply.data!r}")
 
     def _require_connection(self) -> None:
         if not self._nc.is_connected:
