@@ -35,7 +35,7 @@ from nvcf_platform.control.registry import FunctionVersion
 from nvcf_platform.devstack.scratch import Scratch
 from nvcf_platform.invocation.exchange import WorkerExchange
 from nvcf_platform.invocation.invocation import forwarded_headers
-from nvcf_platform.invocation.tokens import AttachTokens
+from nvcf_platform.invocation.tokens import AttachTokens, random_uuid
 from nvcf_platform.objects.presign import UrlSigner
 from nvcf_sidecar.protocol import (
     ATTACH_PATH,
@@ -106,7 +106,7 @@ async def platform_work(body: bytes, count: int) -> float:
     for _ in range(count):
         headers = forwarded_headers(_CALLER_HEADERS, "local")
         parse_poll_seconds(None, None)
-        request_id = str(uuid.uuid4())
+        request_id = random_uuid()  # as the platform makes them
         url = signer.presign("PUT", _BASE_URL, f"/results/nca/{request_id}")
         item = exchange.work_item(
             version, request_id, method="POST", headers=headers, body=body,
