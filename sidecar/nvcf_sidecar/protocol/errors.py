@@ -17,6 +17,7 @@ __all__ = [
     "InvalidPollSeconds",
     "InvalidStatus",
     "InvalidSubjectToken",
+    "MalformedChunk",
     "MalformedHead",
     "MalformedMessage",
     "MessageTooLarge",
@@ -92,6 +93,10 @@ class InvalidContentLength(H1Error, ValueError):
 
 class HeadAlreadyParsed(H1Error):
     """A head parser was fed after it returned the head; the rest is body, not head."""
+
+
+class MalformedChunk(H1Error):
+    """A chunked body's size line, chunk end or trailer breaks RFC 9112 §7.1."""
 
 
 # --- Poll budget ---------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ _HEADER_FIELD: Final = re.compile(
 # The blank line that ends a head: the first LF followed by LF or CRLF.
 _HEAD_END: Final = re.compile(rb"\n\r?\n")
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
-_REQUEST_LINE: Final = re.compile(rb"([^ ]*) ([^ ]*) HTTP/1\.[01]")
+_REQUEST_LINE: Final = re.compile(rb"([^ ]*) ([^ ]*) HTTP/1\.([01])")
 _TARGET: Final = re.compile(rb"/[\x21-\x7e]*|\*|[A-Za-z][A-Za-z0-9+.\-]*://[\x21-\x7e]+")
 _DIGITS: Final = re.compile(r"[0-9]+")
 
@@ -86,6 +86,8 @@ class RequestHead:
     target: str
     headers: list[Header]
     body: bytes
+    minor_version: int = 1
+    """1 for HTTP/1.1, 0 for HTTP/1.0 (whose connections close after one exchange by default)."""
 
     def content_length(self) -> int | None:
         """The declared body length, or None when the head declares none (read to the end)."""
@@ -364,10 +366,17 @@ class RequestHeadParser(_HeadParser[RequestHead]):
 
     A declared transfer coding other than `identity` is rejected (the body is never framed);
     the same size and count limits as for responses apply.
+
+    `transfer_encoding=True` parses the head of a request on the wire instead (an HTTP
+    server's), where Transfer-Encoding frames the body and is allowed.
     """
 
-    __slots__ = ()
+    __slots__ = ("_transfer_encoding",)
     _noun = "request"
+
+    def __init__(self, *, transfer_encoding: bool = False) -> None:
+        super().__init__()
+        self._transfer_encoding = transfer_encoding
 
     def _parse(self, lines: list[bytes], body: bytes) -> RequestHead:
         start = lines[0]
@@ -380,7 +389,7 @@ class RequestHeadParser(_HeadParser[RequestHead]):
         if not _TARGET.fullmatch(target):
             raise self._malformed("invalid request target", 1, start)
         headers = self._headers(lines[1:], keep_non_utf8=False)
-        for name, value in headers:
+        for name, value in () if self._transfer_encoding else headers:
             if name.lower() == "transfer-encoding":
                 codings = [c.strip(" \t").lower() for c in value.split(",")]
                 if any(coding and coding != "identity" for coding in codings):
@@ -392,6 +401,7 @@ class RequestHeadParser(_HeadParser[RequestHead]):
             target=target.decode("ascii"),
             headers=headers,
             body=body,
+            minor_version=int(match.group(3)),
         )
 
 

@@ -8,11 +8,12 @@ answer has ended and whether the connection may carry another exchange.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Final
 
 from nvcf_sidecar.protocol import H1Error, ResponseHead, ResponseHeadParser
+from nvcf_sidecar.protocol.chunked import ChunkedDecoder
+from nvcf_sidecar.protocol.errors import MalformedChunk
 from nvcf_sidecar.protocol.h1 import content_length
 from nvcf_sidecar.worker.errors import WorkerError
 
@@ -26,10 +27,7 @@ __all__ = [
     "LeanResetError",
 ]
 
-_MAX_CHUNK_LINE: Final = 4096
-"""A chunk-size line (with extensions) or a trailer line longer than this is malformed."""
 _BODYLESS_STATUSES: Final = frozenset({204, 304})
-_CHUNK_SIZE: Final = re.compile(rb"[0-9A-Fa-f]{1,15}")
 
 BodySink = Callable[[bytes], None]
 """Takes the next bytes of an answer's body, in order."""
@@ -59,13 +57,12 @@ class AnswerFramer:
     """Frames one answer; `feed` it every byte the connection reads after the request."""
 
     __slots__ = (
-        "_chunk_state",
+        "_chunks",
         "_done",
         "_head_parser",
         "_keep_alive",
         "_method",
         "_mode",
-        "_pending",
         "_remaining",
         "_sink",
         "_version",
@@ -81,8 +78,7 @@ class AnswerFramer:
         self._keep_alive = False
         self._mode = ""  # "length", "chunked" or "close", once the head is in
         self._remaining = 0
-        self._pending = bytearray()  # chunked: bytes not framed yet
-        self._chunk_state = "size"
+        self._chunks: ChunkedDecoder | None = None
         self.head: ResponseHead | None = None
         """The answer's head, once it is in (interim answers are not kept)."""
         self._done = False
@@ -132,8 +128,7 @@ class AnswerFramer:
                 self._sink(data[:remaining])
                 self._finish(clean=False)
         elif self._mode == "chunked":
-            self._pending += data
-            self._unchunk()
+            self._unchunk(data)
         else:
             self._sink(data)
 
@@ -174,6 +169,8 @@ class AnswerFramer:
         if codings:
             # RFC 9112 §6.3: chunked last frames the body; any other coding reads to the close.
             self._mode = "chunked" if codings[-1] == "chunked" else "close"
+            if self._mode == "chunked":
+                self._chunks = ChunkedDecoder(self._sink)
         else:
             try:
                 declared = content_length(head.headers)
@@ -192,35 +189,12 @@ class AnswerFramer:
         self._done = True
         self.reusable = clean and self._keep_alive and self._mode != "close"
 
-    def _unchunk(self) -> None:
-        pending = self._pending
-        while pending:
-            if self._chunk_state == "data":
-                take = min(self._remaining, len(pending))
-                data = bytes(pending[:take])
-                del pending[:take]
-                self._remaining -= take
-                if self._remaining == 0:
-                    self._chunk_state = "crlf"
-                self._sink(data)
-                continue
-            end = pending.find(b"\n")
-            if end == -1:
-                if len(pending) > _MAX_CHUNK_LINE:
-                    raise LeanAnswerError("malformed answer: a chunk line too long")
-                return
-            line = bytes(pending[:end]).rstrip(b"\r")
-            del pending[: end + 1]
-            if self._chunk_state == "crlf":
-                if line:
-                    raise LeanAnswerError("malformed answer: chunk data longer than its size")
-                self._chunk_state = "size"
-            elif self._chunk_state == "size":
-                size = line.split(b";", 1)[0].strip(b" \t")
-                if not _CHUNK_SIZE.fullmatch(size):
-                    raise LeanAnswerError(f"malformed answer: chunk size {line[:40]!r}")
-                self._remaining = int(size, 16)
-                self._chunk_state = "data" if self._remaining else "trailer"
-            elif not line:  # the blank line after the trailers ends the answer
-                self._finish(clean=not pending)
-                return
+    def _unchunk(self, data: bytes) -> None:
+        decoder = self._chunks
+        assert decoder is not None
+        try:
+            decoder.feed(data)
+        except MalformedChunk as error:
+            raise LeanAnswerError(f"malformed answer: {error}") from error
+        if decoder.done:
+            self._finish(clean=not decoder.leftover)

@@ -4,7 +4,7 @@ arrives, with flow control: reading from the connection pauses while more than
 
 It offers the part of aiohttp's `ClientResponse` the sidecar's relays use (`status`, `reason`,
 `headers.items()`, `content_length`, `read()`, `content.read(n)`, `content.iter_any()`,
-`close()`), so a container answer is relayed the same way whichever client fetched it.
+`readany()`, `read_nowait()`, `close()`), so a container answer is relayed the same way whichever client fetched it.
 """
 
 from __future__ import annotations
@@ -142,6 +142,19 @@ class LeanResponse:
             chunk = chunk[:n]
         self._taken(len(chunk))
         return chunk
+
+    def read_nowait(self) -> bytes:
+        """The body bytes there now, without waiting (b"" when none is)."""
+        if not self._chunks:
+            return b""
+        chunk = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks.clear()
+        self._taken(len(chunk))
+        return chunk
+
+    async def readany(self) -> bytes:
+        """The body bytes there now, waiting for some (aiohttp's `readany`); b"" at its end."""
+        return await self.read(HIGH_WATER)
 
     async def iter_any(self) -> AsyncIterator[bytes]:
         """The body's bytes as they arrive, whatever is there at each step."""

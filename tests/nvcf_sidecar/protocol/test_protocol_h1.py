@@ -483,6 +483,21 @@ def test_request_with_a_real_transfer_coding_is_refused(value: bytes) -> None:
         parse_request_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: " + value + b"\r\n\r\n")
 
 
+@pytest.mark.parametrize("value", [b"chunked", b"gzip, chunked"])
+def test_a_servers_request_parser_takes_transfer_codings_and_says_the_version(
+    value: bytes,
+) -> None:
+    wire = b"POST / HTTP/1.0\r\nTransfer-Encoding: " + value + b"\r\n\r\n5\r\n"
+    head = RequestHeadParser(transfer_encoding=True).feed(wire)
+    assert head is not None
+    assert (head.headers, head.body, head.minor_version) == (
+        [("Transfer-Encoding", value.decode())],
+        b"5\r\n",
+        0,
+    )
+    assert parse_request_head(b"GET / HTTP/1.1\r\n\r\n").minor_version == 1
+
+
 def test_request_with_identity_transfer_coding_is_accepted() -> None:
     head = parse_request_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: Identity\r\n\r\nraw")
     assert head.body == b"raw"
