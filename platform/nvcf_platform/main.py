@@ -162,6 +162,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--public-url", metavar="URL", help="attach base URL for workers (NVCF_PLATFORM_PUBLIC_URL)"
     )
     add(
+        "--attach-port",
+        type=int,
+        metavar="N",
+        help="serve workers' attach calls on a lean HTTP/1.1 listener of their own on this "
+        "port, 0 = free (NVCF_PLATFORM_ATTACH_PORT; default: off, on the HTTP port)",
+    )
+    add(
+        "--public-attach-url",
+        metavar="URL",
+        help="where workers reach the attach listener (NVCF_PLATFORM_PUBLIC_ATTACH_URL; "
+        "default http://<host>:<attach port>)",
+    )
+    add(
         "--stream-max-messages",
         type=int,
         metavar="N",
@@ -244,6 +257,8 @@ def settings_from_args(
         nca_id=args.nca_id,
         client_subject=args.client_subject,
         public_url=args.public_url,
+        attach_port=args.attach_port,
+        public_attach_url=args.public_attach_url,
         stream_max_messages=args.stream_max_messages,
         consumer_ack_wait=args.consumer_ack_wait,
         stream_storage=args.stream_storage,

@@ -26,6 +26,7 @@ from nvcf_platform.control.runtime import ControlRuntime
 from nvcf_platform.errors import ConfigError, NatsUnavailable, PlatformError
 from nvcf_platform.invocation.app import build_application
 from nvcf_platform.invocation.attach import AttachEndpoints
+from nvcf_platform.invocation.attach_listener import AttachListener
 from nvcf_platform.invocation.background import BackgroundTasks
 from nvcf_platform.invocation.drain import CallerDrain
 from nvcf_platform.invocation.exchange import WorkerExchange
@@ -105,6 +106,8 @@ class PlatformService:
         self._app: web.Application | None = None
         self._http_port = 0
         self._grpc_port = 0
+        self._attach_port = 0
+        self._attach_listener: AttachListener | None = None
 
     def __repr__(self) -> str:
         return f"<PlatformService http={self._http_port or '-'} grpc={self._grpc_port or '-'}>"
@@ -189,6 +192,16 @@ class PlatformService:
         )
 
     @property
+    def attach_url(self) -> str:
+        """Where workers reach the attach routes: the lean attach listener when it runs
+        (`attach_port`), else `base_url`."""
+        if self._settings.attach_port is None:
+            return self.base_url
+        return self._settings.public_attach_url or (
+            f"http://{url_host(self._settings.host)}:{self._running_port(self._attach_port)}"
+        )
+
+    @property
     def grpc_url(self) -> str:
         """The gRPC stand-in as a worker's `NVCF_FQDN_GRPC` names it (`http://` = plaintext)."""
         return f"http://{url_host(self._settings.host)}:{self.grpc_port}"
@@ -211,6 +224,7 @@ class PlatformService:
             "http_port": self.http_port,
             "grpc_port": self.grpc_port,
             "base_url": self.base_url,
+            "attach_url": self.attach_url,
             "grpc_url": self.grpc_url,
             "nats_url": self._settings.nats_url,
             "region": self._settings.region,
@@ -304,6 +318,11 @@ class PlatformService:
         )
         stack.callback(http_socket.close)
         self._http_port = http_socket.getsockname()[1]
+        attach_socket = None
+        if settings.attach_port is not None:
+            attach_socket = bind_listener(settings.host, settings.attach_port)
+            stack.callback(attach_socket.close)
+            self._attach_port = attach_socket.getsockname()[1]
         secret_file = settings.url_signing_secret_file
         secret = (
             secrets.token_bytes(32) if secret_file is None else load_or_create_secret(secret_file)
@@ -361,7 +380,7 @@ class PlatformService:
             background=background,
             nca_id=callers.nca_id,
             subject=callers.subject,
-            base_url=self.base_url,
+            base_url=self.attach_url,
             grpc_url=self.grpc_url,
         )
         links = self._objects if self._objects is not None else InvocationLinks(catalog, objects)
@@ -413,6 +432,12 @@ class PlatformService:
             stack.callback(link.stop_waiting)  # before the cleanup: waiting callers get 503 now
             self._site = web.SockSite(runner, http_socket)
             await self._site.start()
+            if attach_socket is not None:
+                listener = AttachListener(self._tokens)
+                await listener.start(attach_socket)
+                # Stops before the HTTP runner's clean-up: exchanges in progress finish first.
+                stack.push_async_callback(listener.stop, HANDLER_STOP_GRACE)
+                self._attach_listener = listener
             await grpc_server.start()
         except BaseException:
             await grpc_server.stop(None)  # releases the bound port
@@ -481,3 +506,5 @@ class PlatformService:
         self._site = None
         self._http_port = 0
         self._grpc_port = 0
+        self._attach_port = 0
+        self._attach_listener = None

@@ -56,6 +56,13 @@ class PlatformSettings:
     """`subject` (the caller's auth subject) in every work item."""
     public_url: str | None = None
     """Base URL workers use to reach the attach endpoints; default `http://<host>:<port>`."""
+    attach_port: int | None = None
+    """Port of the lean attach listener: the worker-facing attach routes on an HTTP/1.1
+    listener of their own, which work items then name (0 picks a free one). None: workers
+    attach on the HTTP port, through aiohttp's server (the routes stay there either way)."""
+    public_attach_url: str | None = None
+    """Base URL workers reach the lean attach listener at; default `http://<host>:<attach
+    port>`. Required with `attach_port` when `public_url` is set."""
     stream_max_messages: int = MAX_QUEUED_MESSAGES
     """Max messages of each work-queue stream; a publish beyond it is answered 429."""
     consumer_ack_wait: float = ACK_WAIT_SECONDS
@@ -121,6 +128,8 @@ class PlatformSettings:
         ports.append(("grpc_tunnel_port", self.grpc_tunnel_port))
         if self.grpc_proxy_port is not None:
             ports.append(("grpc_proxy_port", self.grpc_proxy_port))
+        if self.attach_port is not None:
+            ports.append(("attach_port", self.attach_port))
         for name, port in ports:
             if not 0 <= port <= 65535:
                 raise ConfigError(f"{name}: {port} is not a TCP port (0-65535; 0 picks a free one)")
@@ -142,12 +151,24 @@ class PlatformSettings:
             )
         if any(not key or key != key.strip() for key in self.api_keys):
             raise ConfigError("api_keys: keys must be non-empty and have no surrounding spaces")
-        if self.public_url is not None:
-            parts = urllib.parse.urlsplit(self.public_url)
+        for name, url in (
+            ("public_url", self.public_url),
+            ("public_attach_url", self.public_attach_url),
+        ):
+            if url is None:
+                continue
+            parts = urllib.parse.urlsplit(url)
             if parts.scheme not in {"http", "https"} or not parts.netloc:
-                raise ConfigError(f"public_url: {self.public_url!r} is not an http(s) URL")
+                raise ConfigError(f"{name}: {url!r} is not an http(s) URL")
             if parts.path not in {"", "/"} or parts.query or parts.fragment:
-                raise ConfigError(f"public_url: {self.public_url!r} must not have a path")
+                raise ConfigError(f"{name}: {url!r} must not have a path")
+        if self.public_attach_url is not None and self.attach_port is None:
+            raise ConfigError("public_attach_url: set attach_port too (no attach listener)")
+        if self.attach_port is not None and self.public_url and not self.public_attach_url:
+            raise ConfigError(
+                "attach_port: with public_url set, set public_attach_url too "
+                "(where workers reach the attach listener)"
+            )
         if self.instance_restarts < 0:
             raise ConfigError(f"instance_restarts: {self.instance_restarts} must be >= 0")
         if self.stream_max_messages < 1:
@@ -259,6 +280,8 @@ ENV_VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "nca_id": ("NVCF_PLATFORM_NCA_ID", str),
     "client_subject": ("NVCF_PLATFORM_CLIENT_SUBJECT", str),
     "public_url": ("NVCF_PLATFORM_PUBLIC_URL", str),
+    "attach_port": ("NVCF_PLATFORM_ATTACH_PORT", _int),
+    "public_attach_url": ("NVCF_PLATFORM_PUBLIC_ATTACH_URL", str),
     "stream_max_messages": ("NVCF_PLATFORM_STREAM_MAX_MESSAGES", _int),
     "consumer_ack_wait": ("NVCF_PLATFORM_CONSUMER_ACK_WAIT", _float),
     "stream_storage": ("NVCF_PLATFORM_STREAM_STORAGE", str.lower),

@@ -200,6 +200,19 @@ def platform_settings(nats_server: EmbeddedNatsServer) -> PlatformSettings:
     )
 
 
+ATTACH_SERVERS: dict[str, int | None] = {"aiohttp": None, "lean": 0}
+"""The servers of the worker-facing attach routes: `attach_port` of each (lean: its own port)."""
+
+
+@pytest.fixture(params=sorted(ATTACH_SERVERS))
+def attach_settings(
+    request: pytest.FixtureRequest, platform_settings: PlatformSettings
+) -> PlatformSettings:
+    """`platform_settings` with the attach routes served by each server in turn (a module
+    runs its tests on both by overriding `platform_settings` with this)."""
+    return dataclasses.replace(platform_settings, attach_port=ATTACH_SERVERS[request.param])
+
+
 @pytest.fixture
 async def start_platform(
     platform_settings: PlatformSettings, registry: Registry

@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 import pytest
 
+from nvcf_platform.settings import PlatformSettings
 from nvcf_sidecar.protocol import cancel_subject, encode_response_head
 
 pytestmark = pytest.mark.nats
@@ -23,6 +24,12 @@ INVALID_TOKEN = {
     "title": "Unauthorized",
     "detail": "The provided authorization token is invalid or has expired",
 }
+
+
+@pytest.fixture
+def platform_settings(attach_settings: PlatformSettings) -> PlatformSettings:
+    """Every test here runs against both attach servers (aiohttp's, and the lean listener)."""
+    return attach_settings
 
 
 def problem(status: int, title: str, detail: str) -> dict[str, Any]:

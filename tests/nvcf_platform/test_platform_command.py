@@ -54,6 +54,18 @@ def test_control_plane_flags_become_settings_and_beat_their_variables() -> None:
     assert from_env.reconcile_interval == 1.0
 
 
+def test_attach_listener_flags_become_settings_and_beat_their_variables() -> None:
+    assert settings_from_args(parse(), {}).attach_port is None  # off: attach on the HTTP port
+    environ = {"NVCF_PLATFORM_ATTACH_PORT": "7000"}
+    assert settings_from_args(parse(), environ).attach_port == 7000
+    args = parse("--attach-port", "0", "--public-url", "http://is:8080")
+    args.public_attach_url = "http://is:8081"
+    settings = settings_from_args(args, environ)
+    assert (settings.attach_port, settings.public_attach_url) == (0, "http://is:8081")
+    flags = ("--attach-port", "1", "--public-attach-url", "http://is:1")
+    assert settings_from_args(parse(*flags), {}).public_attach_url == "http://is:1"
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

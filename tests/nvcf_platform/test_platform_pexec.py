@@ -15,11 +15,18 @@ import orjson
 import pytest
 from yarl import URL
 
+from nvcf_platform.settings import PlatformSettings
 from nvcf_sidecar.protocol import INLINE_BODY_BYTES
 
 pytestmark = pytest.mark.nats
 
 WAIT = 30.0
+
+
+@pytest.fixture
+def platform_settings(attach_settings: PlatformSettings) -> PlatformSettings:
+    """Every test here runs against both attach servers (aiohttp's, and the lean listener)."""
+    return attach_settings
 
 
 def header_values(item: Any, name: str) -> list[str]:
@@ -95,7 +102,7 @@ async def test_work_item_carries_identity_path_inline_body_and_attach_config(
     assert abs(item.requestTime.ToNanoseconds() / 1e9 - time.time()) < 10
     (connection,) = item.statelessConfig.connectionConfigs
     http1 = connection.http1Config
-    assert http1.targetURI == caller.platform.base_url
+    assert http1.targetURI == caller.platform.attach_url
     assert http1.responseAuthorizationToken
     assert not http1.HasField("requestAuthorizationToken")
     assert not http1.HasField("proxyURI")

@@ -129,6 +129,31 @@ async def test_service_reports_ports_only_while_running(
         _ = service.base_url
 
 
+async def test_the_attach_listener_gets_its_own_port_which_work_items_name(
+    platform_settings: PlatformSettings, registry: Any
+) -> None:
+    async with PlatformService(platform_settings, registry) as plain:
+        assert plain.attach_url == plain.base_url  # off: workers attach on the HTTP port
+    settings = dataclasses.replace(platform_settings, attach_port=0)
+    async with PlatformService(settings, registry) as service:
+        endpoints = service.endpoints()
+        port = int(endpoints["attach_url"].rsplit(":", 1)[1])
+        assert port not in {0, service.http_port, service.grpc_port}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{endpoints['attach_url']}/v2/nvcf/worker/request-attach") as response,
+        ):
+            assert response.status == 401  # served there, by the lean listener
+            assert response.headers["Date"]
+            assert "Server" not in response.headers
+    public = dataclasses.replace(
+        settings, public_url="http://is.example:8080", public_attach_url="http://is.example:8081"
+    )
+    async with PlatformService(public, registry) as service:
+        assert service.attach_url == "http://is.example:8081"
+        assert service.base_url == "http://is.example:8080"
+
+
 def test_service_needs_a_registry() -> None:
     with pytest.raises(ConfigError, match="config_path"):
         PlatformService(PlatformSettings())

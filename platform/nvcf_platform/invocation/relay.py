@@ -58,7 +58,7 @@ async def relay_response(
 
     Content-Length is relayed when the worker's framing gave one; otherwise the body is chunked
     and every piece is written as soon as it arrives (SSE flushes event by event). A body that
-    breaks off aborts the caller's connection. `worker.finished` is set in every outcome, which
+    breaks off aborts the caller's connection. `worker.finish()` is called in every outcome, which
     lets the worker's POST attach complete.
     """
     small = worker.content_length is not None and worker.content_length <= SMALL_BODY_BYTES
@@ -101,5 +101,5 @@ async def relay_response(
         )
         abort_response(request)
     finally:
-        worker.finished.set()
+        worker.finish()
     return response

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -92,6 +92,17 @@ class WorkerResponse:
     first_chunk: bytes
     reader: ChunkReader
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set by `finish`; the POST attach (aiohttp's server) waits for it."""
+    on_finish: Callable[[], None] | None = None
+    """Called once by `finish` (the lean attach listener's way to answer without a task)."""
+
+    def finish(self) -> None:
+        """The caller-facing side is done with the body (sent, failed or dropped)."""
+        if self.finished.is_set():
+            return
+        self.finished.set()
+        if self.on_finish is not None:
+            self.on_finish()
 
     def body(self, idle_timeout: float = STREAM_IDLE_TIMEOUT) -> AsyncIterator[bytes]:
         """The body chunks as they arrive from the worker (see `iter_body`)."""
@@ -142,7 +153,7 @@ class ResponseSlot:
         if not self._future.done():
             self._future.cancel()
         elif not self._future.cancelled() and self._future.exception() is None:
-            self._future.result().finished.set()
+            self._future.result().finish()
 
 
 class RequestBody:
