@@ -79,8 +79,10 @@ class LocalStack:
     sentences, what `start()` does and waits for. Use it as a context manager, or call `start()`
     and `stop()`. Not thread-safe: drive it from one thread.
 
-    The platform listens on `platform_port` (0: a free port) for callers and on a free gRPC port
-    for the sidecars; both are chosen once, so `restart_platform` brings it back on them.
+    The platform listens on `platform_port` (0: a free port) for callers, on a free gRPC port
+    for the sidecars and, with `attach_listener` (the default), on a free port for the workers'
+    attach calls (its lean attach listener, `--attach-port`); all are chosen once, so
+    `restart_platform` brings it back on them.
     `platform_args` are appended to its command line. With no function it is given no registry
     file: a platform for the control-plane API, which runs the versions deployed through it
     from the `images` catalog (none: an empty one) in `work_dir/instances`.
@@ -104,6 +106,7 @@ class LocalStack:
         stream_lock: threading.Lock | None = None,
         progress: Callable[[str], None] = _quiet,
         nats_cluster: int = 1,
+        attach_listener: bool = True,
     ) -> None:
         if nats_cluster < 1:
             raise StackError(f"nats_cluster: {nats_cluster} nodes; at least 1")
@@ -115,6 +118,7 @@ class LocalStack:
         self.api_key = api_key
         self._platform_port = platform_port
         self._platform_args = list(platform_args)
+        self._attach_listener = attach_listener
         self.images = images
         self._log_stream = log_stream
         self._stream_lock = stream_lock or threading.Lock()
@@ -125,7 +129,7 @@ class LocalStack:
         self._cluster_size = nats_cluster
         self._cluster: EmbeddedNatsCluster | None = None
         self._platform: StackProcess | None = None
-        self._platform_ports = (0, 0)  # (HTTP, gRPC), chosen by start()
+        self._platform_ports = (0, 0, 0)  # (HTTP, gRPC, attach), chosen by start()
         self._platform_plan: PlatformPlan | None = None
         self._http_listener: socket.socket | None = None
         """The platform's HTTP listening socket, owned here so that it outlives a restart."""
@@ -476,7 +480,7 @@ class LocalStack:
         registry = self.work_dir / "functions.toml" if self.functions else None
         if registry is not None:
             registry.write_text(registry_toml(self.functions, urls))
-        http_port, grpc_port = self._platform_ports
+        http_port, grpc_port, attach_port = self._platform_ports
         if self._http_listener is None:
             self._http_listener = listening_socket(HOST, http_port)
         plan = PlatformPlan(
@@ -485,6 +489,7 @@ class LocalStack:
             nats_url=self.nats_url,
             http_port=http_port,
             grpc_port=grpc_port,
+            attach_port=attach_port if self._attach_listener else None,
             api_key=self.api_key,
             url_signing_secret_file=self.url_signing_secret_file,
             images=self.images,

@@ -67,6 +67,8 @@ class PlatformPlan:
     """Where the platform's deployed instances live (`--instances-dir`)."""
     replicas: int = 1
     """`--replicas` of the platform's streams and buckets (3 on a NATS cluster)."""
+    attach_port: int | None = None
+    """The lean attach listener's port (`--attach-port`); None: workers attach on `http_port`."""
     http_fd: int | None = None
     """The stack's listening socket on `http_port`, inherited by every platform process: while
     one stops and the next starts, callers' connections wait in its backlog instead of being
@@ -88,6 +90,7 @@ class PlatformPlan:
             *(() if self.instances_dir is None else ("--instances-dir", str(self.instances_dir))),
             *("--nats", self.nats_url, "--host", HOST),
             *("--port", str(self.http_port), "--grpc-port", str(self.grpc_port)),
+            *(() if self.attach_port is None else ("--attach-port", str(self.attach_port))),
             *("--api-key", self.api_key, "--ready-file", str(self.ready_file)),
             *("--stream-storage", "file"),
             *("--url-signing-secret-file", str(self.url_signing_secret_file)),

@@ -258,10 +258,10 @@ def free_port(avoid: Collection[int] = ()) -> int:
 
 def choose_ports(
     functions: Sequence[FunctionSpec], platform_port: int
-) -> tuple[dict[str, list[int]], tuple[int, int]]:
+) -> tuple[dict[str, list[int]], tuple[int, int, int]]:
     """Free loopback ports for the stack, distinct from each other and the inference ports:
     each version's sidecars' health ports (by version id), and the platform's HTTP port (given,
-    or a free one for 0) and gRPC port."""
+    or a free one for 0), gRPC port and attach port."""
     taken = {spec.inference_port for spec in functions} | {platform_port}
     health: dict[str, list[int]] = {}
     for spec in functions:
@@ -270,4 +270,6 @@ def choose_ports(
             ports.append(free_port(avoid=taken))
             taken.add(ports[-1])
     http_port = platform_port or free_port(avoid=taken)
-    return health, (http_port, free_port(avoid=taken | {http_port}))
+    taken.add(http_port)
+    grpc_port = free_port(avoid=taken)
+    return health, (http_port, grpc_port, free_port(avoid=taken | {grpc_port}))
