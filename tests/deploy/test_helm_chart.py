@@ -53,7 +53,13 @@ EVERYTHING = {
         "pullPolicy": "Always",
     },
     "imagePullSecrets": ["registry-creds"],
-    "service": {"type": "NodePort", "httpPort": 80, "grpcPort": 50051, "annotations": {"a": "b"}},
+    "service": {
+        "type": "NodePort",
+        "httpPort": 80,
+        "grpcPort": 50051,
+        "attachPort": 9443,
+        "annotations": {"a": "b"},
+    },
     "clusterDomain": "k8s.example",
     "platform": {
         "region": "us-east-1",
@@ -253,6 +259,27 @@ def test_the_platform_flags_are_valid_platform_settings(chart: Any, values: dict
     assert settings.stream_storage == merged["platform"]["streamStorage"]
     public_url = merged["platform"]["publicUrl"]
     assert settings.public_url == (public_url or f"http://{host}.cluster.local:{ports['http']}")
+    assert settings.attach_port == ports["attach"] == platform_ports(container)["attach"]
+    public_attach_url = merged["platform"]["publicAttachUrl"]
+    assert settings.public_attach_url == (
+        public_attach_url or f"http://{host}.{merged['clusterDomain']}:{ports['attach']}"
+    )
+
+
+def test_attach_port_0_runs_no_attach_listener(chart: Any) -> None:
+    objects = render(chart, {"service": {"attachPort": 0}})
+    container = platform_container(objects)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    settings = settings_from_args(parser.parse_args(container["args"]), environ={})
+    assert settings.attach_port is None
+    assert "attach" not in platform_ports(container)
+    service_ports = {port["name"] for port in only(objects, "Service")["spec"]["ports"]}
+    assert service_ports == {"http", "grpc"}
+
+
+def platform_ports(container: dict[str, Any]) -> dict[str, int]:
+    return {port["name"]: port["containerPort"] for port in container["ports"]}
 
 
 def test_extra_flags_and_environment_reach_the_platform(chart: Any) -> None:

@@ -83,6 +83,15 @@ app.kubernetes.io/component: platform
 {{- end }}
 {{- end }}
 
+{{/* The attach base URL of the worker pods when the lean attach listener runs (--public-attach-url). */}}
+{{- define "nvcf.publicAttachUrl" -}}
+{{- if .Values.platform.publicAttachUrl }}
+{{- .Values.platform.publicAttachUrl }}
+{{- else }}
+{{- printf "http://%s:%d" (include "nvcf.serviceHost" .) (int .Values.service.attachPort) }}
+{{- end }}
+{{- end }}
+
 {{/*
 NATS of the platform and the worker pods: the subchart's client Service, named as that chart
 names it (nats.fullname, or its service.name), or externalNats.url.
