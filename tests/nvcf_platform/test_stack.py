@@ -128,6 +128,24 @@ def test_stack_serves_an_invocation_and_stop_leaves_no_process(tmp_path: Path) -
     assert "sidecar serving" in (logs / "sidecar-tiny-2.log").read_text()
 
 
+def test_workers_attach_on_the_lean_listener_unless_the_stack_is_told_not_to(
+    tmp_path: Path,
+) -> None:
+    spec = tiny_function()
+    for lean in (True, False):
+        stack = LocalStack([spec], work_dir=tmp_path / f"stack-{lean}", attach_listener=lean)
+        with stack:
+            response = http_request(
+                "POST", stack.invoke_url(spec.function_id), body=b"{}", headers=stack.auth_headers
+            )
+            assert response.status == 200
+            assert (stack.attach_url != stack.base_url) is lean
+            if lean:  # the restarted platform listens where the work items point
+                attach_url = stack.attach_url
+                stack.restart_platform()
+                assert stack.attach_url == attach_url
+
+
 def test_a_child_that_exits_early_is_named_with_its_status_and_log(tmp_path: Path) -> None:
     spec = FunctionSpec(
         command=[sys.executable, "-c", "print('model file missing'); raise SystemExit(3)"],

@@ -151,6 +151,11 @@ class LocalStack:
         return self._endpoint("base_url")
 
     @property
+    def attach_url(self) -> str:
+        """Where the workers attach: the lean attach listener, or `base_url` without it."""
+        return self._endpoint("attach_url")
+
+    @property
     def instances_dir(self) -> Path:
         """The platform's `--instances-dir`, where it runs the versions deployed through it."""
         return self.work_dir / "instances"
@@ -382,7 +387,7 @@ class LocalStack:
 
     def restart_platform(self, timeout: float = PLATFORM_RESTART_TIMEOUT) -> StackProcess:
         """Stop the platform (all of its group) and start the same command again; return once it
-        listens at the same HTTP and gRPC URLs, with the same registry, NATS, file-backed streams
+        listens at the same HTTP, gRPC and attach URLs, with the same registry, NATS, file-backed streams
         and URL-signing secret (the sidecars keep serving). Attach tokens lived in the old
         process only. ChildExited if it exits while starting, StackError after `timeout` s."""
         old, plan = self.platform, self._platform_plan
@@ -391,7 +396,7 @@ class LocalStack:
         plan.ready_file.unlink(missing_ok=True)  # a killed platform leaves its file behind
         fresh = old.respawn()
         self._platform = fresh
-        before = PlatformEndpoints(self.base_url, self.grpc_url)
+        before = PlatformEndpoints(self.base_url, self.grpc_url, self.attach_url)
         wait_listening(fresh, plan.ready_file, time.monotonic() + timeout, expected=before)
         return fresh
 
@@ -512,7 +517,11 @@ class LocalStack:
             f"started the platform (pid {self._platform.pid}); waiting for its listeners"
         )
         endpoints = wait_listening(self._platform, plan.ready_file, deadline)
-        self._endpoints.update(base_url=endpoints.base_url, grpc_url=endpoints.grpc_url)
+        self._endpoints.update(
+            base_url=endpoints.base_url,
+            grpc_url=endpoints.grpc_url,
+            attach_url=endpoints.attach_url,
+        )
         if endpoints.grpc_proxy_address is not None:
             self._endpoints["grpc_proxy_address"] = endpoints.grpc_proxy_address
         self._progress(f"platform ready: {self.base_url} (nvcf.Worker gRPC at {self.grpc_url})")

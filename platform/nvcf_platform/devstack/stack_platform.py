@@ -37,6 +37,8 @@ class PlatformEndpoints:
 
     base_url: str
     grpc_url: str
+    attach_url: str
+    """Where workers attach (the lean attach listener, or `base_url` without it)."""
     grpc_proxy_address: str | None = None
     """`host:port` of the gRPC entry point, when the platform runs one (`--grpc-proxy-port`)."""
 
@@ -132,11 +134,13 @@ def wait_listening(
     endpoints = PlatformEndpoints(
         base_url=document["base_url"],
         grpc_url=document["grpc_url"],
+        attach_url=document["attach_url"],
         grpc_proxy_address=document.get("grpc_proxy_address"),
     )
-    if expected is not None and (endpoints.base_url, endpoints.grpc_url) != (
-        expected.base_url,
-        expected.grpc_url,
-    ):
+    if expected is not None and (
+        endpoints.base_url,
+        endpoints.grpc_url,
+        endpoints.attach_url,
+    ) != (expected.base_url, expected.grpc_url, expected.attach_url):
         raise StackError(f"the platform listens at {endpoints}, not at {expected}")
     return endpoints
