@@ -17,6 +17,9 @@ same run:
 6. **clients**: the same with the sidecar's container call and POST attach through aiohttp and
    through the lean client (`NVCF_CONTAINER_CLIENT`, `NVCF_ATTACH_CLIENT`), alternated twice
    (`hotpath_ab.py`).
+7. **attach**: the same with the platform's worker-facing attach routes on aiohttp's server
+   (the platform's HTTP port) and on its lean attach listener (`--attach-port`), alternated
+   twice.
 
 Without wrk on PATH the suite measures nothing and says so (`apt-get install wrk`).
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import sys
 import tempfile
 import time
@@ -38,7 +42,15 @@ import orjson
 
 from bench.dev_process import run_dev
 from bench.harness import RunSettings, SuiteReport, machine_info
-from bench.hotpath_ab import CLIENTS, LOOPS, Comparison, ab_lines, alternate
+from bench.hotpath_ab import (
+    ATTACH,
+    ATTACH_LISTENER_VARIABLE,
+    CLIENTS,
+    LOOPS,
+    Comparison,
+    ab_lines,
+    alternate,
+)
 from bench.hotpath_aims import AIMS, evaluate_aims, format_aims, platform_floor, relative_cpu
 from bench.hotpath_floors import measure_floors
 from bench.processes import CpuSnapshot, memory_kib, stack_roles
@@ -198,7 +210,10 @@ def _ab_phase(
     """The echo stack at c=32 in each configuration of `comparison`, alternated."""
 
     def measure(label: str) -> tuple[Mapping[str, Any], float | None]:
-        with LocalStack([echo_function()], work_dir=work / f"ab-{label}") as stack:
+        lean_attach = os.environ.get(ATTACH_LISTENER_VARIABLE) != "off"
+        with LocalStack(
+            [echo_function()], work_dir=work / f"ab-{label}", attach_listener=lean_attach
+        ) as stack:
             roles = stack_roles(stack, VERSION_ID)
             kib = memory_kib(roles["sidecar"][0])
             load = _Load(CONCURRENCY, settings.budget_s)
@@ -410,6 +425,7 @@ def run(settings: RunSettings, progress: Callable[[str], None] | None = None) ->
                 else None
             )
             figures["clients"] = _ab_phase(CLIENTS, settings, work, tell)
+            figures["attach"] = _ab_phase(ATTACH, settings, work, tell)
     report = HotpathReport(
         suite="hotpath",
         description=DESCRIPTION,
@@ -472,6 +488,8 @@ def format_report(report: HotpathReport) -> str:
     lines += _loop_lines(f.get("loops"))
     if f.get("clients") is not None:
         lines += ab_lines(CLIENTS, f["clients"], CONCURRENCY)
+    if f.get("attach") is not None:
+        lines += ab_lines(ATTACH, f["attach"], CONCURRENCY)
     lines += format_aims(report.aims())
     return "\n".join(lines)
 

@@ -4,7 +4,9 @@ falls on both, and the mean of each.
 
 `LOOPS` compares the event loops (`NVCF_EVENT_LOOP`); `CLIENTS` compares the sidecar's HTTP
 clients for the container call and the POST attach (`NVCF_CONTAINER_CLIENT`,
-`NVCF_ATTACH_CLIENT`): aiohttp's against the lean one (`worker/lean_http.py`).
+`NVCF_ATTACH_CLIENT`): aiohttp's against the lean one (`worker/lean_http.py`); `ATTACH` compares
+the platform's servers of the worker-facing attach routes (`NVCF_BENCH_ATTACH_LISTENER`):
+aiohttp's, on the platform's HTTP port, against the lean attach listener on its own port.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["CLIENTS", "LOOPS", "Comparison", "ab_lines", "alternate"]
+__all__ = [
+    "ATTACH",
+    "ATTACH_LISTENER_VARIABLE",
+    "CLIENTS",
+    "LOOPS",
+    "Comparison",
+    "ab_lines",
+    "alternate",
+]
 
 ROUNDS: Final = 2
 
@@ -42,6 +52,15 @@ CLIENTS: Final = Comparison(
     "sidecar HTTP clients (container call and POST attach)",
     ("aiohttp", {"NVCF_CONTAINER_CLIENT": "aiohttp", "NVCF_ATTACH_CLIENT": "aiohttp"}),
     ("lean", {"NVCF_CONTAINER_CLIENT": "lean", "NVCF_ATTACH_CLIENT": "lean"}),
+)
+
+ATTACH_LISTENER_VARIABLE: Final = "NVCF_BENCH_ATTACH_LISTENER"
+"""`off`: the bench's stacks run without the lean attach listener (`LocalStack`'s
+`attach_listener`), so workers attach through aiohttp's server on the platform's HTTP port."""
+ATTACH: Final = Comparison(
+    "platform attach servers (the worker-facing routes)",
+    ("aiohttp", {ATTACH_LISTENER_VARIABLE: "off"}),
+    ("lean", {ATTACH_LISTENER_VARIABLE: "on"}),
 )
 
 Measure = Callable[[str], tuple[Mapping[str, Any], float | None]]

@@ -387,8 +387,8 @@ class LocalStack:
 
     def restart_platform(self, timeout: float = PLATFORM_RESTART_TIMEOUT) -> StackProcess:
         """Stop the platform (all of its group) and start the same command again; return once it
-        listens at the same HTTP, gRPC and attach URLs, with the same registry, NATS, file-backed streams
-        and URL-signing secret (the sidecars keep serving). Attach tokens lived in the old
+        listens at the same HTTP, gRPC and attach URLs, with the same registry, NATS, file-backed
+        streams and URL-signing secret (the sidecars keep serving). Attach tokens lived in the old
         process only. ChildExited if it exits while starting, StackError after `timeout` s."""
         old, plan = self.platform, self._platform_plan
         assert plan is not None  # set with `_platform`
