@@ -220,7 +220,11 @@ def _ab_phase(
             url, headers = stack.invoke_url(FUNCTION_ID), _stack_headers(stack)
             run = _load(f"{comparison.title} {label}", url, headers, _ECHO_BODY, load, roles)
             serving = _serving_line(stack.sidecars(VERSION_ID)[0].log_path)
-            return {**run, "sidecar_ran": serving}, None if kib is None else kib / 1024
+            # Whether workers attached on the lean attach listener (its own URL) in this run.
+            lean_ran = stack.attach_url != stack.base_url
+            return {**run, "sidecar_ran": serving, "lean_attach": lean_ran}, (
+                None if kib is None else kib / 1024
+            )
 
     return alternate(comparison, measure, progress)
 

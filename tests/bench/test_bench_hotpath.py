@@ -138,7 +138,7 @@ def test_without_wrk_the_suite_says_so_and_measures_nothing(tmp_path: Path) -> N
 def test_a_quick_run_measures_every_phase_and_judges_every_aim(tmp_path: Path) -> None:
     stdout, report = _bench(tmp_path, dict(os.environ), timeout=280)
     figures = report["figures"]
-    assert set(figures) == {"echo", "memory", "dev", "pytriton", "loops", "clients"}
+    assert set(figures) == {"echo", "memory", "dev", "pytriton", "loops", "clients", "attach"}
     for level in ("c1", "c32"):
         assert set(figures["echo"][level]) == {"direct", "stack"}
         assert set(figures["dev"][level]) == {"direct", "dev", "localstack"}
@@ -168,6 +168,12 @@ def test_a_quick_run_measures_every_phase_and_judges_every_aim(tmp_path: Path) -
             for run in runs
         } == {(client, client)}
     assert "lean / aiohttp: throughput" in stdout
+    for server, lean in (("aiohttp", False), ("lean", True)):
+        runs = figures["attach"][server]["runs"]
+        assert len(runs) == 2
+        assert all(run["ok_per_s"] > 0 for run in runs)
+        assert {run["lean_attach"] for run in runs} == {lean}  # the platform ran what was asked
+    assert "platform attach servers (the worker-facing routes), echo c32" in stdout
     assert floors["jetstream_publish_us"] > 0
     assert floors["jetstream_consume_us"] > 0
     assert floors["sidecar_floor_us"] == pytest.approx(
