@@ -225,6 +225,22 @@ async def test_a_callers_body_that_breaks_off_drops_the_get_attach(
     assert await asyncio.wait_for(client.reader.read(), WAIT) == b"part"  # then the close
 
 
+async def test_a_get_attach_to_a_worker_that_stops_reading_then_leaves_ends(
+    tokens: AttachTokens, connect: Any
+) -> None:
+    client = await connect()
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    body = _WatchedBody("stalled", _QueueReader(queue), None)
+    await client.send(get(ATTACH_PATH, tokens.mint_request(body)))
+    for _ in range(64):  # 64 MiB the worker never reads: the listener waits on its socket
+        queue.put_nowait(b"x" * (1024 * 1024))
+    await asyncio.sleep(0.5)
+    assert not body.finished.is_set()
+    assert queue.qsize() > 0  # it stopped taking the caller's body
+    client.writer.transport.abort()
+    await asyncio.wait_for(body.finished.wait(), WAIT)
+
+
 async def test_refusals_answer_and_keep_the_connection(tokens: AttachTokens, connect: Any) -> None:
     client = await connect()
     await client.send(get(ATTACH_PATH))
@@ -366,6 +382,18 @@ async def test_stop_closes_idle_connections_and_drops_busy_ones_after_the_grace(
     assert not response.finished.is_set()  # the relay, not the listener, finishes it
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+class _WatchedBody(RequestBody):
+    """A RequestBody that says when its GET attach is over."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.finished = asyncio.Event()
+
+    def finish(self) -> None:
+        super().finish()
+        self.finished.set()
 
 
 class _QueueReader:

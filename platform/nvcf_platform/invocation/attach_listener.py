@@ -154,9 +154,7 @@ class Connection(asyncio.Protocol):
         self._cancel_idle()
         if self._body is not None:
             self._body_ended(ConnectionResetError(f"the worker's connection broke: {exc!r}"))
-        waiter = self._writable
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(ConnectionResetError("the worker's connection broke"))
+        self.resume_writing()  # a writer waiting in `drain` wakes up and finds it lost
 
     def pause_writing(self) -> None:
         if self._writable is None or self._writable.done():
@@ -189,6 +187,8 @@ class Connection(asyncio.Protocol):
         waiter = self._writable
         if waiter is not None and not waiter.done():
             await waiter
+            if self.lost:
+                raise ConnectionResetError("the worker's connection is gone")
 
     def start_task(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run the rest of the exchange in a task (it ends with an answer or an abort)."""
