@@ -107,7 +107,6 @@ class PlatformService:
         self._http_port = 0
         self._grpc_port = 0
         self._attach_port = 0
-        self._attach_listener: AttachListener | None = None
 
     def __repr__(self) -> str:
         return f"<PlatformService http={self._http_port or '-'} grpc={self._grpc_port or '-'}>"
@@ -437,7 +436,6 @@ class PlatformService:
                 await listener.start(attach_socket)
                 # Stops before the HTTP runner's clean-up: exchanges in progress finish first.
                 stack.push_async_callback(listener.stop, HANDLER_STOP_GRACE)
-                self._attach_listener = listener
             await grpc_server.start()
         except BaseException:
             await grpc_server.stop(None)  # releases the bound port
@@ -507,4 +505,3 @@ class PlatformService:
         self._http_port = 0
         self._grpc_port = 0
         self._attach_port = 0
-        self._attach_listener = None

@@ -55,7 +55,8 @@ class PlatformSettings:
     client_subject: str = "local-client"
     """`subject` (the caller's auth subject) in every work item."""
     public_url: str | None = None
-    """Base URL workers use to reach the attach endpoints; default `http://<host>:<port>`."""
+    """Base URL workers use to reach the HTTP routes (presigned URLs, and attach unless the
+    lean attach listener runs); default `http://<host>:<port>`."""
     attach_port: int | None = None
     """Port of the lean attach listener: the worker-facing attach routes on an HTTP/1.1
     listener of their own, which work items then name (0 picks a free one). None: workers

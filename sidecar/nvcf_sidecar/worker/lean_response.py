@@ -4,7 +4,9 @@ arrives, with flow control: reading from the connection pauses while more than
 
 It offers the part of aiohttp's `ClientResponse` the sidecar's relays use (`status`, `reason`,
 `headers.items()`, `content_length`, `read()`, `content.read(n)`, `content.iter_any()`,
-`readany()`, `read_nowait()`, `close()`), so a container answer is relayed the same way whichever client fetched it.
+`close()`), so a container answer is relayed the same way whichever client fetched it. The
+platform's lean attach listener streams a worker's POST body through one too, read as an
+aiohttp `StreamReader` is (`readany()`, `read_nowait()`).
 """
 
 from __future__ import annotations
