@@ -49,8 +49,9 @@ USER 10001:10001
 # the container. A --host flag still wins.
 ENV NVCF_PLATFORM_HOST=0.0.0.0
 
-# NVCF_PLATFORM_PORT: invocation API, attach endpoints, /health (default 8080); gRPC: 9090.
-EXPOSE 8080 9090
+# NVCF_PLATFORM_PORT: invocation API, attach endpoints, /health (default 8080); gRPC: 9090;
+# the lean attach listener when NVCF_PLATFORM_ATTACH_PORT asks for it (the Helm chart: 8081).
+EXPOSE 8080 9090 8081
 
 # Healthy = serving and connected to NATS (GET /health answers 200).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
