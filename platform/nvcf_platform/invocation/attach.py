@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Final
+from collections.abc import Callable
+from typing import Final, Protocol
 
-from aiohttp import StreamReader, web
+from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from nvcf_platform.invocation.problems import abort_response, problem_response
 from nvcf_platform.invocation.tokens import (
     STREAM_IDLE_TIMEOUT,
     AttachTokens,
+    ChunkReader,
     WorkerResponse,
 )
 from nvcf_sidecar.protocol import (
@@ -31,7 +33,13 @@ from nvcf_sidecar.protocol import (
     parse_bearer,
 )
 
-__all__ = ["STREAM_ERRORS", "AttachEndpoints"]
+__all__ = [
+    "STREAM_ERRORS",
+    "AttachEndpoints",
+    "HeadReader",
+    "read_response_head",
+    "worker_response",
+]
 
 STREAM_ERRORS: Final = (ConnectionError, TimeoutError, HttpProcessingError)
 """What reading a peer's body can raise: disconnects, idle timeouts, broken framing."""
@@ -108,8 +116,8 @@ class AttachEndpoints:
             return problem_response(401, INVALID_TOKEN_DETAIL)
         extra = {"request_id": slot.request_id}
         try:
-            head, head_length = await _read_response_head(request.content)
-            length = head.content_length()
+            head, head_length = await read_response_head(request.content)
+            response = worker_response(head, head_length, request.content_length, request.content)
         except H1Error as error:
             _log.warning("bad response head from the worker", extra={**extra, "error": str(error)})
             slot.fail(error.detail)
@@ -118,17 +126,6 @@ class AttachEndpoints:
             detail = f"Failed to read response body: {error!r}"
             slot.fail(detail)
             return problem_response(500, detail)
-        if length is None and request.content_length is not None:
-            # The outer framing still bounds the body, as hyper's size hint does.
-            length = max(request.content_length - head_length, 0)
-        response = WorkerResponse(
-            status=head.status,
-            reason=head.reason,
-            headers=head.headers,
-            content_length=length,
-            first_chunk=head.body,
-            reader=request.content,
-        )
         if not slot.deliver(response):
             _log.warning("worker response arrived after the caller's wait", extra=extra)
             return problem_response(500, FORWARD_FAILED_DETAIL)
@@ -139,15 +136,25 @@ class AttachEndpoints:
         return web.Response(status=200)
 
 
-async def _read_response_head(reader: StreamReader) -> tuple[ResponseHead, int]:
-    """The inner response head and how many bytes of the stream it took (body bytes excluded)."""
-    parser = ResponseHeadParser()
-    fed = 0
+class HeadReader(ChunkReader, Protocol):
+    """A POST body as both attach servers read it (aiohttp's `StreamReader`, `LeanResponse`)."""
+
+    def read_nowait(self) -> bytes: ...
+
+
+async def read_response_head(
+    reader: HeadReader, parser: ResponseHeadParser | None = None, fed: int = 0
+) -> tuple[ResponseHead, int]:
+    """The inner response head and how many bytes of the stream it took (body bytes excluded).
+
+    `parser` and `fed`: a parse already begun on the first `fed` bytes.
+    """
+    parser = parser or ResponseHeadParser()
     while True:
         # What already arrived is taken without a wait: a small answer comes whole.
-        chunk = reader.read_nowait()
-        if not chunk and not reader.at_eof():
-            chunk = await asyncio.wait_for(reader.readany(), STREAM_IDLE_TIMEOUT)
+        chunk = reader.read_nowait() or await asyncio.wait_for(
+            reader.readany(), STREAM_IDLE_TIMEOUT
+        )
         if not chunk:
             parser.feed_eof()  # raises IncompleteHead: the stream ended inside the head
             raise AssertionError("feed_eof returned before a complete head")
@@ -155,3 +162,28 @@ async def _read_response_head(reader: StreamReader) -> tuple[ResponseHead, int]:
         head = parser.feed(chunk)
         if head is not None:
             return head, fed - len(head.body)
+
+
+def worker_response(
+    head: ResponseHead,
+    head_length: int,
+    outer_length: int | None,
+    reader: ChunkReader,
+    on_finish: Callable[[], None] | None = None,
+) -> WorkerResponse:
+    """The worker's response from its inner head; H1Error for a bad Content-Length there.
+
+    Without an inner length, the outer framing still bounds the body, as hyper's size hint does.
+    """
+    length = head.content_length()
+    if length is None and outer_length is not None:
+        length = max(outer_length - head_length, 0)
+    return WorkerResponse(
+        status=head.status,
+        reason=head.reason,
+        headers=head.headers,
+        content_length=length,
+        first_chunk=head.body,
+        reader=reader,
+        on_finish=on_finish,
+    )

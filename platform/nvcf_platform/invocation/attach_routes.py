@@ -19,14 +19,12 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, Final, Protocol
 
-from nvcf_platform.invocation.attach import STREAM_ERRORS
+from nvcf_platform.invocation.attach import STREAM_ERRORS, read_response_head, worker_response
 from nvcf_platform.invocation.problems import MISSING_AUTHORIZATION
 from nvcf_platform.invocation.tokens import (
-    STREAM_IDLE_TIMEOUT,
     AttachTokens,
     RequestBody,
     ResponseSlot,
-    WorkerResponse,
 )
 from nvcf_sidecar.protocol import (
     ATTACH_LIVENESS_PATH,
@@ -165,15 +163,7 @@ async def _read_inner_head(
 ) -> None:
     """The rest of an inner response head that did not come with the request's."""
     try:
-        while True:
-            chunk = await asyncio.wait_for(body.readany(), STREAM_IDLE_TIMEOUT)
-            if not chunk:
-                parser.feed_eof()  # raises IncompleteHead: the body ended inside the head
-                raise AssertionError("feed_eof returned before a complete head")
-            fed += len(chunk)
-            head = parser.feed(chunk)
-            if head is not None:
-                break
+        head, head_length = await read_response_head(body, parser, fed)
     except H1Error as error:
         _inner_head_failed(exchange, slot, body, error)
         return
@@ -187,7 +177,7 @@ async def _read_inner_head(
         slot.fail("the platform stopped")
         exchange.abort()
         raise
-    _deliver(exchange, slot, body, head, fed - len(head.body), outer_length)
+    _deliver(exchange, slot, body, head, head_length, outer_length)
 
 
 def _deliver(
@@ -200,28 +190,16 @@ def _deliver(
 ) -> None:
     """Hand the worker's response to the waiting caller; the POST is answered 200 once the
     caller's body was sent or dropped (`WorkerResponse.finish`), as `attach.py` does."""
-    try:
-        length = head.content_length()
-    except H1Error as error:
-        _inner_head_failed(exchange, slot, body, error)
-        return
-    if length is None and outer_length is not None:
-        # The outer framing still bounds the body, as hyper's size hint does.
-        length = max(outer_length - head_length, 0)
 
     def relayed() -> None:
         body.close()
         exchange.write_answer(_OK_EMPTY, b"")
 
-    response = WorkerResponse(
-        status=head.status,
-        reason=head.reason,
-        headers=head.headers,
-        content_length=length,
-        first_chunk=head.body,
-        reader=body,
-        on_finish=relayed,
-    )
+    try:
+        response = worker_response(head, head_length, outer_length, body, relayed)
+    except H1Error as error:
+        _inner_head_failed(exchange, slot, body, error)
+        return
     extra = {"request_id": slot.request_id}
     if not slot.deliver(response):
         _log.warning("worker response arrived after the caller's wait", extra=extra)
