@@ -404,8 +404,10 @@ async def test_a_500_is_retried_and_the_whole_zip_sent_again(
 
     first, second = sink.uploads
     assert first.target == second.target == "/k?X-Amz-Signature=abc"
-    assert (first.sha256, first.size) == (second.sha256, second.size)
-    assert entries(second) == {f"{REQUEST_ID}.response": body}
+    # The same entries at the same length. Not the same bytes: zipstream stamps each entry with
+    # the time it is written, and a retry can fall in the next two-second step of a zip's clock.
+    assert first.size == second.size
+    assert entries(first) == entries(second) == {f"{REQUEST_ID}.response": body}
     assert urls.refreshes == []
     assert counted(metrics, "nvcf_worker_large_responses_total", {"result": "uploaded"}) == 1
 
