@@ -29,6 +29,7 @@ from nvcf_platform.errors import ConfigError, PlatformError
 from nvcf_platform.service import PlatformService
 from nvcf_platform.settings import PlatformSettings
 from nvcf_sidecar import eventloop
+from nvcf_sidecar.heap import tune_gc_for_serving
 
 __all__ = ["add_arguments", "load_registry", "run_command", "serve", "settings_from_args"]
 
@@ -310,6 +311,7 @@ async def serve(settings: PlatformSettings, registry: Registry) -> None:
         loop.add_signal_handler(signum, stop.set)
     try:
         async with PlatformService(settings, registry) as platform:
+            tune_gc_for_serving()  # before the first caller (heap.py)
             endpoints = platform.endpoints()
             if settings.ready_file is not None:
                 _write_ready_file(settings.ready_file, endpoints)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from nvcf_sidecar.eventloop import loop_name
+from nvcf_sidecar.heap import tune_gc_for_serving
 from nvcf_sidecar.worker.api_client import CONNECT_RETRY_SECONDS, ApiError, WorkerApiClient
 from nvcf_sidecar.worker.cancel import CancelListener
 from nvcf_sidecar.worker.config import ConfigError, WorkerConfig
@@ -103,7 +104,9 @@ class Sidecar:
     """One sidecar process's lifetime: `await Sidecar(config).run()`, `stop()` from a signal.
 
     `run()` returns after a graceful stop and raises StartupError when the sidecar cannot start
-    or must give up (NATS gone for good, worker token lost).
+    or must give up (NATS gone for good, worker token lost). `tune_gc`: once it serves, freeze
+    what start-up made out of the garbage collector's walks and collect in larger batches
+    (`heap.py`; for a process of its own, never a test's).
     """
 
     def __init__(
@@ -113,8 +116,10 @@ class Sidecar:
         metrics: WorkerMetrics | None = None,
         handler_factory: HandlerFactory = open_request_runner,
         connect_retry_seconds: float = CONNECT_RETRY_SECONDS,
+        tune_gc: bool = False,
     ) -> None:
         self.config = config
+        self._tune_gc = tune_gc
         self._connect_retry_seconds = connect_retry_seconds
         self.metrics = metrics if metrics is not None else WorkerMetrics()
         self._handler_factory = handler_factory
@@ -262,6 +267,7 @@ class Sidecar:
             )
             self._consumer = await stack.enter_async_context(consumer)
             await self._unless_stopped(consumer.bind(connection.regions))
+            frozen = tune_gc_for_serving() if self._tune_gc else None
             logger.info(
                 "sidecar serving",
                 extra={
@@ -271,6 +277,7 @@ class Sidecar:
                     "event_loop": loop_name(asyncio.get_running_loop()),
                     "container_client": "lean" if config.lean_container else "aiohttp",
                     "attach_client": "lean" if config.lean_attach else "aiohttp",
+                    "gc_frozen_objects": frozen,
                 },
             )
             async with asyncio.TaskGroup() as background:
@@ -307,8 +314,11 @@ async def run_sidecar(
     handler_factory: HandlerFactory = open_request_runner,
     install_signal_handlers: bool = True,
 ) -> None:
-    """Run a sidecar until SIGTERM or SIGINT (graceful); StartupError if it cannot run."""
-    sidecar = Sidecar(config, handler_factory=handler_factory)
+    """Run a sidecar until SIGTERM or SIGINT (graceful); StartupError if it cannot run.
+
+    The process's own sidecar: its garbage collector is tuned for serving once it serves
+    (`heap.py`)."""
+    sidecar = Sidecar(config, handler_factory=handler_factory, tune_gc=True)
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT) if install_signal_handlers else ()
     for signum in signals:
