@@ -20,6 +20,9 @@ same run:
 7. **attach**: the same with the platform's worker-facing attach routes on aiohttp's server
    (the platform's HTTP port) and on its lean attach listener (`--attach-port`), alternated
    twice.
+8. **profile**: the echo stack at concurrency 32 under `perf` (`hotpath_profile.py`): the
+   share of the platform's, the sidecar's and the echo server's CPU in the CPython
+   interpreter, the kernel, libc, uvloop and other compiled code; skipped without perf.
 
 Without wrk on PATH the suite measures nothing and says so (`apt-get install wrk`).
 """
@@ -53,6 +56,7 @@ from bench.hotpath_ab import (
 )
 from bench.hotpath_aims import AIMS, evaluate_aims, format_aims, platform_floor, relative_cpu
 from bench.hotpath_floors import measure_floors
+from bench.hotpath_profile import ProfileError, profile_lines, profile_roles
 from bench.processes import CpuSnapshot, memory_kib, stack_roles
 from bench.sidecar import FUNCTION_ID, VERSION_ID, echo_function
 from bench.wrk import WrkError, run_wrk, wrk_path
@@ -156,6 +160,8 @@ def _echo_and_memory(
                 "direct": _load("echo direct", direct, _JSON, _ECHO_BODY, load, roles),
                 "stack": _load("echo stack", url, headers, _ECHO_BODY, load, roles),
             }
+        progress("profile")
+        figures["profile"] = _profile(url, headers, roles, settings, work)
         progress("memory")
         memory = _memory_curve(url, headers, sidecar, idle_kib, settings)
         progress("floors")
@@ -168,6 +174,27 @@ def _echo_and_memory(
         )
     figures["floors"] = {**floors, **platform_floor(figures[f"c{CONCURRENCY}"], floors)}
     return figures, memory
+
+
+def _profile(
+    url: str,
+    headers: Mapping[str, str],
+    roles: Mapping[str, Sequence[int]],
+    settings: RunSettings,
+    work: Path,
+) -> dict[str, Any]:
+    """The echo stack at c=32 under perf (`hotpath_profile.py`), or why it was not profiled."""
+
+    def load(seconds: float) -> int:
+        figures = _load("profile", url, headers, _ECHO_BODY, _Load(CONCURRENCY, seconds), roles)
+        return int(figures["requests"] - figures["status_errors"])
+
+    directory = work / "profile"
+    directory.mkdir()
+    try:
+        return profile_roles(roles, settings.budget_s, load, directory)
+    except ProfileError as error:
+        return {"skipped": str(error)}
 
 
 def _memory_curve(
@@ -395,6 +422,11 @@ class HotpathReport(SuiteReport):
                 "likewise (work item decoded, request directory and progress watch, container "
                 "headers, heads encoded and parsed, the outputs check, metrics, its log line), "
                 "added to its floor",
+                "profile": "perf record -e cpu-clock of the platform, sidecar and echo server "
+                "during an echo load at c=32, samples grouped by the code they were in (the "
+                "CPython interpreter: its eval loop, its garbage collector, the rest; the "
+                "kernel; libc; uvloop; other compiled extensions), with each process's user "
+                "and system time per request from /proc over that load",
                 "relative_cpu": "the stack's sidecar and platform CPU per request divided by "
                 "the echo server's in the same phase (machine speed cancels out)",
                 "seconds_at_c32": self.settings.budget_s,
@@ -489,6 +521,7 @@ def format_report(report: HotpathReport) -> str:
     if relative:
         shown = ", ".join(f"{role} {ratio:.2f}x" for role, ratio in relative.items())
         lines.append(f"echo c{CONCURRENCY} CPU per request in units of the echo server's: {shown}")
+    lines += profile_lines(f["echo"].get("profile"))
     lines += _loop_lines(f.get("loops"))
     if f.get("clients") is not None:
         lines += ab_lines(CLIENTS, f["clients"], CONCURRENCY)

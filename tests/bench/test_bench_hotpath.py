@@ -23,6 +23,7 @@ _aims = load_module(ROOT / "bench" / "hotpath_aims.py")
 AIMS, evaluate_aims, format_aims = _aims.AIMS, _aims.evaluate_aims, _aims.format_aims
 platform_floor, relative_cpu = _aims.platform_floor, _aims.relative_cpu
 _work = load_module(ROOT / "bench" / "hotpath_work.py")
+_profile = load_module(ROOT / "bench" / "hotpath_profile.py")
 
 
 def _phase(ok_per_s: float, p50_ms: float = 1.0, **cpu_us: float) -> dict[str, Any]:
@@ -118,6 +119,54 @@ def test_cpu_relative_to_the_echo_servers_cancels_the_machines_speed() -> None:
     assert relative_cpu({"stack": _phase(800, sidecar=1000.0)}) == {}
 
 
+_PERF_REPORT = """\
+# Samples: 3K of event 'cpu-clock'
+#
+ 25.80% |libpython3.11.so.1.0      |[.] _PyEval_EvalFrameDefault
+ 3.67%  |libpython3.11.so.1.0      |[.] _PyObject_Malloc
+ 2.59%  |libpython3.11.so.1.0      |[.] gc_collect_main
+ 1.08%  |libpython3.11.so.1.0      |[.] visit_decref
+ 0.76%  |libpython3.11.so.1.0      |[.] PyObject_GC_UnTrack
+ 10.00% |[kernel.kallsyms]         |[k] tcp_sendmsg
+ 4.50%  |libc.so.6                 |[.] __memmove_avx_unaligned_erms
+ 4.00%  |loop.cpython-311-x86_64-linux-gnu.so |[.] __pyx_f_6uvloop_4loop_Loop__run
+ 2.40%  |_message.abi3.so          |[.] upb_Decode
+ 0.20%  |[vdso]                    |[.] __vdso_clock_gettime
+ 0.10%  |python3.11                |[.] _PyEval_EvalFrameDefault
+not a sample line
+"""
+
+
+def test_perf_samples_are_grouped_by_the_code_they_were_in() -> None:
+    shares = _profile.group_shares(_PERF_REPORT)
+    assert list(shares) == list(_profile.GROUPS)
+    assert shares == {
+        "interpreter_bytecode": pytest.approx(25.9),  # a statically linked python counts too
+        "interpreter_gc": pytest.approx(3.67),  # the collector's symbols, not GC tracking
+        "interpreter_other": pytest.approx(4.43),
+        "kernel": pytest.approx(10.0),
+        "libc": pytest.approx(4.5),
+        "event_loop": pytest.approx(4.0),
+        "extensions": pytest.approx(2.4),
+        "other": pytest.approx(0.2),
+    }
+    assert _profile.group_shares("# nothing sampled\n") == dict.fromkeys(_profile.GROUPS, 0.0)
+
+
+def test_the_profile_lines_say_each_process_share_or_why_none() -> None:
+    shares = _profile.group_shares(_PERF_REPORT)
+    figures = {"shares": shares, "user_us": 563.4, "system_us": 68.3}
+    lines = _profile.profile_lines({"seconds": 10.0, "platform": figures})
+    assert " ".join(lines[1].split()) == (
+        "platform interpreter 34% (bytecode 26, gc 3.7, rest 4), kernel 10%, libc 4%, "
+        "uvloop 4%, other extensions 2%; user 563 + system 68 µs per request"
+    )
+    assert _profile.profile_lines({"skipped": "perf is not on PATH"}) == [
+        "profile (perf): skipped, perf is not on PATH"
+    ]
+    assert _profile.profile_lines(None) == []
+
+
 def _bench(tmp_path: Path, env: dict[str, str], timeout: float) -> tuple[str, dict[str, Any]]:
     # TMPDIR stays the run's: PyTriton's socket paths under pytest's tmp_path would be too long.
     return run_quick_suite("hotpath", tmp_path / "hotpath.json", env=env, timeout=timeout)
@@ -174,6 +223,16 @@ def test_a_quick_run_measures_every_phase_and_judges_every_aim(tmp_path: Path) -
         assert all(run["ok_per_s"] > 0 for run in runs)
         assert {run["lean_attach"] for run in runs} == {lean}  # the platform ran what was asked
     assert "platform attach servers (the worker-facing routes), echo c32" in stdout
+    profile = figures["echo"]["profile"]
+    if "skipped" in profile:  # perf missing, or not allowed to sample here
+        assert "perf" in profile["skipped"]
+        assert f"profile (perf): skipped, {profile['skipped']}" in stdout
+    else:
+        for role in ("platform", "sidecar", "server"):
+            assert sum(profile[role]["shares"].values()) == pytest.approx(100, abs=1.5)
+            assert profile[role]["shares"]["interpreter_bytecode"] > 0
+            assert profile[role]["user_us"] > 0
+        assert "profile (perf, echo c32)" in stdout
     assert floors["jetstream_publish_us"] > 0
     assert floors["jetstream_consume_us"] > 0
     assert floors["sidecar_floor_us"] == pytest.approx(
