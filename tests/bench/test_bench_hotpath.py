@@ -167,6 +167,21 @@ def test_the_profile_lines_say_each_process_share_or_why_none() -> None:
     assert _profile.profile_lines(None) == []
 
 
+def test_without_perf_the_profile_is_refused_before_any_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    loads: list[float] = []
+
+    def load(seconds: float) -> int:
+        loads.append(seconds)
+        return 1
+
+    with pytest.raises(_profile.ProfileError, match=r"perf is not on PATH \(apt-get install"):
+        _profile.profile_roles({"platform": [os.getpid()]}, 1.0, load, tmp_path)
+    assert loads == []
+
+
 def _bench(tmp_path: Path, env: dict[str, str], timeout: float) -> tuple[str, dict[str, Any]]:
     # TMPDIR stays the run's: PyTriton's socket paths under pytest's tmp_path would be too long.
     return run_quick_suite("hotpath", tmp_path / "hotpath.json", env=env, timeout=timeout)
