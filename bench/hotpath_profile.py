@@ -22,7 +22,15 @@ from typing import Any, Final
 
 from bench.processes import CLOCK_TICKS
 
-__all__ = ["GROUPS", "ROLES", "ProfileError", "group_shares", "profile_lines", "profile_roles"]
+__all__ = [
+    "GROUPS",
+    "ROLES",
+    "ProfileError",
+    "group_shares",
+    "interpreter_share",
+    "profile_lines",
+    "profile_roles",
+]
 
 ROLES: Final = ("platform", "sidecar", "server")
 """The stack's Python processes, profiled (nats-server is Go)."""
@@ -148,12 +156,20 @@ def profile_roles(
             (end - start) * 1e6 / CLOCK_TICKS / max(answered, 1)
             for start, end in zip(before[role], after[role], strict=True)
         )
+        shares = group_shares(report.stdout)
         figures[role] = {
-            "shares": group_shares(report.stdout),
+            "shares": shares,
             "user_us": round(user, 1),
             "system_us": round(system, 1),
+            # The interpreter's share of the process's CPU, in µs per request.
+            "interpreter_us": round(interpreter_share(shares) * (user + system) / 100, 1),
         }
     return figures
+
+
+def interpreter_share(shares: Mapping[str, float]) -> float:
+    """Per cent of the samples in the CPython interpreter (bytecode, collector and the rest)."""
+    return shares["interpreter_bytecode"] + shares["interpreter_gc"] + shares["interpreter_other"]
 
 
 def profile_lines(profile: Mapping[str, Any] | None) -> list[str]:
@@ -168,9 +184,9 @@ def profile_lines(profile: Mapping[str, Any] | None) -> list[str]:
         if figures is None:
             continue
         s = figures["shares"]
-        interpreter = s["interpreter_bytecode"] + s["interpreter_gc"] + s["interpreter_other"]
         lines.append(
-            f"  {role:<9} interpreter {interpreter:.0f}% (bytecode {s['interpreter_bytecode']:.0f}"
+            f"  {role:<9} interpreter {interpreter_share(s):.0f}% = "
+            f"{figures['interpreter_us']:,.0f} µs (bytecode {s['interpreter_bytecode']:.0f}"
             f", gc {s['interpreter_gc']:.1f}, rest {s['interpreter_other']:.0f}), kernel "
             f"{s['kernel']:.0f}%, libc {s['libc']:.0f}%, uvloop {s['event_loop']:.0f}%, other "
             f"extensions {s['extensions']:.0f}%; user {figures['user_us']:,.0f} + system "

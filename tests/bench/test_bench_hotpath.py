@@ -155,10 +155,11 @@ def test_perf_samples_are_grouped_by_the_code_they_were_in() -> None:
 
 def test_the_profile_lines_say_each_process_share_or_why_none() -> None:
     shares = _profile.group_shares(_PERF_REPORT)
-    figures = {"shares": shares, "user_us": 563.4, "system_us": 68.3}
+    assert _profile.interpreter_share(shares) == pytest.approx(34.0)
+    figures = {"shares": shares, "user_us": 563.4, "system_us": 68.3, "interpreter_us": 214.8}
     lines = _profile.profile_lines({"seconds": 10.0, "platform": figures})
     assert " ".join(lines[1].split()) == (
-        "platform interpreter 34% (bytecode 26, gc 3.7, rest 4), kernel 10%, libc 4%, "
+        "platform interpreter 34% = 215 µs (bytecode 26, gc 3.7, rest 4), kernel 10%, libc 4%, "
         "uvloop 4%, other extensions 2%; user 563 + system 68 µs per request"
     )
     assert _profile.profile_lines({"skipped": "perf is not on PATH"}) == [
@@ -247,6 +248,9 @@ def test_a_quick_run_measures_every_phase_and_judges_every_aim(tmp_path: Path) -
             assert sum(profile[role]["shares"].values()) == pytest.approx(100, abs=1.5)
             assert profile[role]["shares"]["interpreter_bytecode"] > 0
             assert profile[role]["user_us"] > 0
+            cpu_us = profile[role]["user_us"] + profile[role]["system_us"]
+            share = _profile.interpreter_share(profile[role]["shares"])
+            assert profile[role]["interpreter_us"] == pytest.approx(share * cpu_us / 100, abs=0.2)
         assert "profile (perf, echo c32)" in stdout
     assert floors["jetstream_publish_us"] > 0
     assert floors["jetstream_consume_us"] > 0
