@@ -57,7 +57,7 @@ from bench.hotpath_ab import (
 from bench.hotpath_aims import AIMS, evaluate_aims, format_aims, platform_floor, relative_cpu
 from bench.hotpath_floors import measure_floors
 from bench.hotpath_profile import ProfileError, profile_lines, profile_roles
-from bench.processes import CpuSnapshot, memory_kib, stack_roles
+from bench.processes import CpuSnapshot, memory_kib, process_cpu_split, stack_roles
 from bench.sidecar import FUNCTION_ID, VERSION_ID, echo_function
 from bench.wrk import WrkError, run_wrk, wrk_path
 from nvcf_platform.devstack.stack import FunctionSpec, LocalStack
@@ -192,9 +192,16 @@ def _profile(
     directory = work / "profile"
     directory.mkdir()
     try:
-        return profile_roles(roles, settings.budget_s, load, directory)
+        return profile_roles(roles, settings.budget_s, load, directory, _cpu_split)
     except ProfileError as error:
         return {"skipped": str(error)}
+
+
+def _cpu_split(pid: int) -> tuple[float, float]:
+    split = process_cpu_split(pid)
+    if split is None:
+        raise ProfileError(f"process {pid} is gone: its CPU time cannot be read")
+    return split
 
 
 def _memory_curve(

@@ -20,8 +20,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from bench.processes import CLOCK_TICKS
-
 __all__ = [
     "GROUPS",
     "ROLES",
@@ -92,25 +90,22 @@ def group_shares(report: str) -> dict[str, float]:
     return {group: round(value, 2) for group, value in shares.items()}
 
 
-def _cpu_ticks(pid: int) -> tuple[int, int]:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]), int(fields[12])
-
-
 def profile_roles(
     pids: Mapping[str, Sequence[int]],
     seconds: float,
     load: Callable[[float], int],
     work: Path,
+    cpu_split: Callable[[int], tuple[float, float]],
 ) -> dict[str, Any]:
     """Sample `ROLES`' first pids for `seconds` while `load(seconds)` runs (it returns the
-    requests answered); each role's shares by group and its user and system µs per request.
+    requests answered); each role's shares by group and its user and system µs per request
+    (`cpu_split(pid)`: the process's user and system CPU seconds so far).
     Raises `ProfileError` when perf is missing or fails."""
     perf = perf_path()
     if perf is None:
         raise ProfileError("perf is not on PATH (apt-get install linux-perf)")
     roles = {role: pids[role][0] for role in ROLES if pids.get(role)}
-    before = {role: _cpu_ticks(pid) for role, pid in roles.items()}
+    before = {role: cpu_split(pid) for role, pid in roles.items()}
     recorders = {
         role: subprocess.Popen(
             [
@@ -124,7 +119,7 @@ def profile_roles(
     }
     try:
         answered = load(seconds + 1.0)  # covers the recording, which starts first
-        after = {role: _cpu_ticks(pid) for role, pid in roles.items()}
+        after = {role: cpu_split(pid) for role, pid in roles.items()}
     finally:
         errors = {}
         for role, recorder in recorders.items():
@@ -153,7 +148,7 @@ def profile_roles(
         if report.returncode != 0:
             raise ProfileError(f"perf report failed on the {role}: {report.stderr.strip()[-300:]}")
         user, system = (
-            (end - start) * 1e6 / CLOCK_TICKS / max(answered, 1)
+            (end - start) * 1e6 / max(answered, 1)
             for start, end in zip(before[role], after[role], strict=True)
         )
         shares = group_shares(report.stdout)

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from nvcf_platform.devstack.stack import LocalStack
 
-__all__ = ["CLOCK_TICKS", "CpuSnapshot", "memory_kib", "process_cpu_s", "stack_roles"]
+__all__ = [
+    "CLOCK_TICKS",
+    "CpuSnapshot",
+    "memory_kib",
+    "process_cpu_s",
+    "process_cpu_split",
+    "stack_roles",
+]
 
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 """Ticks per second of /proc's CPU times: their resolution is 1 / CLOCK_TICKS s."""
@@ -20,13 +27,20 @@ CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 def process_cpu_s(pid: int) -> float | None:
     """User + system CPU seconds of process `pid` (all its threads) from /proc; None if gone."""
+    split = process_cpu_split(pid)
+    return None if split is None else split[0] + split[1]
+
+
+def process_cpu_split(pid: int) -> tuple[float, float] | None:
+    """User and system CPU seconds of process `pid` (all its threads) from /proc; None if
+    gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may hold spaces; the fields after its ')' are fixed.
     fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
 def memory_kib(pid: int, field: str = "VmRSS") -> int | None:

@@ -179,7 +179,9 @@ def test_without_perf_the_profile_is_refused_before_any_load(
         return 1
 
     with pytest.raises(_profile.ProfileError, match=r"perf is not on PATH \(apt-get install"):
-        _profile.profile_roles({"platform": [os.getpid()]}, 1.0, load, tmp_path)
+        _profile.profile_roles(
+            {"platform": [os.getpid()]}, 1.0, load, tmp_path, lambda pid: (0.0, 0.0)
+        )
     assert loads == []
 
 
