@@ -26,6 +26,7 @@ __all__ = [
     "ProfileError",
     "group_shares",
     "interpreter_share",
+    "perf_path",
     "profile_lines",
     "profile_roles",
 ]

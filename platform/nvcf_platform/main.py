@@ -311,7 +311,8 @@ async def serve(settings: PlatformSettings, registry: Registry) -> None:
         loop.add_signal_handler(signum, stop.set)
     try:
         async with PlatformService(settings, registry) as platform:
-            tune_gc_for_serving()  # before the first caller (heap.py)
+            frozen = tune_gc_for_serving()  # before the first caller (heap.py)
+            _log.info("garbage collector tuned for serving", extra={"gc_frozen_objects": frozen})
             endpoints = platform.endpoints()
             if settings.ready_file is not None:
                 _write_ready_file(settings.ready_file, endpoints)

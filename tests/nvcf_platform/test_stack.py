@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sys
 import uuid
 from pathlib import Path
@@ -131,8 +132,15 @@ def test_stack_serves_an_invocation_and_stop_leaves_no_process(tmp_path: Path) -
         for line in (logs / "sidecar-tiny-2.log").read_text().splitlines()
         if "sidecar serving" in line
     )
-    # A sidecar process freezes what its start-up made out of the collector's walks.
+    # A sidecar process freezes what its start-up made out of the collector's walks, and so
+    # does the platform process.
     assert serving["gc_frozen_objects"] > 10_000
+    tuned = re.search(
+        r"garbage collector tuned for serving gc_frozen_objects=(\d+)",
+        (logs / "platform.log").read_text(),
+    )
+    assert tuned is not None
+    assert int(tuned.group(1)) > 10_000
 
 
 def test_workers_attach_on_the_lean_listener_unless_the_stack_is_told_not_to(
